@@ -1,0 +1,1 @@
+"""Audio device and DSP adapters."""

@@ -1,0 +1,95 @@
+"""Command line: `edge-agent run | demo | check-config | devices | version`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edge_agent import __version__
+from edge_agent.config import ConfigError, load_config
+from edge_agent.secrets import redact
+
+DEFAULT_CONFIG = "/etc/edge-agent/config.toml"
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(redact(line), file=sys.stderr)
+        print(f"{args.path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.path}: OK")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from edge_agent.audio.devices import list_devices
+
+    try:
+        devices = list_devices()
+    except Exception as exc:  # PortAudio failing to start is a message, not a traceback
+        print(f"cannot list audio devices: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    if not devices:
+        print("no audio devices found", file=sys.stderr)
+        return 1
+    for dev in devices:
+        directions = "+".join(
+            d for d, n in (("in", dev.max_input_channels), ("out", dev.max_output_channels)) if n
+        )
+        print(f"{dev.name}\t{directions}\t{int(dev.default_rate_hz)} Hz")
+    return 0
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"edge-agent {__version__}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_agent.app.daemon import run_daemon
+
+    return run_daemon(args.config)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edge_agent.app.demo import run_demo
+
+    return run_demo(workdir=args.workdir, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the voice appliance (the systemd service)")
+    run.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="run the whole appliance offline against the emulator")
+    demo.add_argument("--workdir", default=None, help="keep demo files here (default: temp)")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary files")
+    demo.set_defaults(func=_demo)
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
+    check.set_defaults(func=_check_config)
+
+    devices = sub.add_parser("devices", help="list audio devices by ALSA name")
+    devices.set_defaults(func=_devices)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

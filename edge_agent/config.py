@@ -1,0 +1,403 @@
+"""Configuration: frozen dataclasses, one per section of config.toml, and their validation.
+
+Pure: no device or network I/O. Loading reads the file (and checks that referenced
+files exist); everything else is a function of the parsed TOML. Every problem is
+reported as ``file:key: reason`` and all problems are reported at once, so a person
+editing config.toml over SSH fixes everything in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+BUILTIN_WAKE_MODELS = ("hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy", "okay_nabu")
+BUILTIN_TOOLS = ("get_time",)
+
+
+def _f(default: Any, doc: str = "", **rules: Any) -> Any:
+    """A dataclass field carrying its validation rules (min, max, choices, path, pin)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc, **rules})
+    return field(default=default, metadata={"doc": doc, **rules})
+
+
+@dataclass(frozen=True)
+class GeminiConfig:
+    model: str = _f("gemini-2.5-flash-native-audio-preview-09-2025", nonempty=True)
+    voice: str = _f("Puck", nonempty=True)
+    language_code: str = _f("en-US", pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$")
+    system_instruction: str = _f(
+        "You are a helpful voice assistant on a kitchen shelf. Answer briefly, in one or "
+        "two spoken sentences."
+    )
+    input_transcription: bool = _f(True)
+    output_transcription: bool = _f(True)
+    server_vad: bool = _f(False)
+    server_vad_start_sensitivity: str = _f("low", choices=("low", "high"))
+    server_vad_end_sensitivity: str = _f("low", choices=("low", "high"))
+    server_vad_prefix_padding_ms: int = _f(100, min=0, max=2000)
+    server_vad_silence_ms: int = _f(700, min=100, max=5000)
+    context_window_compression: bool = _f(True)
+    compression_trigger_tokens: int = _f(100_000, min=1_000, max=128_000)
+    compression_target_tokens: int = _f(60_000, min=500, max=128_000)
+    session_resumption: bool = _f(True)
+    tools: list[str] = _f(["get_time"], choices=BUILTIN_TOOLS)
+    base_url: str = _f("", pattern=r"^(https://\S+)?$")
+    ca_file: str = _f("", path="file")
+    api_version: str = _f("v1beta", choices=("v1alpha", "v1beta", "v1"))
+    api_key_file: str = _f("/etc/edge-agent/api_key")
+    setup_timeout_s: float = _f(10.0, min=1.0, max=120.0)
+    keepalive_ping_interval_s: float = _f(30.0, min=5.0, max=300.0)
+    keepalive_ping_timeout_s: float = _f(60.0, min=5.0, max=600.0)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    input_device: str = _f("default", nonempty=True)
+    output_device: str = _f("default", nonempty=True)
+    capture_rate_hz: int = _f(16_000, choices=(16_000, 44_100, 48_000))
+    playback_rate_hz: int = _f(24_000, choices=(16_000, 22_050, 24_000, 44_100, 48_000))
+    duplex_rate_hz: int = _f(48_000, choices=(16_000, 24_000, 44_100, 48_000))
+    block_ms: int = _f(10, choices=(10, 20, 30))
+    capture_queue_blocks: int = _f(500, min=10, max=10_000)
+    volume_percent: int = _f(80, min=0, max=100)
+    cue_volume_percent: int = _f(40, min=0, max=100)
+    reopen_max_delay_s: float = _f(10.0, min=0.5, max=300.0)
+
+
+@dataclass(frozen=True)
+class WakeWordConfig:
+    models: list[str] = _f(["hey_jarvis"], wake_models=True)
+    threshold: float = _f(0.5, min=0.05, max=0.99)
+    thresholds: dict[str, float] = _f({}, min=0.05, max=0.99)
+    refractory_s: float = _f(2.0, min=0.0, max=30.0)
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    aggressiveness: int = _f(2, min=0, max=3)
+    frame_ms: int = _f(30, choices=(10, 20, 30))
+    pre_roll_ms: int = _f(300, min=0, max=2000)
+    speech_start_ms: int = _f(90, min=10, max=1000)
+    speech_end_ms: int = _f(800, min=100, max=5000)
+    max_utterance_s: float = _f(30.0, min=1.0, max=300.0)
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    enabled: bool = _f(True)
+    voice_barge_in: bool = _f(True)
+    barge_in_speech_ms: int = _f(300, min=100, max=2000)
+
+
+@dataclass(frozen=True)
+class PlaybackConfig:
+    prefill_ms: int = _f(120, min=0, max=2000)
+    max_buffer_ms: int = _f(120_000, min=1_000, max=600_000)
+    fade_ms: int = _f(5, min=0, max=50)
+
+
+@dataclass(frozen=True)
+class ConversationConfig:
+    follow_up_s: float = _f(6.0, min=0.0, max=60.0)
+    idle_close_s: float = _f(20.0, min=1.0, max=600.0)
+    cues: bool = _f(True)
+    barge_in_by_wake_word: bool = _f(True)
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    enabled: bool = _f(True)
+    button_pin: str = _f("GPIO17", pin=True)
+    button_pull_up: bool = _f(True)
+    button_bounce_ms: int = _f(50, min=0, max=1000)
+    hold_s: float = _f(1.5, min=0.3, max=10.0)
+    status_led_pin: str = _f("GPIO18", pin=True)
+    listen_led_pin: str = _f("GPIO23", pin=True)
+    mute_led_pin: str = _f("GPIO24", pin=True)
+    led_active_high: bool = _f(True)
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    initial_delay_s: float = _f(0.5, min=0.05, max=60.0)
+    max_delay_s: float = _f(30.0, min=0.5, max=3600.0)
+    multiplier: float = _f(2.0, min=1.0, max=10.0)
+    jitter: float = _f(1.0, min=0.0, max=1.0)
+    stable_after_s: float = _f(60.0, min=1.0, max=3600.0)
+    fatal_retry_delay_s: float = _f(300.0, min=10.0, max=86_400.0)
+    replay_buffer_max_s: float = _f(60.0, min=1.0, max=600.0)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: str = _f("/var/lib/edge-agent", nonempty=True)
+    watchdog_stall_s: float = _f(5.0, min=1.0, max=120.0)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = _f("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    target: str = _f("auto", choices=("auto", "journal", "stderr"))
+
+
+@dataclass(frozen=True)
+class Config:
+    gemini: GeminiConfig = field(default_factory=GeminiConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    wake_word: WakeWordConfig = field(default_factory=WakeWordConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    echo: EchoConfig = field(default_factory=EchoConfig)
+    playback: PlaybackConfig = field(default_factory=PlaybackConfig)
+    conversation: ConversationConfig = field(default_factory=ConversationConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = field(default="<defaults>", compare=False)
+
+
+class ConfigError(Exception):
+    """All problems found in one config file, each as ``file:key: reason``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# Raspberry Pi 40-pin header: physical pin -> BCM number, so BOARD11 and GPIO17 collide.
+_BOARD_TO_BCM = {
+    3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23, 18: 24,
+    19: 10, 21: 9, 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12,
+    33: 13, 35: 19, 36: 16, 37: 26, 38: 20, 40: 21,
+}
+_PIN_RE = re.compile(r"^(?:(GPIO|BCM)(\d{1,2})|(BOARD|J8:)(\d{1,2})|(\d{1,2}))$", re.IGNORECASE)
+
+
+def bcm_number(pin: str) -> int | None:
+    """The BCM number of a gpiozero pin name, or None when it is not a valid Pi pin."""
+    m = _PIN_RE.match(pin.strip())
+    if not m:
+        return None
+    if m.group(2) is not None or m.group(5) is not None:
+        n = int(m.group(2) or m.group(5))
+        return n if 0 <= n <= 27 else None
+    return _BOARD_TO_BCM.get(int(m.group(4)))
+
+
+def builtin_wake_model_dir() -> Path | None:
+    """Where the pyopen-wakeword wheel keeps the pretrained .tflite models."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyopen_wakeword")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def _type_name(t: Any) -> str:
+    origin = get_origin(t)
+    if origin is list:
+        return f"a list of {_type_name(get_args(t)[0])}s"
+    if origin is dict:
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[t]
+
+
+def _coerce(value: Any, t: Any) -> tuple[bool, Any]:
+    """Check a TOML value against a field type; ints are accepted where floats are."""
+    origin = get_origin(t)
+    if origin is list:
+        (item_t,) = get_args(t)
+        if not isinstance(value, list):
+            return False, None
+        items = [_coerce(v, item_t) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict:
+        _, val_t = get_args(t)
+        if not isinstance(value, dict):
+            return False, None
+        items = {k: _coerce(v, val_t) for k, v in value.items()}
+        return all(ok for ok, _ in items.values()), {k: v for k, (_, v) in items.items()}
+    if t is bool:
+        return isinstance(value, bool), value
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if t is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    return isinstance(value, str), value
+
+
+class _Checker:
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def problem(self, key: str, reason: str) -> None:
+        self.problems.append(f"{self.source}:{key}: {reason}")
+
+    def unknown(self, key: str, name: str, known: list[str]) -> None:
+        hint = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
+        self.problem(key, f"unknown key{suffix}")
+
+    def section(self, cls: type, raw: Any, prefix: str) -> Any:
+        if not isinstance(raw, dict):
+            self.problem(prefix, "must be a table ([" + prefix + "])")
+            return cls()
+        hints = get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            key = f"{prefix}.{name}"
+            if name not in fields:
+                self.unknown(key, name, list(fields))
+                continue
+            ok, coerced = _coerce(value, hints[name])
+            if not ok:
+                self.problem(key, f"must be {_type_name(hints[name])} (got {value!r})")
+                continue
+            if self.rules(key, coerced, fields[name].metadata):
+                values[name] = coerced
+        return cls(**values)
+
+    def rules(self, key: str, value: Any, meta: Any) -> bool:
+        """Apply a field's rules; True when the value is acceptable."""
+        before = len(self.problems)
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, dict):
+            items = list(value.values())
+        for item in items:
+            if "min" in meta and item < meta["min"]:
+                self.problem(key, f"must be at least {meta['min']} (got {item!r})")
+            if "max" in meta and item > meta["max"]:
+                self.problem(key, f"must be at most {meta['max']} (got {item!r})")
+            if "choices" in meta and item not in meta["choices"]:
+                choices = ", ".join(str(c) for c in meta["choices"])
+                self.problem(key, f"must be one of {choices} (got {item!r})")
+        if meta.get("nonempty") and not value.strip():
+            self.problem(key, "must not be empty")
+        if "pattern" in meta and not re.match(meta["pattern"], value):
+            self.problem(key, f"is not valid (got {value!r})")
+        if meta.get("path") == "file" and value:
+            path = self.resolve(value)
+            if not path.is_file():
+                self.problem(key, f"file not found: {path}")
+        if meta.get("pin") and value and bcm_number(value) is None:
+            self.problem(
+                key, f"not a Raspberry Pi GPIO pin (got {value!r}; use e.g. 'GPIO17' or 'BOARD11')"
+            )
+        if meta.get("wake_models"):
+            self.wake_models(key, value)
+        return len(self.problems) == before
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def wake_models(self, key: str, models: list[str]) -> None:
+        if not models:
+            self.problem(key, "needs at least one wake word model")
+        for name in models:
+            if name.endswith((".tflite", ".onnx")) or "/" in name:
+                path = self.resolve(name)
+                if not path.is_file():
+                    self.problem(key, f"wake word model file not found: {path}")
+            elif name not in BUILTIN_WAKE_MODELS:
+                hint = difflib.get_close_matches(name, BUILTIN_WAKE_MODELS, n=1)
+                suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
+                builtins = ", ".join(BUILTIN_WAKE_MODELS)
+                self.problem(
+                    key, f"unknown wake word model {name!r}{suffix}; built-in: {builtins}"
+                )
+            else:
+                model_dir = builtin_wake_model_dir()
+                if model_dir is None or not (model_dir / f"{name}.tflite").is_file():
+                    self.problem(key, f"built-in model {name!r} missing: pyopen-wakeword not installed")
+
+    def cross_checks(self, cfg: Config) -> None:
+        g = cfg.gemini
+        if g.compression_target_tokens >= g.compression_trigger_tokens:
+            self.problem(
+                "gemini.compression_target_tokens",
+                f"must be below gemini.compression_trigger_tokens ({g.compression_trigger_tokens})",
+            )
+        if g.keepalive_ping_timeout_s < g.keepalive_ping_interval_s:
+            self.problem(
+                "gemini.keepalive_ping_timeout_s",
+                "must be at least gemini.keepalive_ping_interval_s (the service's pongs are slow)",
+            )
+        r = cfg.reconnect
+        if r.max_delay_s < r.initial_delay_s:
+            self.problem("reconnect.max_delay_s", "must be at least reconnect.initial_delay_s")
+        for name in cfg.wake_word.thresholds:
+            if name not in cfg.wake_word.models:
+                self.problem(f"wake_word.thresholds.{name}", "not one of wake_word.models")
+        if cfg.gpio.enabled:
+            self.pin_conflicts(cfg.gpio)
+
+    def pin_conflicts(self, gpio: GpioConfig) -> None:
+        seen: dict[int, str] = {}
+        for name in ("button_pin", "status_led_pin", "listen_led_pin", "mute_led_pin"):
+            pin = getattr(gpio, name)
+            bcm = bcm_number(pin) if pin else None
+            if bcm is None:
+                continue
+            if bcm in seen:
+                self.problem(
+                    f"gpio.{name}", f"pin {pin!r} (BCM {bcm}) is already used by gpio.{seen[bcm]}"
+                )
+            else:
+                seen[bcm] = name
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+
+
+def parse_config(text: str, source: str = "config.toml", base_dir: Path | None = None) -> Config:
+    """Validate TOML text; raise ConfigError listing every problem."""
+    checker = _Checker(source, base_dir or Path.cwd())
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
+    sections: dict[str, Any] = {}
+    hints = get_type_hints(Config)
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            checker.unknown(name, name, list(_SECTIONS))
+            continue
+        sections[name] = checker.section(hints[name], value, name)
+    cfg = Config(**sections, source=source)
+    checker.cross_checks(cfg)
+    if checker.problems:
+        raise ConfigError(checker.problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; a missing or unreadable file is a ConfigError too."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    return parse_config(text, source=str(path), base_dir=path.parent.resolve())
+
+
+def resolve_path(cfg: Config, value: str) -> Path:
+    """A path from the config, relative paths taken from the config file's folder."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or cfg.source.startswith("<"):
+        return path
+    return Path(cfg.source).resolve().parent / path

@@ -1,0 +1,1 @@
+"""Pure decision logic: no I/O, time passed in as arguments."""

@@ -1,0 +1,57 @@
+"""Logging: the journal under systemd, stderr otherwise; secrets redacted on every path."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from edge_agent.secrets import redact
+
+FORMAT_STDERR = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+FORMAT_JOURNAL = "%(name)s: %(message)s"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats as usual, then masks secrets in the whole text (message, args, traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def under_systemd(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(env.get("INVOCATION_ID") or env.get("JOURNAL_STREAM"))
+
+
+def make_handler(target: str = "auto", environ: Mapping[str, str] | None = None) -> logging.Handler:
+    """A handler for the journal (target journal, or auto under systemd) or for stderr."""
+    if target == "journal" or (target == "auto" and under_systemd(environ)):
+        try:
+            from systemd.journal import JournalHandler
+
+            handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="edge-agent")
+            handler.setFormatter(RedactingFormatter(FORMAT_JOURNAL))
+            return handler
+        except ImportError:  # pragma: no cover - systemd-python is a dependency
+            pass
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(FORMAT_STDERR))
+    return handler
+
+
+def setup_logging(level: str = "INFO", target: str = "auto") -> None:
+    """Install one redacting handler on the root logger (idempotent: replaces ours)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_edge_agent", False):
+            root.removeHandler(old)
+            old.close()
+    handler = make_handler(target)
+    handler._edge_agent = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Chatty libraries stay at WARNING unless we debug them on purpose.
+    for name in ("websockets", "httpx", "httpcore", "google_genai", "asyncio"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))

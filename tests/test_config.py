@@ -1,0 +1,176 @@
+"""Config loading with real files: the shipped file is valid, broken ones say what is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import Config, ConfigError, bcm_number, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "config.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return info.value.problems
+
+
+def test_shipped_config_is_valid_and_matches_defaults() -> None:
+    cfg = load_config(SHIPPED)
+    # Every default in the code is written out in the shipped file, and vice versa.
+    assert cfg == Config()
+
+
+def test_shipped_config_documents_every_key() -> None:
+    import dataclasses
+    import tomllib
+
+    raw = tomllib.loads(SHIPPED.read_text())
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        keys = {f.name for f in dataclasses.fields(section.default_factory())}  # type: ignore[misc]
+        assert set(raw[section.name]) == keys, section.name
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+BROKEN = [
+    ("[vad]\naggressiveness = 5\n", "vad.aggressiveness: must be at most 3 (got 5)"),
+    ("[vad]\nframe_ms = 25\n", "vad.frame_ms: must be one of 10, 20, 30 (got 25)"),
+    ('[vad]\npre_roll_ms = "300"\n', "vad.pre_roll_ms: must be an integer (got '300')"),
+    ("[gemini]\ninput_transcription = 1\n", "gemini.input_transcription: must be true or false"),
+    ('[gemini]\nmodle = "x"\n', "gemini.modle: unknown key (did you mean 'model'?)"),
+    ("[vadd]\naggressiveness = 1\n", "vadd: unknown key (did you mean 'vad'?)"),
+    ('[gemini]\nca_file = "missing-ca.pem"\n', "gemini.ca_file: file not found:"),
+    (
+        '[wake_word]\nmodels = ["hey_jarvs"]\n',
+        "wake_word.models: unknown wake word model 'hey_jarvs' (did you mean 'hey_jarvis'?)",
+    ),
+    (
+        '[wake_word]\nmodels = ["models/mine.tflite"]\n',
+        "wake_word.models: wake word model file not found:",
+    ),
+    ("[wake_word]\nmodels = []\n", "wake_word.models: needs at least one wake word model"),
+    ('[gpio]\nbutton_pin = "GPIO99"\n', "gpio.button_pin: not a Raspberry Pi GPIO pin"),
+    (
+        '[gpio]\nbutton_pin = "BOARD11"\nmute_led_pin = "GPIO17"\n',
+        "gpio.mute_led_pin: pin 'GPIO17' (BCM 17) is already used by gpio.button_pin",
+    ),
+    ("[reconnect]\njitter = 1.5\n", "reconnect.jitter: must be at most 1.0 (got 1.5)"),
+    (
+        "[reconnect]\ninitial_delay_s = 10.0\nmax_delay_s = 5.0\n",
+        "reconnect.max_delay_s: must be at least reconnect.initial_delay_s",
+    ),
+    (
+        "[gemini]\ncompression_trigger_tokens = 5000\ncompression_target_tokens = 6000\n",
+        "gemini.compression_target_tokens: must be below gemini.compression_trigger_tokens",
+    ),
+    ('[gemini]\nbase_url = "http://insecure"\n', "gemini.base_url: is not valid"),
+    ('[logging]\nlevel = "LOUD"\n', "logging.level: must be one of DEBUG, INFO, WARNING, ERROR"),
+    ("gemini = 3\n", "gemini: must be a table"),
+    (
+        "[wake_word]\nthresholds = { alexa = 0.5 }\n",
+        "wake_word.thresholds.alexa: not one of wake_word.models",
+    ),
+    ("[wake_word]\nthresholds = { hey_jarvis = 2.0 }\n", "wake_word.thresholds: must be at most"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BROKEN, ids=[e.split(":")[0] for _, e in BROKEN])
+def test_broken_config_names_file_key_and_reason(tmp_path: Path, text: str, expected: str) -> None:
+    found = problems(tmp_path, text)
+    path = tmp_path / "config.toml"
+    assert any(p.startswith(f"{path}:{expected}") for p in found), found
+
+
+def test_malformed_toml_names_the_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[gemini]\nvoice = \"Puck\"\nmodel = \n")
+    assert len(found) == 1
+    assert found[0].startswith(f"{tmp_path / 'config.toml'}: invalid TOML")
+    assert "line 3" in found[0]
+
+
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    text = "[vad]\naggressiveness = 9\nframe_ms = 7\n[gpio]\nhold_s = -1\n[bogus]\n"
+    found = problems(tmp_path, text)
+    keys = {p.split(":")[1] for p in found}
+    assert keys == {"vad.aggressiveness", "vad.frame_ms", "gpio.hold_s", "bogus"}
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml")
+    assert info.value.problems == [f"{tmp_path / 'nope.toml'}: file not found"]
+
+
+def test_relative_model_path_is_taken_from_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mine.tflite").write_bytes(b"\0" * 16)
+    cfg = load_config(write(tmp_path, '[wake_word]\nmodels = ["models/mine.tflite"]\n'))
+    assert cfg.wake_word.models == ["models/mine.tflite"]
+
+
+def test_ints_accepted_for_floats() -> None:
+    assert parse_config("[reconnect]\nmax_delay_s = 60\n").reconnect.max_delay_s == 60.0
+
+
+def test_disabled_gpio_skips_pin_conflicts() -> None:
+    cfg = parse_config('[gpio]\nenabled = false\nbutton_pin = "GPIO18"\n')
+    assert cfg.gpio.button_pin == "GPIO18"
+
+
+@pytest.mark.parametrize(
+    ("pin", "bcm"),
+    [("GPIO17", 17), ("BCM4", 4), ("BOARD11", 17), ("J8:12", 18), ("22", 22), ("GPIO28", None),
+     ("BOARD1", None), ("LED", None)],
+)
+def test_pin_names(pin: str, bcm: int | None) -> None:
+    assert bcm_number(pin) == bcm
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_cli_ok() -> None:
+    result = run_cli("check-config", str(SHIPPED))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_check_config_cli_reports_each_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, "[vad]\naggressiveness = 9\n[gpio]\nbutton_pin = \"X1\"\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert f"{path}:vad.aggressiveness: must be at most 3 (got 9)" in lines
+    assert any(line.startswith(f"{path}:gpio.button_pin: not a Raspberry Pi GPIO pin") for line in lines)
+
+
+def test_check_config_cli_malformed_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "[gemini\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert "invalid TOML" in result.stderr and "line 1" in result.stderr
+
+
+def test_version_cli() -> None:
+    result = run_cli("version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("edge-agent ")
