@@ -22,8 +22,6 @@ BUILTIN_TOOLS = ("get_time",)
 
 def _f(default: Any, doc: str = "", **rules: Any) -> Any:
     """A dataclass field carrying its validation rules (min, max, choices, path, pin)."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc, **rules})
     return field(default=default, metadata={"doc": doc, **rules})
 
 
@@ -47,7 +45,7 @@ class GeminiConfig:
     compression_trigger_tokens: int = _f(100_000, min=1_000, max=128_000)
     compression_target_tokens: int = _f(60_000, min=500, max=128_000)
     session_resumption: bool = _f(True)
-    tools: list[str] = _f(["get_time"], choices=BUILTIN_TOOLS)
+    tools: tuple[str, ...] = _f(("get_time",), choices=BUILTIN_TOOLS)
     base_url: str = _f("", pattern=r"^(https://\S+)?$")
     ca_file: str = _f("", path="file")
     api_version: str = _f("v1beta", choices=("v1alpha", "v1beta", "v1"))
@@ -73,9 +71,9 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class WakeWordConfig:
-    models: list[str] = _f(["hey_jarvis"], wake_models=True)
+    models: tuple[str, ...] = _f(("hey_jarvis",), wake_models=True)
     threshold: float = _f(0.5, min=0.05, max=0.99)
-    thresholds: dict[str, float] = _f({}, min=0.05, max=0.99)
+    thresholds: dict[str, float] = field(default_factory=dict, metadata={"min": 0.05, "max": 0.99})
     refractory_s: float = _f(2.0, min=0.0, max=30.0)
 
 
@@ -172,11 +170,13 @@ class ConfigError(Exception):
 
 
 # Raspberry Pi 40-pin header: physical pin -> BCM number, so BOARD11 and GPIO17 collide.
+# fmt: off
 _BOARD_TO_BCM = {
     3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23, 18: 24,
     19: 10, 21: 9, 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12,
     33: 13, 35: 19, 36: 16, 37: 26, 38: 20, 40: 21,
 }
+# fmt: on
 _PIN_RE = re.compile(r"^(?:(GPIO|BCM)(\d{1,2})|(BOARD|J8:)(\d{1,2})|(\d{1,2}))$", re.IGNORECASE)
 
 
@@ -203,7 +203,7 @@ def builtin_wake_model_dir() -> Path | None:
 
 def _type_name(t: Any) -> str:
     origin = get_origin(t)
-    if origin is list:
+    if origin in (list, tuple):
         return f"a list of {_type_name(get_args(t)[0])}s"
     if origin is dict:
         return "a table"
@@ -213,12 +213,12 @@ def _type_name(t: Any) -> str:
 def _coerce(value: Any, t: Any) -> tuple[bool, Any]:
     """Check a TOML value against a field type; ints are accepted where floats are."""
     origin = get_origin(t)
-    if origin is list:
-        (item_t,) = get_args(t)
+    if origin is tuple:
+        item_t = get_args(t)[0]
         if not isinstance(value, list):
             return False, None
         items = [_coerce(v, item_t) for v in value]
-        return all(ok for ok, _ in items), [v for _, v in items]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
     if origin is dict:
         _, val_t = get_args(t)
         if not isinstance(value, dict):
@@ -272,7 +272,7 @@ class _Checker:
     def rules(self, key: str, value: Any, meta: Any) -> bool:
         """Apply a field's rules; True when the value is acceptable."""
         before = len(self.problems)
-        items = value if isinstance(value, list) else [value]
+        items = list(value) if isinstance(value, tuple) else [value]
         if isinstance(value, dict):
             items = list(value.values())
         for item in items:
@@ -303,7 +303,7 @@ class _Checker:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.base_dir / path
 
-    def wake_models(self, key: str, models: list[str]) -> None:
+    def wake_models(self, key: str, models: tuple[str, ...]) -> None:
         if not models:
             self.problem(key, "needs at least one wake word model")
         for name in models:
@@ -315,13 +315,12 @@ class _Checker:
                 hint = difflib.get_close_matches(name, BUILTIN_WAKE_MODELS, n=1)
                 suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
                 builtins = ", ".join(BUILTIN_WAKE_MODELS)
-                self.problem(
-                    key, f"unknown wake word model {name!r}{suffix}; built-in: {builtins}"
-                )
+                self.problem(key, f"unknown wake word model {name!r}{suffix}; built-in: {builtins}")
             else:
                 model_dir = builtin_wake_model_dir()
                 if model_dir is None or not (model_dir / f"{name}.tflite").is_file():
-                    self.problem(key, f"built-in model {name!r} missing: pyopen-wakeword not installed")
+                    reason = f"built-in model {name!r} missing: pyopen-wakeword not installed"
+                    self.problem(key, reason)
 
     def cross_checks(self, cfg: Config) -> None:
         g = cfg.gemini

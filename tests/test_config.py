@@ -98,7 +98,7 @@ def test_broken_config_names_file_key_and_reason(tmp_path: Path, text: str, expe
 
 
 def test_malformed_toml_names_the_line(tmp_path: Path) -> None:
-    found = problems(tmp_path, "[gemini]\nvoice = \"Puck\"\nmodel = \n")
+    found = problems(tmp_path, '[gemini]\nvoice = "Puck"\nmodel = \n')
     assert len(found) == 1
     assert found[0].startswith(f"{tmp_path / 'config.toml'}: invalid TOML")
     assert "line 3" in found[0]
@@ -121,7 +121,7 @@ def test_relative_model_path_is_taken_from_config_folder(tmp_path: Path) -> None
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "mine.tflite").write_bytes(b"\0" * 16)
     cfg = load_config(write(tmp_path, '[wake_word]\nmodels = ["models/mine.tflite"]\n'))
-    assert cfg.wake_word.models == ["models/mine.tflite"]
+    assert cfg.wake_word.models == ("models/mine.tflite",)
 
 
 def test_ints_accepted_for_floats() -> None:
@@ -135,8 +135,16 @@ def test_disabled_gpio_skips_pin_conflicts() -> None:
 
 @pytest.mark.parametrize(
     ("pin", "bcm"),
-    [("GPIO17", 17), ("BCM4", 4), ("BOARD11", 17), ("J8:12", 18), ("22", 22), ("GPIO28", None),
-     ("BOARD1", None), ("LED", None)],
+    [
+        ("GPIO17", 17),
+        ("BCM4", 4),
+        ("BOARD11", 17),
+        ("J8:12", 18),
+        ("22", 22),
+        ("GPIO28", None),
+        ("BOARD1", None),
+        ("LED", None),
+    ],
 )
 def test_pin_names(pin: str, bcm: int | None) -> None:
     assert bcm_number(pin) == bcm
@@ -155,12 +163,13 @@ def test_check_config_cli_ok() -> None:
 
 
 def test_check_config_cli_reports_each_problem(tmp_path: Path) -> None:
-    path = write(tmp_path, "[vad]\naggressiveness = 9\n[gpio]\nbutton_pin = \"X1\"\n")
+    path = write(tmp_path, '[vad]\naggressiveness = 9\n[gpio]\nbutton_pin = "X1"\n')
     result = run_cli("check-config", str(path))
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert f"{path}:vad.aggressiveness: must be at most 3 (got 9)" in lines
-    assert any(line.startswith(f"{path}:gpio.button_pin: not a Raspberry Pi GPIO pin") for line in lines)
+    pin_error = f"{path}:gpio.button_pin: not a Raspberry Pi GPIO pin"
+    assert any(line.startswith(pin_error) for line in lines)
 
 
 def test_check_config_cli_malformed_toml(tmp_path: Path) -> None:
