@@ -69,7 +69,9 @@ def redact(text: str) -> str:
 def _read_key_file(path: Path) -> str | None:
     try:
         value = path.read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        # Under systemd the service user cannot read the root-only key file: that is
+        # expected, the same key then arrives as a credential.
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise ApiKeyMissing(f"cannot read API key file {path}: {exc.__class__.__name__}") from None

@@ -103,3 +103,24 @@ def test_logging_subprocess_redacts_stderr(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("[REDACTED]") == 2
     assert KEY not in result.stderr
+
+
+def test_unreadable_key_file_falls_through_to_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service user cannot read the root-only key file; the credential still works."""
+    locked = tmp_path / "api_key"
+    locked.write_text("root-only")
+    real_read_text = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if self == locked:  # what a non-root service user gets for a 0600 root file
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "gemini_api_key").write_text("from-credential")
+    key = resolve_api_key(str(locked), {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert (key.value, key.source) == ("from-credential", "systemd credential gemini_api_key")

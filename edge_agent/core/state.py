@@ -1,0 +1,829 @@
+"""The conversation state machine: every decision about what the appliance does next.
+
+Pure: no I/O, no clock, no threads. The daemon feeds it events (frozen dataclasses named
+in the past tense) with the current monotonic time, and carries out the actions it
+returns, in order. All transitions live in this one file, so the behaviour can be read
+top to bottom and tested without devices.
+
+How the daemon uses it::
+
+    machine = ConversationMachine(cfg.conversation, barge_in_enabled=..., muted_at_start=...)
+    run(machine.initial_actions())
+    ...
+    actions = machine.handle(event, loop.time())
+    for t in machine.last_transitions:            # usually zero or one
+        log.info("state %s -> %s: %s", t.from_state, t.to_state, t.reason)
+    run(actions)
+
+Contract for the actions (what the daemon must do with them):
+
+- ``OpenSession`` / ``CloseSession``: open the Live session (the session layer reconnects
+  and resumes on its own after non-fatal losses) / close it and stop reconnecting.
+- ``StartUplink(from_sample)``: from that capture sample on (``None``: the current
+  position), mic audio belongs to the conversation: feed it to the VAD gate, whose
+  speech segments go to the session. ``from_sample`` may lie a little in the past (the
+  end of the wake phrase, the start of a voice barge-in), so the daemon keeps a short
+  ring of recent capture. Audio captured before the session is ready is buffered and
+  sent once it is, so "hey jarvis what time is it" in one breath arrives whole.
+  A second ``StartUplink`` restarts the window at the new sample.
+- ``StopUplink``: stop feeding the VAD gate and the session (nothing more is sent).
+- ``SendActivityStart`` / ``SendActivityEnd``: the user's turn markers (local VAD mode);
+  they are ordered with the audio, so while the session connects they are buffered
+  with it. With server VAD the daemon drops them (the server marks turns itself).
+- ``FlushPlayback``: clear the jitter buffer with a short fade (barge-in, mute, error).
+- ``InterruptSession``: tell the session the user barged in. Until the interrupted
+  turn's ``turnComplete`` arrives, the machine reports ``accepting_model_audio`` False:
+  the daemon must check it for every reply chunk and drop stale audio.
+- ``ShowLeds(pattern)``, ``PlayCue(name)``, ``PersistMute(muted)`` (store it in the
+  state dir so mute survives a restart), ``SetMicMuted(muted)``: while muted nothing
+  is captured (close the capture stream, or drop every block in the audio thread; if
+  the stream is closed, tell the watchdog gate ``capture_expected=False``).
+- ``SetTimer(name, at)`` / ``CancelTimer(name)``: one timer per name; setting a name
+  again replaces it. When it fires, send ``TimerFired(name)``. A fire that raced with a
+  cancel or a re-arm is recognised and ignored here, so the daemon need not be exact.
+
+Decisions worth knowing:
+
+- After a reply, the device listens ``follow_up_s`` without the wake word (FOLLOW_UP),
+  then goes IDLE but keeps the session open until ``idle_close_s`` after the last thing
+  said, so a follow-up or the next wake is answered at once; then ``CloseSession``.
+- A button press reacts at press time (barge-in must be instant); a long press also
+  sends ``ButtonHeld`` ``hold_s`` later. So a hold is always "press, then held": from
+  IDLE the press starts a conversation (wake cue) and the hold then mutes, which closes
+  everything that press opened. Net effect: muted, no session; the user hears the wake
+  cue, then the mute cue. While MUTED a press does nothing and a hold unmutes.
+- Button meaning: IDLE starts listening; while listening with no speech yet, or in
+  FOLLOW_UP, it cancels (back to IDLE); while the user is talking it ends the turn
+  now; while THINKING/SPEAKING it barges in.
+- A wake word in IDLE must come with its ``end_sample`` so the wake phrase itself is
+  never sent to Gemini.
+- Non-fatal session losses during a conversation change nothing here: the session
+  layer reconnects and replays buffered user audio. Timers bound every wait: no speech
+  after a wake (LISTEN), no reply after a turn (RESPONSE).
+- A fatal loss (bad key, permission) goes OFFLINE; the session layer keeps retrying at
+  its slow fatal rate and ``SessionReady`` brings the device back to IDLE. A wake word
+  or press while OFFLINE plays the error cue (and asks for a session if none is open).
+- Events and cues are shared with their producers: ``BargeInDetected`` is the one
+  ``edge_agent.core.barge_in.BargeInDetector`` returns (its ``sample`` becomes the
+  uplink start), ``PlayCue.name`` is an ``edge_agent.core.cues.Cue``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+from edge_agent.config import ConversationConfig
+from edge_agent.core.barge_in import BargeInDetected, BargeInReason
+from edge_agent.core.cues import Cue
+from edge_agent.core.leds import LedPattern, pattern_for
+
+
+class AgentState(StrEnum):
+    IDLE = "idle"  # listening for the wake word only
+    CONNECTING = "connecting"  # woken; the session is not ready yet (audio is buffered)
+    LISTENING = "listening"  # taking the user's turn
+    THINKING = "thinking"  # turn sent, waiting for the reply
+    SPEAKING = "speaking"  # playing the reply
+    FOLLOW_UP = "follow_up"  # reply done; listening a few seconds without the wake word
+    MUTED = "muted"  # nothing captured or sent
+    OFFLINE = "offline"  # fatal session trouble (auth, permission, network given up)
+    ERROR = "error"  # the audio device is gone
+
+
+class Timer(StrEnum):
+    LISTEN = "listen"  # no speech after a wake or barge-in
+    RESPONSE = "response"  # no reply after the user's turn
+    FOLLOW_UP = "follow_up"  # the follow-up window is over
+    IDLE_CLOSE = "idle_close"  # close the idle session
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class WakeWordDetected:
+    model: str
+    score: float
+    end_sample: int  # capture sample just after the wake phrase
+
+
+@dataclass(frozen=True)
+class ButtonPressed:
+    pass
+
+
+@dataclass(frozen=True)
+class ButtonHeld:
+    pass
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    sample: int  # first sample of the speech segment (pre-roll included)
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    sample: int
+
+
+@dataclass(frozen=True)
+class SessionReady:
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class ModelAudioReceived:
+    pass
+
+
+@dataclass(frozen=True)
+class ServerInterrupted:
+    pass
+
+
+@dataclass(frozen=True)
+class GenerationCompleted:
+    pass
+
+
+@dataclass(frozen=True)
+class TurnCompleted:
+    pass
+
+
+@dataclass(frozen=True)
+class PlaybackDrained:
+    """The jitter buffer played everything it was given (may also happen mid-reply on a
+    network gap; more model audio simply un-drains it)."""
+
+
+@dataclass(frozen=True)
+class GoAwayReceived:
+    pass
+
+
+@dataclass(frozen=True)
+class SessionLost:
+    reason: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    """The session is closed for good (we asked, or it ended without reconnecting)."""
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    name: str
+
+
+@dataclass(frozen=True)
+class AudioDeviceLost:
+    reason: str
+
+
+@dataclass(frozen=True)
+class AudioDeviceRestored:
+    pass
+
+
+@dataclass(frozen=True)
+class ConfigReloaded:
+    """Apply a reloaded config; ``None`` fields keep the current value."""
+
+    conversation: ConversationConfig | None = None
+    barge_in_enabled: bool | None = None
+
+
+Event = (
+    WakeWordDetected
+    | ButtonPressed
+    | ButtonHeld
+    | SpeechStarted
+    | SpeechEnded
+    | SessionReady
+    | ModelAudioReceived
+    | ServerInterrupted
+    | GenerationCompleted
+    | TurnCompleted
+    | PlaybackDrained
+    | BargeInDetected
+    | GoAwayReceived
+    | SessionLost
+    | SessionClosed
+    | TimerFired
+    | AudioDeviceLost
+    | AudioDeviceRestored
+    | ConfigReloaded
+)
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    pass
+
+
+@dataclass(frozen=True)
+class CloseSession:
+    pass
+
+
+@dataclass(frozen=True)
+class StartUplink:
+    from_sample: int | None = None  # None: from the current capture position
+
+
+@dataclass(frozen=True)
+class StopUplink:
+    pass
+
+
+@dataclass(frozen=True)
+class SendActivityStart:
+    pass
+
+
+@dataclass(frozen=True)
+class SendActivityEnd:
+    pass
+
+
+@dataclass(frozen=True)
+class FlushPlayback:
+    pass
+
+
+@dataclass(frozen=True)
+class InterruptSession:
+    pass
+
+
+@dataclass(frozen=True)
+class ShowLeds:
+    pattern: LedPattern
+
+
+@dataclass(frozen=True)
+class PlayCue:
+    name: Cue
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    name: Timer
+    at: float  # monotonic seconds, same clock as ``now``
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    name: Timer
+
+
+@dataclass(frozen=True)
+class PersistMute:
+    muted: bool
+
+
+@dataclass(frozen=True)
+class SetMicMuted:
+    muted: bool
+
+
+Action = (
+    OpenSession
+    | CloseSession
+    | StartUplink
+    | StopUplink
+    | SendActivityStart
+    | SendActivityEnd
+    | FlushPlayback
+    | InterruptSession
+    | ShowLeds
+    | PlayCue
+    | SetTimer
+    | CancelTimer
+    | PersistMute
+    | SetMicMuted
+)
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: float
+    from_state: AgentState
+    to_state: AgentState
+    reason: str
+
+
+# A timer may fire this much before its deadline (event loops round) and still count.
+_TIMER_TOLERANCE_S = 0.05
+_HISTORY = 200  # transitions kept for status pages and tests
+
+_CONVERSING = frozenset(
+    {
+        AgentState.CONNECTING,
+        AgentState.LISTENING,
+        AgentState.THINKING,
+        AgentState.SPEAKING,
+        AgentState.FOLLOW_UP,
+    }
+)
+_TAKING_TURN = frozenset({AgentState.CONNECTING, AgentState.LISTENING})
+_REPLYING = frozenset({AgentState.THINKING, AgentState.SPEAKING})
+
+
+class ConversationMachine:
+    """Decides, for each event, the next state and the actions that get there.
+
+    ``barge_in_enabled`` enables voice barge-in (``BargeInDetected``); the button and
+    the server's ``interrupted`` always barge in, the wake word when
+    ``config.barge_in_by_wake_word``. Unknown or irrelevant events are ignored
+    (``handle`` returns ``[]``); ``handle`` never raises for a well-formed event.
+    """
+
+    # The listening window after a wake is follow_up_s, but never shorter than this:
+    # follow_up_s = 0 turns follow-ups off, not listening after the wake word.
+    LISTEN_MIN_S = 5.0
+    # With no reply audio this long after the user's turn, give up on the turn.
+    RESPONSE_TIMEOUT_S = 20.0
+
+    def __init__(
+        self,
+        config: ConversationConfig,
+        *,
+        barge_in_enabled: bool,
+        muted_at_start: bool = False,
+    ) -> None:
+        self._config = config
+        self._barge_in_enabled = barge_in_enabled
+        self._state = AgentState.MUTED if muted_at_start else AgentState.IDLE
+        self._session_open = False  # asked for and not closed (may be reconnecting)
+        self._session_ready = False
+        self._uplink_on = False
+        self._activity_open = False  # SendActivityStart sent, SendActivityEnd not yet
+        self._turn_complete = False  # the reply being waited for / played is complete
+        self._drained = False  # playback has played everything received so far
+        self._discard_model_audio = False  # waiting for an interrupted turn to end
+        self._audio_ok = True
+        self._timers: dict[Timer, float] = {}
+        self._last_activity_at: float | None = None
+        self._now = 0.0
+        self._actions: list[Action] = []
+        self.transitions: deque[Transition] = deque(maxlen=_HISTORY)
+        self.last_transitions: list[Transition] = []
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def state(self) -> AgentState:
+        return self._state
+
+    @property
+    def session_open(self) -> bool:
+        """True from OpenSession until CloseSession/SessionClosed (even while reconnecting)."""
+        return self._session_open
+
+    @property
+    def uplink_active(self) -> bool:
+        return self._uplink_on
+
+    @property
+    def accepting_model_audio(self) -> bool:
+        """Whether a reply chunk arriving now should go to the jitter buffer.
+
+        False outside THINKING/SPEAKING and while an interrupted turn is still draining
+        from the server (its last chunks are stale)."""
+        return self._state in _REPLYING and not self._discard_model_audio
+
+    @property
+    def listens_for_wake_word(self) -> bool:
+        """Whether the daemon should run wake-word detection now."""
+        if self._state in (AgentState.IDLE, AgentState.FOLLOW_UP, AgentState.OFFLINE):
+            return True
+        return self._state in _REPLYING and self._config.barge_in_by_wake_word
+
+    @property
+    def voice_barge_in_armed(self) -> bool:
+        """Whether the daemon should look for the user talking over the reply."""
+        return self._barge_in_enabled and self._state is AgentState.SPEAKING
+
+    def initial_actions(self) -> list[Action]:
+        """Bring LEDs and the mic in line with the starting state (call once at start)."""
+        muted = self._state is AgentState.MUTED
+        return [SetMicMuted(muted), ShowLeds(pattern_for(self._state))]
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply one event at monotonic time ``now``; return the actions to carry out."""
+        self._now = now
+        self._actions = []
+        self.last_transitions = []
+        self._dispatch(event)
+        actions, self._actions = self._actions, []
+        return actions
+
+    # ---------------------------------------------------------------- event handlers
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case WakeWordDetected():
+                self._on_wake_word(event)
+            case ButtonPressed():
+                self._on_button_pressed()
+            case ButtonHeld():
+                self._on_button_held()
+            case SpeechStarted():
+                self._on_speech_started()
+            case SpeechEnded():
+                self._on_speech_ended()
+            case SessionReady():
+                self._on_session_ready(event)
+            case ModelAudioReceived():
+                self._on_model_audio()
+            case ServerInterrupted():
+                self._on_server_interrupted()
+            case GenerationCompleted():
+                pass  # nothing to decide: turnComplete (always sent after it) ends the reply
+            case TurnCompleted():
+                self._on_turn_completed()
+            case PlaybackDrained():
+                self._on_playback_drained()
+            case BargeInDetected():
+                self._on_barge_in(event)
+            case GoAwayReceived():
+                self._on_go_away()
+            case SessionLost():
+                self._on_session_lost(event)
+            case SessionClosed():
+                self._on_session_closed()
+            case TimerFired():
+                self._on_timer(event)
+            case AudioDeviceLost():
+                self._on_audio_lost(event)
+            case AudioDeviceRestored():
+                self._on_audio_restored()
+            case ConfigReloaded():
+                self._on_config_reloaded(event)
+            case _:
+                pass  # not ours: ignored
+
+    def _on_wake_word(self, ev: WakeWordDetected) -> None:
+        why = f"wake word {ev.model} ({ev.score:.2f})"
+        if self._state is AgentState.IDLE:
+            self._start_conversation(why, from_sample=ev.end_sample)
+        elif self._state is AgentState.FOLLOW_UP:
+            self._listen_again(why, from_sample=ev.end_sample)
+        elif self._state in _REPLYING and self._config.barge_in_by_wake_word:
+            self._barge_in(f"barge-in by {why}", ev.end_sample, interrupt=True, cue=True)
+        elif self._state is AgentState.OFFLINE:
+            self._offline_nudge()
+
+    def _on_button_pressed(self) -> None:
+        if self._state is AgentState.IDLE:
+            self._start_conversation("button pressed", from_sample=None)
+        elif self._state in _TAKING_TURN:
+            if self._activity_open:
+                self._end_turn("button pressed: end of turn")
+            else:
+                self._end_conversation("button pressed: cancelled", Cue.END)
+        elif self._state is AgentState.FOLLOW_UP:
+            self._end_conversation("button pressed: follow-up dismissed", Cue.END)
+        elif self._state in _REPLYING:
+            self._barge_in("barge-in by button", None, interrupt=True, cue=True)
+        elif self._state is AgentState.OFFLINE:
+            self._offline_nudge()
+        # MUTED: a press does nothing (a hold unmutes). ERROR: nothing to do.
+
+    def _on_button_held(self) -> None:
+        if self._state is AgentState.MUTED:
+            self._emit(SetMicMuted(False), PersistMute(False))
+            self._cue(Cue.MUTE_OFF)
+            if self._audio_ok:
+                self._go(AgentState.IDLE, "button held: unmuted")
+            else:
+                self._go(AgentState.ERROR, "button held: unmuted, audio device still missing")
+            return
+        self._teardown(flush=True, close_session=True)
+        self._emit(SetMicMuted(True), PersistMute(True))
+        self._cue(Cue.MUTE_ON)
+        self._go(AgentState.MUTED, "button held: muted")
+
+    def _on_speech_started(self) -> None:
+        if self._state in _TAKING_TURN:
+            if not self._activity_open:
+                self._emit(SendActivityStart())
+                self._activity_open = True
+                self._cancel_timer(Timer.LISTEN)
+                self._touch()
+        elif self._state is AgentState.FOLLOW_UP:
+            self._cancel_timer(Timer.FOLLOW_UP)
+            self._ensure_session()
+            self._emit(SendActivityStart())
+            self._activity_open = True
+            self._touch()
+            self._go(self._turn_state(), "speech during follow-up")
+
+    def _on_speech_ended(self) -> None:
+        if self._state in _TAKING_TURN and self._activity_open:
+            self._end_turn("speech ended")
+
+    def _on_session_ready(self, ev: SessionReady) -> None:
+        if not self._session_open:
+            return  # a connection we already gave up on
+        self._session_ready = True
+        self._discard_model_audio = False  # a new connection carries no stale audio
+        why = "session resumed" if ev.resumed else "session ready"
+        if self._state is AgentState.CONNECTING:
+            if not self._activity_open:
+                # Many people wait for the "listening" light: count from now.
+                self._set_timer(Timer.LISTEN, self._now + self._listen_window_s())
+            self._go(AgentState.LISTENING, why)
+        elif self._state is AgentState.THINKING:
+            # The turn is (re)sent on this connection: the reply is due from now.
+            self._set_timer(Timer.RESPONSE, self._now + self.RESPONSE_TIMEOUT_S)
+        elif self._state is AgentState.OFFLINE:
+            self._go_idle(f"back online ({why})", cue=None)
+
+    def _on_model_audio(self) -> None:
+        if self._discard_model_audio or self._state not in _REPLYING:
+            return
+        self._drained = False
+        self._touch()
+        if self._state is AgentState.THINKING:
+            self._cancel_timer(Timer.RESPONSE)
+            self._go(AgentState.SPEAKING, "reply audio arrived")
+
+    def _on_server_interrupted(self) -> None:
+        if self._discard_model_audio:
+            return  # the server acknowledging our own interruption
+        if self._state in _REPLYING:
+            self._barge_in("interrupted by the server", None, interrupt=False, cue=False)
+
+    def _on_turn_completed(self) -> None:
+        if self._discard_model_audio:
+            self._discard_model_audio = False  # the interrupted turn is over
+            return
+        if self._state not in _REPLYING:
+            return
+        self._turn_complete = True
+        self._touch()
+        if self._state is AgentState.THINKING:
+            self._cancel_timer(Timer.RESPONSE)
+            self._follow_up("turn completed without audio")
+        elif self._drained:
+            self._follow_up("reply played")
+
+    def _on_playback_drained(self) -> None:
+        if self._state is not AgentState.SPEAKING:
+            return
+        self._drained = True
+        if self._turn_complete:
+            self._touch()
+            self._follow_up("reply played")
+
+    def _on_barge_in(self, ev: BargeInDetected) -> None:
+        if self._state not in _REPLYING:
+            return
+        if ev.reason == BargeInReason.WAKE_WORD:
+            if self._config.barge_in_by_wake_word:
+                self._barge_in("barge-in by wake word", ev.sample, interrupt=True, cue=True)
+        elif self._barge_in_enabled:
+            # No cue: the user is talking, a beep would only land in their turn.
+            self._barge_in("voice barge-in", ev.sample, interrupt=True, cue=False)
+
+    def _on_go_away(self) -> None:
+        # In a conversation the session layer resumes on a new connection by itself.
+        # While idle there is nothing to keep: let the next wake open a fresh one.
+        if self._state is AgentState.IDLE and self._session_open:
+            self._close_session()
+
+    def _on_session_lost(self, ev: SessionLost) -> None:
+        self._session_ready = False
+        self._discard_model_audio = False
+        if ev.fatal:
+            if self._state in (AgentState.MUTED, AgentState.ERROR, AgentState.OFFLINE):
+                return
+            self._teardown(flush=self._state in _REPLYING, close_session=False)
+            self._cue(Cue.ERROR)
+            self._go(AgentState.OFFLINE, f"session lost: {ev.reason}")
+        elif self._state is AgentState.IDLE and self._session_open:
+            self._close_session()  # no reason to reconnect a session nobody is using
+
+    def _on_session_closed(self) -> None:
+        self._session_open = False
+        self._session_ready = False
+        self._discard_model_audio = False
+        self._cancel_timer(Timer.IDLE_CLOSE)
+        if self._state is AgentState.FOLLOW_UP:
+            self._end_conversation("session closed", cue=None)
+        elif self._state in _CONVERSING:
+            if self._state is AgentState.SPEAKING:
+                self._emit(FlushPlayback())
+            self._end_conversation("session closed by the server", Cue.ERROR)
+
+    def _on_timer(self, ev: TimerFired) -> None:
+        try:
+            name = Timer(ev.name)
+        except ValueError:
+            return
+        due = self._timers.get(name)
+        if due is None or self._now < due - _TIMER_TOLERANCE_S:
+            return  # cancelled or re-armed since: a stale fire
+        del self._timers[name]
+        if name is Timer.LISTEN:
+            if self._state in _TAKING_TURN and not self._activity_open:
+                self._end_conversation("no speech after wake", Cue.END)
+        elif name is Timer.RESPONSE:
+            if self._state is AgentState.THINKING:
+                self._close_session()
+                self._end_conversation("no reply from the server", Cue.ERROR)
+        elif name is Timer.FOLLOW_UP:
+            if self._state is AgentState.FOLLOW_UP:
+                self._end_conversation("follow-up window over", Cue.END)
+        elif name is Timer.IDLE_CLOSE and self._state is AgentState.IDLE and self._session_open:
+            self._close_session()
+
+    def _on_audio_lost(self, ev: AudioDeviceLost) -> None:
+        self._audio_ok = False
+        if self._state in (AgentState.MUTED, AgentState.ERROR):
+            return
+        self._teardown(flush=True, close_session=True)
+        self._go(AgentState.ERROR, f"audio device lost: {ev.reason}")
+
+    def _on_audio_restored(self) -> None:
+        self._audio_ok = True
+        if self._state is AgentState.ERROR:
+            self._go_idle("audio device back", cue=None)
+
+    def _on_config_reloaded(self, ev: ConfigReloaded) -> None:
+        # Running timers keep their deadlines; new values apply from the next use.
+        if ev.conversation is not None:
+            self._config = ev.conversation
+        if ev.barge_in_enabled is not None:
+            self._barge_in_enabled = ev.barge_in_enabled
+
+    # ------------------------------------------------------------- building blocks
+
+    def _start_conversation(self, why: str, from_sample: int | None) -> None:
+        """IDLE -> CONNECTING (or LISTENING when the kept-open session is ready)."""
+        self._cancel_timer(Timer.IDLE_CLOSE)
+        self._ensure_session()
+        self._reset_turn()
+        self._activity_open = False
+        self._emit(StartUplink(from_sample))
+        self._uplink_on = True
+        self._cue(Cue.WAKE)
+        self._touch()
+        self._set_timer(Timer.LISTEN, self._now + self._listen_window_s())
+        self._go(self._turn_state(), why)
+
+    def _listen_again(self, why: str, from_sample: int | None) -> None:
+        """FOLLOW_UP -> LISTENING on a wake word: restart the uplink after the phrase."""
+        self._cancel_timer(Timer.FOLLOW_UP)
+        self._ensure_session()
+        self._emit(StartUplink(from_sample))
+        self._uplink_on = True
+        self._cue(Cue.WAKE)
+        self._touch()
+        self._set_timer(Timer.LISTEN, self._now + self._listen_window_s())
+        self._go(self._turn_state(), why)
+
+    def _end_turn(self, why: str) -> None:
+        """The user's turn is over: mark it, stop sending, wait for the reply."""
+        self._emit(SendActivityEnd())
+        self._activity_open = False
+        self._stop_uplink()
+        self._cancel_timer(Timer.LISTEN)
+        self._reset_turn()
+        self._touch()
+        self._set_timer(Timer.RESPONSE, self._now + self.RESPONSE_TIMEOUT_S)
+        self._go(AgentState.THINKING, why)
+
+    def _barge_in(self, why: str, from_sample: int | None, interrupt: bool, cue: bool) -> None:
+        """THINKING/SPEAKING -> LISTENING: stop the reply and take the user's turn."""
+        self._emit(FlushPlayback())
+        if interrupt:
+            self._emit(InterruptSession())
+        # The server ends an interrupted turn with turnComplete; its audio still in
+        # flight until then is stale.
+        self._discard_model_audio = not self._turn_complete
+        self._reset_turn()
+        self._cancel_timer(Timer.RESPONSE)
+        self._emit(StartUplink(from_sample))
+        self._uplink_on = True
+        self._activity_open = False
+        if cue:
+            self._cue(Cue.WAKE)
+        self._touch()
+        self._set_timer(Timer.LISTEN, self._now + self._listen_window_s())
+        self._go(self._turn_state(), why)
+
+    def _follow_up(self, why: str) -> None:
+        """The reply is over: listen a while without the wake word, or go idle."""
+        self._cancel_timer(Timer.RESPONSE)
+        if self._config.follow_up_s <= 0:
+            self._end_conversation(why, cue=None)
+            return
+        self._emit(StartUplink(None))
+        self._uplink_on = True
+        self._activity_open = False
+        self._set_timer(Timer.FOLLOW_UP, self._now + self._config.follow_up_s)
+        self._go(AgentState.FOLLOW_UP, why)
+
+    def _end_conversation(self, why: str, cue: Cue | None) -> None:
+        """Any conversation state -> IDLE, keeping an open session for a quick return."""
+        self._stop_uplink()
+        self._activity_open = False
+        for name in (Timer.LISTEN, Timer.RESPONSE, Timer.FOLLOW_UP):
+            self._cancel_timer(name)
+        self._go_idle(why, cue)
+
+    def _go_idle(self, why: str, cue: Cue | None) -> None:
+        if cue is not None:
+            self._cue(cue)
+        if self._session_open:
+            base = self._now if self._last_activity_at is None else self._last_activity_at
+            close_at = base + self._config.idle_close_s
+            if close_at <= self._now:
+                self._close_session()
+            else:
+                self._set_timer(Timer.IDLE_CLOSE, close_at)
+        self._go(AgentState.IDLE, why)
+
+    def _teardown(self, *, flush: bool, close_session: bool) -> None:
+        """Stop everything in flight (before MUTED, OFFLINE, ERROR)."""
+        self._stop_uplink(force=flush)
+        if flush:
+            self._emit(FlushPlayback())
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        if close_session and self._session_open:
+            self._close_session()
+        self._activity_open = False
+        self._discard_model_audio = False
+        self._reset_turn()
+
+    def _offline_nudge(self) -> None:
+        self._cue(Cue.ERROR)
+        if not self._session_open:
+            self._ensure_session()  # try again: the network or key may be fixed
+
+    def _ensure_session(self) -> None:
+        if not self._session_open:
+            self._emit(OpenSession())
+            self._session_open = True
+            self._session_ready = False
+
+    def _close_session(self) -> None:
+        self._emit(CloseSession())
+        self._session_open = False
+        self._session_ready = False
+        self._discard_model_audio = False
+        self._cancel_timer(Timer.IDLE_CLOSE)
+
+    def _stop_uplink(self, force: bool = False) -> None:
+        if self._uplink_on or force:
+            self._emit(StopUplink())
+        self._uplink_on = False
+
+    def _reset_turn(self) -> None:
+        self._turn_complete = False
+        self._drained = False
+
+    def _turn_state(self) -> AgentState:
+        return AgentState.LISTENING if self._session_ready else AgentState.CONNECTING
+
+    def _listen_window_s(self) -> float:
+        return max(self._config.follow_up_s, self.LISTEN_MIN_S)
+
+    def _touch(self) -> None:
+        self._last_activity_at = self._now
+
+    def _set_timer(self, name: Timer, at: float) -> None:
+        self._timers[name] = at
+        self._emit(SetTimer(name, at))
+
+    def _cancel_timer(self, name: Timer) -> None:
+        if self._timers.pop(name, None) is not None:
+            self._emit(CancelTimer(name))
+
+    def _cue(self, name: Cue) -> None:
+        if self._config.cues:
+            self._emit(PlayCue(name))
+
+    def _emit(self, *actions: Action) -> None:
+        self._actions.extend(actions)
+
+    def _go(self, to: AgentState, why: str) -> None:
+        if to is self._state:
+            return
+        transition = Transition(self._now, self._state, to, why)
+        self._state = to
+        self.transitions.append(transition)
+        self.last_transitions.append(transition)
+        self._emit(ShowLeds(pattern_for(to)))

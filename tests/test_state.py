@@ -1,0 +1,673 @@
+"""The conversation state machine, driven event by event with explicit times."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from edge_agent.config import ConversationConfig
+from edge_agent.core.barge_in import BargeInDetected, BargeInReason
+from edge_agent.core.cues import Cue
+from edge_agent.core.leds import pattern_for
+from edge_agent.core.state import (
+    Action,
+    AgentState,
+    AudioDeviceLost,
+    AudioDeviceRestored,
+    ButtonHeld,
+    ButtonPressed,
+    CancelTimer,
+    CloseSession,
+    ConfigReloaded,
+    ConversationMachine,
+    FlushPlayback,
+    GenerationCompleted,
+    GoAwayReceived,
+    InterruptSession,
+    ModelAudioReceived,
+    OpenSession,
+    PersistMute,
+    PlaybackDrained,
+    PlayCue,
+    SendActivityEnd,
+    SendActivityStart,
+    ServerInterrupted,
+    SessionClosed,
+    SessionLost,
+    SessionReady,
+    SetMicMuted,
+    SetTimer,
+    ShowLeds,
+    SpeechEnded,
+    SpeechStarted,
+    StartUplink,
+    StopUplink,
+    Timer,
+    TimerFired,
+    TurnCompleted,
+    WakeWordDetected,
+)
+
+CFG = ConversationConfig(follow_up_s=6.0, idle_close_s=20.0, cues=True, barge_in_by_wake_word=True)
+WAKE = WakeWordDetected("hey_jarvis", 0.97, 16_000)
+S = AgentState
+
+
+def make(config: ConversationConfig = CFG, **kw: bool) -> ConversationMachine:
+    kw.setdefault("barge_in_enabled", True)
+    return ConversationMachine(config, **kw)
+
+
+def of(actions: list[Action], cls: type) -> list[Action]:
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def cues(actions: list[Action]) -> list[Cue]:
+    return [a.name for a in actions if isinstance(a, PlayCue)]
+
+
+def leds(state: AgentState) -> ShowLeds:
+    return ShowLeds(pattern_for(state))
+
+
+def to_speaking(m: ConversationMachine, t: float = 0.0) -> float:
+    """Wake, session ready, one user turn, first reply audio. Returns the last time used."""
+    m.handle(WAKE, t + 1.0)
+    m.handle(SessionReady(), t + 1.5)
+    m.handle(SpeechStarted(17_000), t + 2.0)
+    m.handle(SpeechEnded(40_000), t + 3.5)
+    m.handle(ModelAudioReceived(), t + 4.0)
+    assert m.state is S.SPEAKING
+    return t + 4.0
+
+
+# ------------------------------------------------------------------ waking up
+
+
+def test_wake_word_in_idle_opens_session_and_starts_uplink_after_the_phrase() -> None:
+    m = make()
+    actions = m.handle(WAKE, 1.0)
+    assert actions == [
+        OpenSession(),
+        StartUplink(16_000),
+        PlayCue(Cue.WAKE),
+        SetTimer(Timer.LISTEN, 7.0),
+        leds(S.CONNECTING),
+    ]
+    assert m.state is S.CONNECTING
+    (t,) = m.last_transitions
+    assert (t.from_state, t.to_state, t.at) == (S.IDLE, S.CONNECTING, 1.0)
+    assert "hey_jarvis" in t.reason
+
+
+def test_button_press_in_idle_starts_a_conversation_from_the_current_sample() -> None:
+    m = make()
+    actions = m.handle(ButtonPressed(), 1.0)
+    assert of(actions, OpenSession) and StartUplink(None) in actions
+    assert m.state is S.CONNECTING
+
+
+def test_one_breath_command_before_the_session_is_ready_is_kept_in_order() -> None:
+    m = make()
+    out = m.handle(WAKE, 1.0)
+    out += m.handle(SpeechStarted(16_100), 1.2)
+    assert m.state is S.CONNECTING
+    out += m.handle(SpeechEnded(50_000), 3.0)
+    assert m.state is S.THINKING
+    ready = m.handle(SessionReady(), 3.4)
+    assert m.state is S.THINKING  # the session layer sends the buffered turn now
+    assert ready == [SetTimer(Timer.RESPONSE, 3.4 + ConversationMachine.RESPONSE_TIMEOUT_S)]
+    out += ready
+    order = [
+        type(a) for a in out if isinstance(a, StartUplink | SendActivityStart | SendActivityEnd)
+    ]
+    assert order == [StartUplink, SendActivityStart, SendActivityEnd]
+    assert StopUplink() in out
+    assert CancelTimer(Timer.LISTEN) in out
+    m.handle(ModelAudioReceived(), 4.0)
+    assert m.state is S.SPEAKING
+
+
+def test_session_ready_rearms_the_listen_timer_so_slow_connects_do_not_eat_the_window() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)  # listen timer at 7.0
+    actions = m.handle(SessionReady(), 3.0)
+    assert SetTimer(Timer.LISTEN, 9.0) in actions
+    assert actions[-1] == leds(S.LISTENING)
+    assert m.handle(TimerFired("listen"), 7.0) == []  # the old deadline is stale
+    assert m.state is S.LISTENING
+    actions = m.handle(TimerFired("listen"), 9.0)
+    assert m.state is S.IDLE
+    assert StopUplink() in actions and cues(actions) == [Cue.END]
+
+
+def test_listen_window_never_shorter_than_minimum_even_with_follow_up_off() -> None:
+    m = make(ConversationConfig(follow_up_s=0.0))
+    actions = m.handle(WAKE, 1.0)
+    assert SetTimer(Timer.LISTEN, 1.0 + ConversationMachine.LISTEN_MIN_S) in actions
+
+
+# ------------------------------------------------------------ reply and follow-up
+
+
+def test_full_conversation_follow_up_then_idle_then_session_closed_later() -> None:
+    m = make()
+    to_speaking(m)
+    assert m.handle(TurnCompleted(), 5.0) == []  # still playing
+    assert m.state is S.SPEAKING
+    actions = m.handle(PlaybackDrained(), 6.0)
+    assert m.state is S.FOLLOW_UP
+    assert actions == [StartUplink(None), SetTimer(Timer.FOLLOW_UP, 12.0), leds(S.FOLLOW_UP)]
+    actions = m.handle(TimerFired("follow_up"), 12.0)
+    assert m.state is S.IDLE
+    # The session is kept until idle_close_s after the last thing said (reply end at 6.0).
+    assert actions == [
+        StopUplink(),
+        PlayCue(Cue.END),
+        SetTimer(Timer.IDLE_CLOSE, 26.0),
+        leds(S.IDLE),
+    ]
+    assert m.session_open
+    assert m.handle(TimerFired("idle_close"), 26.0) == [CloseSession()]
+    assert not m.session_open
+
+
+def test_mid_reply_underrun_does_not_end_the_reply() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(PlaybackDrained(), 4.5)  # network gap: buffer ran dry
+    m.handle(ModelAudioReceived(), 4.8)  # more audio: not drained any more
+    m.handle(TurnCompleted(), 5.0)
+    assert m.state is S.SPEAKING
+    m.handle(PlaybackDrained(), 7.0)
+    assert m.state is S.FOLLOW_UP
+
+
+def test_drained_before_turn_complete_goes_to_follow_up_on_turn_complete() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(GenerationCompleted(), 4.2)
+    m.handle(PlaybackDrained(), 4.5)
+    assert m.state is S.SPEAKING
+    m.handle(TurnCompleted(), 4.6)
+    assert m.state is S.FOLLOW_UP
+
+
+def test_turn_complete_without_audio_goes_to_follow_up() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    m.handle(SessionReady(), 1.5)
+    m.handle(SpeechStarted(17_000), 2.0)
+    m.handle(SpeechEnded(30_000), 3.0)
+    actions = m.handle(TurnCompleted(), 4.0)
+    assert m.state is S.FOLLOW_UP
+    assert CancelTimer(Timer.RESPONSE) in actions
+
+
+def test_speech_in_follow_up_listens_without_wake_word_on_the_kept_session() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(TurnCompleted(), 5.0)
+    m.handle(PlaybackDrained(), 6.0)
+    actions = m.handle(SpeechStarted(120_000), 8.0)
+    assert m.state is S.LISTENING
+    assert actions == [CancelTimer(Timer.FOLLOW_UP), SendActivityStart(), leds(S.LISTENING)]
+    m.handle(SpeechEnded(150_000), 10.0)
+    assert m.state is S.THINKING
+
+
+def test_wake_word_in_follow_up_restarts_uplink_after_the_phrase() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(TurnCompleted(), 5.0)
+    m.handle(PlaybackDrained(), 6.0)
+    actions = m.handle(WakeWordDetected("hey_jarvis", 0.9, 99_000), 7.0)
+    assert m.state is S.LISTENING
+    assert StartUplink(99_000) in actions and OpenSession() not in actions
+
+
+def test_follow_up_off_goes_straight_to_idle_after_the_reply() -> None:
+    m = make(ConversationConfig(follow_up_s=0.0, idle_close_s=20.0))
+    to_speaking(m)
+    m.handle(TurnCompleted(), 5.0)
+    actions = m.handle(PlaybackDrained(), 6.0)
+    assert m.state is S.IDLE
+    assert not of(actions, PlayCue)  # the reply itself ended the conversation
+    assert SetTimer(Timer.IDLE_CLOSE, 26.0) in actions
+
+
+def test_wake_in_idle_with_kept_session_goes_straight_to_listening() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(TurnCompleted(), 5.0)
+    m.handle(PlaybackDrained(), 6.0)
+    m.handle(TimerFired("follow_up"), 12.0)
+    actions = m.handle(WakeWordDetected("hey_jarvis", 0.9, 200_000), 15.0)
+    assert m.state is S.LISTENING
+    assert OpenSession() not in actions
+    assert CancelTimer(Timer.IDLE_CLOSE) in actions
+    # The stale idle-close fire must not close the session now in use.
+    assert m.handle(TimerFired("idle_close"), 26.0) == []
+    assert m.session_open
+
+
+def test_wake_after_idle_close_opens_a_new_session() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(TurnCompleted(), 5.0)
+    m.handle(PlaybackDrained(), 6.0)
+    m.handle(TimerFired("follow_up"), 12.0)
+    m.handle(TimerFired("idle_close"), 26.0)
+    actions = m.handle(WAKE, 30.0)
+    assert actions[0] == OpenSession()
+    assert m.state is S.CONNECTING
+
+
+def test_no_reply_times_out_closes_session_and_plays_error() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    m.handle(SessionReady(), 1.5)
+    m.handle(SpeechStarted(17_000), 2.0)
+    m.handle(SpeechEnded(30_000), 3.0)
+    due = 3.0 + ConversationMachine.RESPONSE_TIMEOUT_S
+    assert m.handle(TimerFired("response"), due - 1.0) == []
+    actions = m.handle(TimerFired("response"), due)
+    assert m.state is S.IDLE
+    assert CloseSession() in actions and cues(actions) == [Cue.ERROR]
+    assert not of(actions, SetTimer)  # no idle timer for a closed session
+
+
+# --------------------------------------------------------------------- barge-in
+
+
+def test_button_barge_in_flushes_interrupts_and_drops_stale_audio_until_turn_complete() -> None:
+    m = make()
+    to_speaking(m)
+    actions = m.handle(ButtonPressed(), 5.0)
+    assert m.state is S.LISTENING
+    assert actions[:2] == [FlushPlayback(), InterruptSession()]
+    assert StartUplink(None) in actions and cues(actions) == [Cue.WAKE]
+    assert not m.accepting_model_audio
+    # Audio of the interrupted reply still in flight, then the server's acknowledgement.
+    assert m.handle(ModelAudioReceived(), 5.1) == []
+    assert m.handle(ServerInterrupted(), 5.2) == []
+    m.handle(SpeechStarted(90_000), 5.3)
+    m.handle(SpeechEnded(120_000), 6.0)
+    assert m.state is S.THINKING
+    assert not m.accepting_model_audio  # old turn's turnComplete not seen yet
+    assert m.handle(ModelAudioReceived(), 6.1) == []
+    assert m.handle(TurnCompleted(), 6.2) == []  # ends the interrupted turn only
+    assert m.state is S.THINKING and m.accepting_model_audio
+    m.handle(ModelAudioReceived(), 7.0)
+    assert m.state is S.SPEAKING
+
+
+def test_barge_in_after_the_reply_was_complete_expects_no_stale_audio() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(TurnCompleted(), 4.5)  # everything received, still playing
+    m.handle(ButtonPressed(), 5.0)
+    m.handle(SpeechStarted(90_000), 5.3)
+    m.handle(SpeechEnded(120_000), 6.0)
+    assert m.accepting_model_audio
+    m.handle(ModelAudioReceived(), 6.5)
+    assert m.state is S.SPEAKING
+
+
+def test_voice_barge_in_starts_uplink_at_the_speech_onset_without_a_cue() -> None:
+    m = make()
+    to_speaking(m)
+    assert m.voice_barge_in_armed
+    actions = m.handle(BargeInDetected(BargeInReason.SPEECH, 80_000, 85_000), 5.0)
+    assert m.state is S.LISTENING
+    assert [FlushPlayback(), InterruptSession(), StartUplink(80_000)] == [
+        a for a in actions if isinstance(a, FlushPlayback | InterruptSession | StartUplink)
+    ]
+    assert not of(actions, PlayCue)
+
+
+def test_voice_barge_in_disabled_is_ignored() -> None:
+    m = make(barge_in_enabled=False)
+    to_speaking(m)
+    assert not m.voice_barge_in_armed
+    assert m.handle(BargeInDetected(BargeInReason.SPEECH, 80_000), 5.0) == []
+    assert m.state is S.SPEAKING
+
+
+def test_wake_word_barge_in_obeys_config() -> None:
+    m = make()
+    to_speaking(m)
+    assert m.listens_for_wake_word
+    actions = m.handle(WakeWordDetected("hey_jarvis", 0.9, 77_000), 5.0)
+    assert m.state is S.LISTENING and StartUplink(77_000) in actions
+    assert InterruptSession() in actions
+
+    off = make(ConversationConfig(barge_in_by_wake_word=False))
+    to_speaking(off)
+    assert not off.listens_for_wake_word
+    assert off.handle(WakeWordDetected("hey_jarvis", 0.9, 77_000), 5.0) == []
+    assert off.handle(BargeInDetected(BargeInReason.WAKE_WORD, 77_000), 5.0) == []
+    assert off.state is S.SPEAKING
+    # The detector's wake-word barge-in counts even with voice barge-in off.
+    m2 = make(barge_in_enabled=False)
+    to_speaking(m2)
+    m2.handle(BargeInDetected(BargeInReason.WAKE_WORD, 77_000), 5.0)
+    assert m2.state is S.LISTENING
+
+
+def test_server_interrupted_flushes_without_interrupting_the_session() -> None:
+    m = make()
+    to_speaking(m)
+    actions = m.handle(ServerInterrupted(), 5.0)
+    assert m.state is S.LISTENING
+    assert FlushPlayback() in actions and InterruptSession() not in actions
+    # The interrupted turn's turnComplete must not count as the next reply's end.
+    m.handle(SpeechStarted(90_000), 5.1)
+    m.handle(SpeechEnded(100_000), 5.5)
+    assert m.handle(TurnCompleted(), 5.6) == []
+    assert m.state is S.THINKING
+
+
+def test_barge_in_while_thinking() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    m.handle(SessionReady(), 1.5)
+    m.handle(SpeechStarted(17_000), 2.0)
+    m.handle(SpeechEnded(30_000), 3.0)
+    actions = m.handle(ButtonPressed(), 3.5)
+    assert m.state is S.LISTENING
+    assert CancelTimer(Timer.RESPONSE) in actions and InterruptSession() in actions
+
+
+# ---------------------------------------------------------------------- button
+
+
+def test_button_while_listening_cancels_or_ends_the_turn() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    m.handle(SessionReady(), 1.5)
+    actions = m.handle(ButtonPressed(), 2.0)
+    assert m.state is S.IDLE and cues(actions) == [Cue.END]
+
+    m2 = make()
+    m2.handle(WAKE, 1.0)
+    m2.handle(SessionReady(), 1.5)
+    m2.handle(SpeechStarted(17_000), 2.0)
+    actions = m2.handle(ButtonPressed(), 3.0)
+    assert m2.state is S.THINKING and SendActivityEnd() in actions
+
+
+def test_button_in_follow_up_dismisses_it() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(TurnCompleted(), 5.0)
+    m.handle(PlaybackDrained(), 6.0)
+    actions = m.handle(ButtonPressed(), 7.0)
+    assert m.state is S.IDLE
+    assert CancelTimer(Timer.FOLLOW_UP) in actions and StopUplink() in actions
+
+
+# ------------------------------------------------------------------------ mute
+
+
+def test_hold_mutes_from_speaking_and_stops_everything() -> None:
+    m = make()
+    to_speaking(m)
+    actions = m.handle(ButtonHeld(), 5.0)
+    assert m.state is S.MUTED
+    for expected in (
+        SetMicMuted(True),
+        StopUplink(),
+        FlushPlayback(),
+        CloseSession(),
+        PersistMute(True),
+        PlayCue(Cue.MUTE_ON),
+        leds(S.MUTED),
+    ):
+        assert expected in actions
+    assert not m.session_open and not m.uplink_active
+    # Nothing wakes a muted device; a hold unmutes.
+    for ev in (WAKE, ButtonPressed(), SpeechStarted(1), ModelAudioReceived(), SessionReady()):
+        assert m.handle(ev, 6.0) == []
+    assert not m.listens_for_wake_word
+    actions = m.handle(ButtonHeld(), 7.0)
+    assert m.state is S.IDLE
+    assert actions == [SetMicMuted(False), PersistMute(False), PlayCue(Cue.MUTE_OFF), leds(S.IDLE)]
+
+
+def test_mute_cancels_every_pending_timer() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)  # LISTEN timer
+    actions = m.handle(ButtonHeld(), 2.0)
+    assert CancelTimer(Timer.LISTEN) in actions
+    assert m.handle(TimerFired("listen"), 7.0) == []
+    assert m.state is S.MUTED
+
+
+def test_press_then_hold_from_idle_ends_muted_with_no_session() -> None:
+    m = make()
+    first = m.handle(ButtonPressed(), 1.0)
+    second = m.handle(ButtonHeld(), 2.5)
+    assert OpenSession() in first and CloseSession() in second
+    assert m.state is S.MUTED and not m.session_open
+    assert cues(first + second) == [Cue.WAKE, Cue.MUTE_ON]
+
+
+def test_muted_at_start() -> None:
+    m = make(muted_at_start=True)
+    assert m.state is S.MUTED
+    assert m.initial_actions() == [SetMicMuted(True), leds(S.MUTED)]
+    assert m.handle(WAKE, 1.0) == []
+    assert make().initial_actions() == [SetMicMuted(False), leds(S.IDLE)]
+
+
+def test_hold_toggles_mute_from_offline_and_error_too() -> None:
+    m = make()
+    m.handle(SessionLost("API key not valid", fatal=True), 1.0)
+    assert m.state is S.OFFLINE
+    m.handle(ButtonHeld(), 2.0)
+    assert m.state is S.MUTED
+    m.handle(AudioDeviceLost("unplugged"), 3.0)
+    assert m.state is S.MUTED  # the mute LED keeps showing mute
+    m.handle(ButtonHeld(), 4.0)
+    assert m.state is S.ERROR  # unmuted, but the mic is still gone
+    m.handle(AudioDeviceRestored(), 5.0)
+    assert m.state is S.IDLE
+
+
+# -------------------------------------------------------------- session trouble
+
+
+def test_non_fatal_loss_during_conversation_changes_nothing() -> None:
+    m = make()
+    to_speaking(m)
+    assert m.handle(SessionLost("1011 deadline expired"), 5.0) == []
+    assert m.state is S.SPEAKING
+    assert m.handle(SessionReady(resumed=True), 6.0) == []
+    assert m.handle(GoAwayReceived(), 7.0) == []
+    m.handle(TurnCompleted(), 8.0)
+    m.handle(PlaybackDrained(), 9.0)
+    assert m.state is S.FOLLOW_UP
+
+
+def test_non_fatal_loss_or_go_away_while_idle_closes_the_kept_session() -> None:
+    m = make()
+    to_speaking(m)
+    m.handle(TurnCompleted(), 5.0)
+    m.handle(PlaybackDrained(), 6.0)
+    m.handle(TimerFired("follow_up"), 12.0)
+    actions = m.handle(SessionLost("network"), 13.0)
+    assert CloseSession() in actions and CancelTimer(Timer.IDLE_CLOSE) in actions
+
+    m2 = make()
+    to_speaking(m2)
+    m2.handle(TurnCompleted(), 5.0)
+    m2.handle(PlaybackDrained(), 6.0)
+    m2.handle(TimerFired("follow_up"), 12.0)
+    assert CloseSession() in m2.handle(GoAwayReceived(), 13.0)
+
+
+def test_fatal_loss_goes_offline_and_session_ready_comes_back() -> None:
+    m = make()
+    to_speaking(m)
+    actions = m.handle(SessionLost("1007 API key not valid", fatal=True), 5.0)
+    assert m.state is S.OFFLINE
+    assert FlushPlayback() in actions and StopUplink() in actions
+    assert CloseSession() not in actions  # the session layer keeps retrying, slowly
+    assert cues(actions) == [Cue.ERROR] and actions[-1] == leds(S.OFFLINE)
+    assert cues(m.handle(WAKE, 6.0)) == [Cue.ERROR]
+    assert m.state is S.OFFLINE
+    m.handle(SessionReady(), 300.0)
+    assert m.state is S.IDLE
+
+
+def test_wake_while_offline_with_no_session_asks_for_one() -> None:
+    m = make()
+    m.handle(SessionLost("bad key", fatal=True), 1.0)
+    m.handle(SessionClosed(), 2.0)  # the session layer gave up
+    actions = m.handle(ButtonPressed(), 3.0)
+    assert OpenSession() in actions and m.state is S.OFFLINE
+
+
+def test_unexpected_session_close_during_reply_ends_the_conversation() -> None:
+    m = make()
+    to_speaking(m)
+    actions = m.handle(SessionClosed(), 5.0)
+    assert m.state is S.IDLE
+    assert FlushPlayback() in actions and cues(actions) == [Cue.ERROR]
+    assert not of(actions, SetTimer)
+    assert m.handle(WAKE, 6.0)[0] == OpenSession()
+
+
+def test_stale_session_ready_after_close_is_ignored() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    m.handle(ButtonHeld(), 1.5)  # mute closes the session before it was ready
+    m.handle(ButtonHeld(), 2.0)  # unmute
+    assert m.handle(SessionReady(), 2.5) == []
+    assert m.state is S.IDLE and not m.session_open
+
+
+# --------------------------------------------------------------------- devices
+
+
+def test_audio_device_lost_and_restored() -> None:
+    m = make()
+    to_speaking(m)
+    actions = m.handle(AudioDeviceLost("No such device"), 5.0)
+    assert m.state is S.ERROR
+    assert {type(a) for a in actions} >= {StopUplink, FlushPlayback, CloseSession, ShowLeds}
+    assert m.handle(WAKE, 6.0) == []
+    assert m.handle(AudioDeviceRestored(), 7.0) == [leds(S.IDLE)]
+    assert m.state is S.IDLE
+
+
+# ------------------------------------------------------------- misc and records
+
+
+def test_cues_off_means_no_cue_ever() -> None:
+    m = make(ConversationConfig(cues=False))
+    out = m.handle(WAKE, 1.0)
+    out += m.handle(TimerFired("listen"), 7.0)
+    out += m.handle(ButtonHeld(), 8.0)
+    out += m.handle(ButtonHeld(), 9.0)
+    assert not of(out, PlayCue)
+    assert m.state is S.IDLE
+
+
+def test_config_reload_changes_later_decisions() -> None:
+    m = make()
+    m.handle(ConfigReloaded(ConversationConfig(follow_up_s=10.0), barge_in_enabled=False), 0.5)
+    to_speaking(m)
+    assert not m.voice_barge_in_armed
+    m.handle(TurnCompleted(), 5.0)
+    assert SetTimer(Timer.FOLLOW_UP, 16.0) in m.handle(PlaybackDrained(), 6.0)
+
+
+def test_irrelevant_unknown_and_stale_events_are_ignored() -> None:
+    m = make()
+    assert m.handle(object(), 1.0) == []  # type: ignore[arg-type]
+    assert m.handle(TimerFired("no_such_timer"), 1.0) == []
+    assert m.handle(TimerFired("follow_up"), 1.0) == []
+    assert m.handle(SpeechEnded(5), 1.0) == []
+    assert m.handle(TurnCompleted(), 1.0) == []
+    assert m.handle(PlaybackDrained(), 1.0) == []
+    assert m.state is S.IDLE and list(m.transitions) == []
+
+
+def test_transitions_are_recorded_once_each_and_bounded() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    assert m.handle(SessionLost("net"), 1.1) == [] and m.last_transitions == []
+    m.handle(SessionReady(), 2.0)
+    assert [(t.from_state, t.to_state) for t in m.transitions] == [
+        (S.IDLE, S.CONNECTING),
+        (S.CONNECTING, S.LISTENING),
+    ]
+    for i in range(1000):
+        m.handle(ButtonHeld(), 3.0 + i)
+    assert len(m.transitions) == m.transitions.maxlen
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_event_storms_keep_the_invariants(seed: int) -> None:
+    """No exception, no double open, nothing opened or sent while muted, timers consistent."""
+    rng = random.Random(seed)
+    events = [
+        WAKE,
+        ButtonPressed(),
+        ButtonHeld(),
+        SpeechStarted(1),
+        SpeechEnded(2),
+        SessionReady(),
+        SessionReady(resumed=True),
+        ModelAudioReceived(),
+        ServerInterrupted(),
+        GenerationCompleted(),
+        TurnCompleted(),
+        PlaybackDrained(),
+        BargeInDetected(BargeInReason.SPEECH, 3),
+        BargeInDetected(BargeInReason.WAKE_WORD, 4),
+        GoAwayReceived(),
+        SessionLost("net"),
+        SessionLost("key", fatal=True),
+        SessionClosed(),
+        AudioDeviceLost("gone"),
+        AudioDeviceRestored(),
+        *[TimerFired(t.value) for t in Timer],
+    ]
+    m = make(barge_in_enabled=bool(seed % 2))
+    now = 0.0
+    session_open = False
+    pending: dict[Timer, float] = {}
+    for _ in range(4000):
+        now += rng.choice((0.01, 0.5, 3.0, 25.0))
+        ev = rng.choice(events)
+        if isinstance(ev, TimerFired) and Timer(ev.name) in pending and rng.random() < 0.7:
+            now = max(now, pending[Timer(ev.name)])  # usually fire on time
+        before = m.state
+        actions = m.handle(ev, now)
+        if isinstance(ev, SessionClosed):
+            session_open = False
+        for a in actions:
+            if isinstance(a, OpenSession):
+                assert not session_open, "OpenSession while a session is open"
+                session_open = True
+            elif isinstance(a, CloseSession):
+                assert session_open, "CloseSession with no session"
+                session_open = False
+            elif isinstance(a, SetTimer):
+                pending[a.name] = a.at
+            elif isinstance(a, CancelTimer):
+                assert pending.pop(a.name, None) is not None, "cancel of an unknown timer"
+        fired = Timer(ev.name) if isinstance(ev, TimerFired) else None
+        if fired in pending and now >= pending[fired] - 0.05:
+            del pending[fired]
+        if before is S.MUTED and m.state is S.MUTED:
+            assert not of(actions, OpenSession) and not of(actions, StartUplink)
+        if m.state is S.MUTED:
+            assert not m.session_open and not m.uplink_active and not pending
+        assert session_open == m.session_open
+        if m.last_transitions:
+            assert actions[-1] == leds(m.state)
