@@ -258,9 +258,7 @@ def simulate_echo(
     return wet
 
 
-def add_noise(
-    signal: np.ndarray, level_dbfs: float, rng: np.random.Generator
-) -> np.ndarray:
+def add_noise(signal: np.ndarray, level_dbfs: float, rng: np.random.Generator) -> np.ndarray:
     """Add low-passed white noise at `level_dbfs` RMS; returns float."""
     white = rng.standard_normal(signal.size)
     # A short low-pass kernel gives a gentler, more room-like spectrum than white noise.
@@ -278,3 +276,48 @@ def erle_db(mic: np.ndarray, cleaned: np.ndarray, mask: np.ndarray | None = None
         m = m[mask]
         c = c[mask]
     return 10.0 * np.log10((np.sum(m * m) + 1e-9) / (np.sum(c * c) + 1e-9))
+
+
+@dataclass(frozen=True)
+class PhraseClip:
+    """A wake phrase followed by a request, with the true boundaries (sample indices)."""
+
+    audio: np.ndarray
+    wake_end: int  # one past the last sample of the wake phrase above the threshold
+    rest_start: int
+    rest_end: int
+
+
+def wake_phrase_clip(
+    voice: str,
+    speed_wpm: int,
+    *,
+    wake_text: str = "hey jarvis",
+    rest_text: str = "what time is it",
+    lead_s: float = 2.5,
+    gap_s: float = 0.2,
+    tail_s: float = 1.0,
+    noise_dbfs: float | None = -65.0,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> PhraseClip:
+    """`wake_text` and `rest_text` synthesised separately and joined with a pause.
+
+    Synthesising the parts separately gives the exact end of the wake phrase
+    (its last sample above the silence threshold), the reference for checking
+    `WakeWordDetected.end_sample`. Light noise keeps the VAD realistic.
+    """
+    wake = trim(synthesize(wake_text, voice=voice, speed_wpm=speed_wpm, cache_dir=cache_dir))
+    parts = [silence(lead_s), wake]
+    wake_end = parts[0].size + wake.size
+    rest_start = rest_end = wake_end
+    if rest_text:
+        rest = trim(synthesize(rest_text, voice=voice, speed_wpm=speed_wpm, cache_dir=cache_dir))
+        parts += [silence(gap_s), rest]
+        rest_start = wake_end + parts[-2].size
+        rest_end = rest_start + rest.size
+    parts.append(silence(tail_s))
+    audio = concat(*parts)
+    if noise_dbfs is not None:
+        audio = to_int16(add_noise(audio, noise_dbfs, np.random.default_rng(seed)))
+    return PhraseClip(audio, wake_end, rest_start, rest_end)

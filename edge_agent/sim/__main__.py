@@ -1,0 +1,128 @@
+"""Run the Live API emulator standalone: `python -m edge_agent.sim --port 0 --ca-out DIR`.
+
+Prints one JSON line `{"base_url": ..., "ca_pem": ..., "port": ..., "pid": ...}` once
+listening, serves until SIGTERM/SIGINT, and with `--record-out FILE` writes the record as
+JSON on the way out. Used by subprocess tests and the offline demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .emulator import EmulatorOptions, LiveEmulator
+from .faults import FaultSpec, parse_fault_arg
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edge_agent.sim", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 = pick a free port")
+    p.add_argument("--ca-out", type=Path, default=None, help="directory for the CA PEM")
+    p.add_argument("--api-key", action="append", default=None, help="accepted key (repeatable)")
+    p.add_argument("--pace", type=float, default=1.0, help="1.0 real time, 0 = unpaced")
+    p.add_argument("--reply-chunk-ms", type=int, default=40)
+    p.add_argument("--setup-delay", type=float, default=0.0, help="seconds before setupComplete")
+    p.add_argument("--message-delay", type=float, default=0.0, help="seconds per server message")
+    p.add_argument("--message-jitter", type=float, default=0.0, help="+- seconds per message")
+    p.add_argument("--handle-ttl", type=float, default=7200.0)
+    p.add_argument("--reply-text", default=None, help="fixed reply sentence")
+    p.add_argument("--no-espeak", action="store_true", help="reply with a tone, not speech")
+    p.add_argument("--voice", default="en-us")
+    p.add_argument("--tool", action="append", default=None, help="function the model may call")
+    p.add_argument("--force-tool-call", action="store_true")
+    p.add_argument("--cancel-tool-calls", action="store_true")
+    p.add_argument("--vad-silence-ms", type=int, default=500)
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="CONN:KIND[:k=v,...]",
+        help="scripted fault, e.g. 0:go_away:time_left_s=2,at_s=5 or 1:close_1011",
+    )
+    p.add_argument("--record-out", type=Path, default=None, help="write the record here on exit")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    faults: dict[int, list[FaultSpec]] = {}
+    for text in args.fault:
+        conn, spec = parse_fault_arg(text)
+        faults.setdefault(conn, []).append(spec)
+    return EmulatorOptions(
+        valid_api_keys=tuple(args.api_key or ("test-key",)),
+        pace=args.pace,
+        reply_chunk_ms=args.reply_chunk_ms,
+        setup_delay_s=args.setup_delay,
+        message_delay_s=args.message_delay,
+        message_jitter_s=args.message_jitter,
+        handle_ttl_s=args.handle_ttl,
+        tools=tuple(args.tool or ()),
+        connection_faults=faults,
+        espeak=not args.no_espeak,
+        host=args.host,
+        port=args.port,
+        ca_dir=args.ca_out,
+        reply_text=args.reply_text,
+        voice=args.voice,
+        force_tool_call=args.force_tool_call,
+        cancel_tool_calls=args.cancel_tool_calls,
+        vad_silence_ms=args.vad_silence_ms,
+        seed=args.seed,
+    )
+
+
+async def serve_until_signalled(options: EmulatorOptions, record_out: Path | None) -> None:
+    emulator = LiveEmulator(options)
+    await emulator.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    line = {
+        "base_url": emulator.base_url,
+        "ca_pem": str(emulator.ca_pem_path),
+        "port": emulator.port,
+        "pid": os.getpid(),
+    }
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        await emulator.stop()
+        if record_out is not None:
+            tmp = record_out.with_name(record_out.name + ".tmp")
+            tmp.write_text(json.dumps(emulator.record.to_dict()))
+            os.replace(tmp, record_out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_until_signalled(options, args.record_out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""A local Gemini Live API emulator, reachable by the real google-genai SDK over TLS.
+
+The daemon, the offline demo, the benchmarks and the tests all need a Live API that
+behaves like the real one (message shapes and order, turn taking, interruptions, tool
+calls, resumption handles, close codes) and that can misbehave on demand. See
+helpers/LIVE_CONTRACT.md for the contract and DESIGN.md section 3 for the facts it copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, serve
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from . import faults as fk
+from .connection import ConnectionHandler, EmulatorServerConnection
+from .faults import FaultSpec
+from .record import DEFAULT_MAX_AUDIO_BYTES, DEFAULT_MAX_MESSAGES, ConnectionRecord, EmulatorRecord
+from .sessions import SessionRegistry
+from .tls import TlsMaterial, make_tls
+
+logger = logging.getLogger(__name__)
+
+_PATH = re.compile(
+    r"^/+ws/google\.ai\.generativelanguage\.(?P<version>[A-Za-z0-9_-]+)"
+    r"\.GenerativeService\.BidiGenerateContent$"
+)
+
+
+_QUERY_KEY = re.compile(r"([?&]key=)[^&\s]*")
+
+
+def redact_keys(text: str) -> str:
+    """Hide API keys in a request path or a logged header line."""
+    text = _QUERY_KEY.sub(r"\1<redacted>", text)
+    if text.lower().lstrip("< ").startswith("x-goog-api-key:"):
+        return text.split(":", 1)[0] + ": <redacted>"
+    return text
+
+
+class _RedactKeysFilter(logging.Filter):
+    """websockets logs request lines and headers at DEBUG; keys must never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG and record.msg in ("< %s: %s", "< %s %s %s"):
+            message = redact_keys(record.getMessage())
+            record.msg, record.args = message, ()
+        return True
+
+
+_WS_LOGGER = logging.getLogger(__name__ + ".websockets")
+_WS_LOGGER.addFilter(_RedactKeysFilter())
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    """How the emulator behaves. Contract fields first, then additions."""
+
+    valid_api_keys: tuple[str, ...] = ("test-key",)
+    pace: float = 0.0  # reply audio: 1.0 real time, 0 as fast as possible, 2.0 twice as fast
+    reply_chunk_ms: int = 40
+    setup_delay_s: float = 0.0
+    message_delay_s: float = 0.0
+    message_jitter_s: float = 0.0
+    handle_ttl_s: float = 7200.0
+    tools: tuple[str, ...] = ()  # functions the model may call (empty: any declared one)
+    connection_faults: Mapping[int, Sequence[FaultSpec]] = field(default_factory=dict)
+    espeak: bool = True
+    # --- additions ---
+    host: str = "127.0.0.1"
+    port: int = 0
+    ca_dir: str | Path | None = None  # where to write the CA PEM (default: private temp dir)
+    reply_text: str | None = None  # fixed reply sentence (tool turns still report the tool)
+    reply_audio_pcm: bytes | None = None  # exact 24 kHz s16le reply audio for every turn
+    voice: str = "en-us"
+    speech_wpm: int = 175
+    tool_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    force_tool_call: bool = False  # call the first eligible function on every turn
+    cancel_tool_calls: bool = False  # send toolCallCancellation instead of waiting
+    vad_threshold_dbfs: float = -40.0
+    vad_min_speech_ms: int = 60
+    vad_silence_ms: int = 500  # setup's silenceDurationMs wins when given
+    first_message_timeout_s: float = 30.0
+    close_timeout_s: float = 2.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_recorded_messages: int = DEFAULT_MAX_MESSAGES
+    max_recorded_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES
+    seed: int | None = None  # jitter and call ids
+
+
+class LiveEmulator:
+    """The emulator: `await start()`, point the SDK at `base_url`, `await stop()`."""
+
+    def __init__(self, options: EmulatorOptions | None = None) -> None:
+        self.options = options or EmulatorOptions()
+        self.record = EmulatorRecord(max_messages=self.options.max_recorded_messages)
+        self._registry = SessionRegistry(
+            self.record,
+            handle_ttl_s=self.options.handle_ttl_s,
+            max_audio_bytes=self.options.max_recorded_audio_bytes,
+        )
+        self._rng = random.Random(self.options.seed)
+        self._server: Server | None = None
+        self._tls: TlsMaterial | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handlers: dict[int, ConnectionHandler] = {}
+        self._handler_tasks: set[asyncio.Task[Any]] = set()
+        self._changed: asyncio.Event | None = None
+        self._connection_count = 0
+        self._stopped = False
+        self.port: int = 0
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Create TLS material and listen on host:port (port 0 = a free one)."""
+        if self._server is not None:
+            raise RuntimeError("emulator already started")
+        if self._stopped:
+            raise RuntimeError("a stopped emulator cannot be restarted; make a new one")
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._tls = await asyncio.to_thread(make_tls, self.options.ca_dir)
+        self._server = await serve(
+            self._handle,
+            self.options.host,
+            self.options.port,
+            ssl=self._tls.server_context,
+            process_request=self._process_request,
+            create_connection=EmulatorServerConnection,
+            ping_interval=None,  # the client keeps the connection alive, not us
+            close_timeout=self.options.close_timeout_s,
+            max_size=self.options.max_message_bytes,
+            server_header=None,
+            logger=_WS_LOGGER,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("Live API emulator listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        """Close every connection (1001), cancel every task, stop listening. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        server = self._server
+        if server is None:
+            return
+        server.close(close_connections=False)  # stop accepting now
+        handlers = list(self._handlers.values())
+        if handlers:
+            closing = [asyncio.ensure_future(h.shutdown()) for h in handlers]
+            _, pending = await asyncio.wait(closing, timeout=self.options.close_timeout_s + 1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*closing, return_exceptions=True)
+        for task in list(self._handler_tasks):
+            task.cancel()
+        for handler in handlers:
+            if handler.ws.protocol.state is not State.CLOSED:
+                handler.ws.transport.abort()  # still open after the close handshake timed out
+        try:
+            await asyncio.wait_for(server.wait_closed(), timeout=self.options.close_timeout_s + 5)
+        except TimeoutError:
+            logger.warning("emulator connections did not finish closing in time")
+        if self._tls is not None:
+            self._tls.cleanup()
+        logger.info("Live API emulator stopped")
+
+    async def __aenter__(self) -> LiveEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- what clients need ----
+
+    @property
+    def base_url(self) -> str:
+        """`https://HOST:PORT` for genai HttpOptions(base_url=...); the SDK switches to wss."""
+        host = self.options.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.port}"
+
+    @property
+    def ca_pem_path(self) -> Path:
+        if self._tls is None:
+            raise RuntimeError("emulator not started")
+        return self._tls.ca_pem_path
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client SSLContext trusting the emulator's CA."""
+        if self._tls is None:
+            raise RuntimeError("emulator not started")
+        return self._tls.client_context()
+
+    @property
+    def open_connections(self) -> list[int]:
+        """Indexes of connections currently being served."""
+        return sorted(self._handlers)
+
+    def inject(self, spec: FaultSpec) -> None:
+        """Apply `spec` now to every open connection (timing relative to now). Thread-safe."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("emulator not started")
+        if _running_loop() is loop:
+            self._inject_now(spec)
+        else:
+            loop.call_soon_threadsafe(self._inject_now, spec)
+
+    def _inject_now(self, spec: FaultSpec) -> None:
+        if not self._handlers:
+            logger.warning("inject(%s): no open connection", spec.kind)
+        for handler in list(self._handlers.values()):
+            handler.inject(spec)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        """Wait until `predicate()` holds; re-checked on every recorded change.
+
+        Raises TimeoutError after `timeout_s`.
+        """
+        if self._changed is None:
+            raise RuntimeError("emulator not started")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._changed.clear()
+            if predicate():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("emulator condition not reached in time")
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                if predicate():
+                    return
+                raise
+
+    # ---- server plumbing ----
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    def _process_request(
+        self, connection: EmulatorServerConnection, request: Request
+    ) -> Response | None:
+        index = self._connection_count
+        self._connection_count += 1
+        conn_record = ConnectionRecord(index=index, path=redact_keys(request.path))
+        self.record.connections.append(conn_record)
+        connection.emu_index = index
+        self._notify()
+        url = urlsplit(request.path)
+        if not _PATH.match(url.path):
+            conn_record.closed_by, conn_record.close_reason = "http", "HTTP 404"
+            return connection.respond(404, "Not Found\n")
+        for spec in self.options.connection_faults.get(index, ()):
+            if spec.kind == fk.HTTP_STATUS:
+                status = int(spec.param("status"))
+                conn_record.faults.append(spec.kind)
+                conn_record.closed_by, conn_record.close_reason = "http", f"HTTP {status}"
+                return connection.respond(status, "Refused by emulator fault.\n")
+        key = request.headers.get("x-goog-api-key")
+        if not key:
+            key = (parse_qs(url.query).get("key") or [None])[0]
+        connection.api_key = key
+        return None
+
+    async def _handle(self, ws: EmulatorServerConnection) -> None:
+        index = ws.emu_index
+        conn_record = self.record.connections[index]
+        task = asyncio.current_task()
+        assert task is not None
+        self._handler_tasks.add(task)
+        handler = ConnectionHandler(
+            ws,
+            conn_record,
+            self.options,
+            self.record,
+            self._registry,
+            list(self.options.connection_faults.get(index, ())),
+            self._notify,
+            self._rng,
+        )
+        self._handlers[index] = handler
+        logger.debug("connection %d opened (%s)", index, conn_record.path)
+        try:
+            await handler.run()
+        finally:
+            self._handlers.pop(index, None)
+            self._handler_tasks.discard(task)
+            self._notify()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+__all__ = ["EmulatorOptions", "FaultSpec", "LiveEmulator"]
