@@ -93,7 +93,7 @@ class BargeInDetector:
             self._gap = 0
             if self._run_speech >= self._min_speech:
                 self.fired = True
-                onset = self._run_start - self._pre_roll
+                onset = max(0, self._run_start - self._pre_roll)
                 if self._floor is not None:
                     onset = max(onset, self._floor)
                 return BargeInDetected(BargeInReason.SPEECH, onset, start_sample + n_samples)

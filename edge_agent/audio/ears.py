@@ -1,0 +1,504 @@
+"""The "ears": from a 10 ms mic block (+ aligned echo reference) to events and uplink audio.
+
+Per block, in order:
+1. echo cancellation (AEC3, bypassed while nothing has played for ~1 s); with
+   AEC disabled, the playback guard marks blocks where the device's own
+   playback is audible (see `edge_agent.audio.echo`);
+2. the wake word model always runs on the cleaned audio (on digital silence
+   for guarded blocks), in every mode;
+3. webrtcvad classifies every frame (it is nearly free and stays adapted to
+   the room), on the cleaned audio with AEC-gated blocks refilled with room
+   noise (`NoiseFill`); frames + verdicts go into a bounded history ring
+   (`history_ms`, oldest dropped);
+4. mode LISTENING: the VAD gate turns frames into SpeechStarted /
+   UplinkAudio / SpeechEnded; while the reference is audible (+300 ms) it
+   needs as much speech to open as a barge-in (300 ms), because residual echo
+   gives short false bursts. Mode PLAYING: the barge-in detector watches for
+   >= 300 ms of speech (short gaps allowed) or a wake word.
+
+Synchronous and device-free: the daemon calls `process` from one worker
+thread (inference must stay off the asyncio loop). `set_mode` and
+`start_uplink` may be called from any thread: they are queued and take effect
+at the start of the next `process` call, so one block is always handled
+under one mode.
+
+Typical daemon use:
+- IDLE: wake word only. On WakeWordDetected: `start_uplink(event.end_sample)`
+  (switches to LISTENING and replays the history from the end of the wake
+  phrase through the gate, so speech right after the wake word is not lost
+  while the session connects; the daemon buffers that UplinkAudio).
+- LISTENING: forward UplinkAudio; SpeechEnded ends the user turn.
+- PLAYING (reply audible): on BargeInDetected flush playback and
+  `start_uplink(event.sample)` so the interrupting words go up too. A wake
+  word while PLAYING yields both WakeWordDetected and BargeInDetected.
+Wake words are reported in every mode (the refractory time keeps one phrase
+from firing twice); the daemon decides what they mean in each state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_agent.audio.echo import (
+    Aec3EchoCanceller,
+    EchoCanceller,
+    NoiseFill,
+    PlaybackGuard,
+    reference_active,
+)
+from edge_agent.audio.wakeword import WakeWordDetected, WakeWordDetector
+from edge_agent.core.barge_in import (
+    BargeInConfig,
+    BargeInDetected,
+    BargeInDetector,
+    BargeInReason,
+)
+from edge_agent.core.vad_gate import (
+    SpeechEnded,
+    SpeechEndReason,
+    SpeechStarted,
+    UplinkAudio,
+    VadGate,
+    VadGateConfig,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BargeInDetected",
+    "BargeInReason",
+    "EarEvent",
+    "EarMode",
+    "Ears",
+    "EarsConfig",
+    "EarsStats",
+    "SpeechEndReason",
+    "SpeechEnded",
+    "SpeechStarted",
+    "UplinkAudio",
+    "WakeWordDetected",
+]
+
+EarEvent = WakeWordDetected | SpeechStarted | SpeechEnded | UplinkAudio | BargeInDetected
+
+_MAX_PENDING_COMMANDS = 64
+# After the reference goes silent the echo still arrives (output latency + reverb).
+DOUBLE_TALK_TAIL_MS = 300
+
+
+def ms_to_samples(ms: int, rate_hz: int) -> int:
+    return ms * rate_hz // 1000
+
+
+class EarMode(StrEnum):
+    IDLE = "idle"  # wake word only
+    LISTENING = "listening"  # VAD gate drives the uplink
+    PLAYING = "playing"  # the device is talking: barge-in detection
+
+
+class WakeDetector(Protocol):
+    def process(self, samples: np.ndarray, start_sample: int) -> list[WakeWordDetected]: ...
+
+
+@dataclass(frozen=True)
+class EarsConfig:
+    """Everything `Ears.create` needs; `from_settings` maps config.toml onto it."""
+
+    sample_rate_hz: int = 16000
+    wake_models: tuple[str, ...] = ("hey_jarvis",)
+    wake_threshold: float = 0.5
+    # Per-model overrides, keyed as in wake_models (or by the model file's stem).
+    wake_thresholds: Mapping[str, float] = field(default_factory=dict)
+    wake_refractory_s: float = 2.0
+    vad_mode: int = 2
+    gate: VadGateConfig = field(default_factory=VadGateConfig)
+    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    voice_barge_in: bool = True  # speech over the reply interrupts it
+    barge_in_by_wake_word: bool = True  # the wake word over the reply interrupts it
+    aec_enabled: bool = True
+    aec_stream_delay_ms: int = 0
+    aec_idle_bypass_ms: int = 1000
+    playback_guard_tail_ms: int = 500  # used only with AEC disabled
+    history_ms: int = 3000  # how far back start_uplink can reach
+
+    def __post_init__(self) -> None:
+        if self.sample_rate_hz != 16000:
+            raise ValueError("the ears run at 16 kHz (openWakeWord, AEC3 and the uplink need it)")
+        if self.gate.sample_rate_hz != self.sample_rate_hz:
+            raise ValueError("gate.sample_rate_hz must match sample_rate_hz")
+        if self.barge_in.sample_rate_hz != self.sample_rate_hz:
+            raise ValueError("barge_in.sample_rate_hz must match sample_rate_hz")
+        if self.history_ms < self.gate.pre_roll_ms + 500:
+            raise ValueError("history_ms must exceed the gate pre-roll by at least 500 ms")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EarsConfig:
+        """Map the app config (sections wake_word, vad, echo, conversation) onto EarsConfig.
+
+        Duck-typed so this module does not depend on `edge_agent.config`; wake
+        model paths must already be resolved (relative to the config file).
+        """
+        ww, vad, echo = settings.wake_word, settings.vad, settings.echo
+        conversation = getattr(settings, "conversation", None)
+        return cls(
+            wake_models=tuple(ww.models),
+            wake_threshold=ww.threshold,
+            wake_thresholds=dict(ww.thresholds),
+            wake_refractory_s=ww.refractory_s,
+            vad_mode=vad.aggressiveness,
+            gate=VadGateConfig(
+                frame_ms=vad.frame_ms,
+                pre_roll_ms=vad.pre_roll_ms,
+                speech_start_ms=vad.speech_start_ms,
+                speech_end_ms=vad.speech_end_ms,
+                max_utterance_s=vad.max_utterance_s,
+            ),
+            barge_in=BargeInConfig(min_speech_ms=echo.barge_in_speech_ms),
+            voice_barge_in=echo.voice_barge_in,
+            barge_in_by_wake_word=getattr(conversation, "barge_in_by_wake_word", True),
+            aec_enabled=echo.enabled,
+        )
+
+
+@dataclass
+class EarsStats:
+    """Counters for logs and benchmarks (read from any thread; plain ints/floats)."""
+
+    blocks: int = 0
+    audio_samples: int = 0
+    cpu_s: float = 0.0  # CPU time of the calling thread spent inside process()
+    wake_detections: int = 0
+    barge_ins: int = 0
+    utterances: int = 0
+    uplink_bytes: int = 0
+    guarded_samples: int = 0
+    discontinuities: int = 0
+    bad_blocks: int = 0
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio_samples / 16000.0
+
+    @property
+    def cpu_per_audio_s(self) -> float:
+        """CPU seconds per second of audio (0.01 = 1% of one core)."""
+        return self.cpu_s / self.audio_s if self.audio_samples else 0.0
+
+
+@dataclass(frozen=True)
+class _Frame:
+    start: int
+    pcm: np.ndarray
+    speech: bool
+
+
+class Ears:
+    """The listening pipeline. Build with `Ears.create(config)`; tests inject fakes."""
+
+    def __init__(
+        self,
+        *,
+        wake: WakeDetector,
+        is_speech: Callable[[np.ndarray], bool],
+        echo: EchoCanceller | None,
+        config: EarsConfig | None = None,
+        guard_playback: bool | None = None,
+    ) -> None:
+        """guard_playback: mute wake word/VAD while playback is audible; defaults to
+        on exactly when there is no echo canceller (see `edge_agent.audio.echo`)."""
+        self.config = config or EarsConfig()
+        self._wake = wake
+        self._is_speech = is_speech
+        self._echo = echo
+        self._guard = (
+            PlaybackGuard(
+                sample_rate_hz=self.config.sample_rate_hz,
+                tail_ms=self.config.playback_guard_tail_ms,
+            )
+            if (echo is None if guard_playback is None else guard_playback)
+            else None
+        )
+        # AEC3 gates the room noise to silence during echo; the VAD must not see that.
+        self._noise_fill = NoiseFill(sample_rate_hz=self.config.sample_rate_hz) if echo else None
+        # While the device plays (and for a short tail), residual echo can look like
+        # a short burst of speech: the gate then needs as much speech as a barge-in.
+        self._double_talk_frames = max(
+            1, -(-self.config.barge_in.min_speech_ms // self.config.gate.frame_ms)
+        )
+        self._double_talk_tail = ms_to_samples(DOUBLE_TALK_TAIL_MS, self.config.sample_rate_hz)
+        self._ref_active_until: int | None = None
+        self._gate = VadGate(None, self.config.gate, max_start_frames=self._double_talk_frames)
+        self._barge = BargeInDetector(self.config.barge_in)
+        self._frame_samples = self.config.gate.frame_samples
+        self._pending = np.empty(0, dtype=np.int16)  # cleaned audio not yet framed
+        self._pending_vad = np.empty(0, dtype=np.int16)  # what the VAD sees of it
+        self._pending_start = 0
+        self._pending_guarded = False
+        self._history: deque[_Frame] = deque(
+            maxlen=max(1, self.config.history_ms // self.config.gate.frame_ms)
+        )
+        # EarMode = switch mode; int = start_uplink(from_sample).
+        self._commands: deque[EarMode | int] = deque()
+        self._requested_mode = EarMode.IDLE
+        self._mode = EarMode.IDLE
+        self._next_sample: int | None = None
+        self._zeros = np.zeros(160, dtype=np.int16)
+        self.stats = EarsStats()
+
+    @classmethod
+    def create(cls, config: EarsConfig | None = None) -> Ears:
+        """Build the real pipeline: openWakeWord, webrtcvad, AEC3 (slow: loads models)."""
+        from edge_agent.audio.vad import WebRtcVad
+
+        config = config or EarsConfig()
+        wake = WakeWordDetector.load(
+            config.wake_models,
+            threshold=config.wake_threshold,
+            thresholds=config.wake_thresholds,
+            refractory_s=config.wake_refractory_s,
+        )
+        vad = WebRtcVad(config.vad_mode, config.sample_rate_hz)
+        echo = (
+            Aec3EchoCanceller.create(
+                sample_rate_hz=config.sample_rate_hz,
+                stream_delay_ms=config.aec_stream_delay_ms,
+                idle_bypass_ms=config.aec_idle_bypass_ms,
+            )
+            if config.aec_enabled
+            else None
+        )
+        if echo is None:
+            logger.warning(
+                "echo cancellation disabled: wake word and VAD are muted while the device "
+                "plays audio; only the button can interrupt a reply"
+            )
+        return cls(wake=wake, is_speech=vad.is_speech, echo=echo, config=config)
+
+    # -- control (any thread) ---------------------------------------------
+
+    @property
+    def mode(self) -> EarMode:
+        """The most recently requested mode."""
+        return self._requested_mode
+
+    def set_mode(self, mode: EarMode) -> None:
+        """Switch mode at the next block.
+
+        LISTENING (without `start_uplink`) starts the gate with the last
+        pre-roll of history, so a word that began just before is not clipped.
+        PLAYING re-arms barge-in detection. IDLE stops the gate silently (no
+        SpeechEnded: the daemon asked for it).
+        """
+        self._queue(EarMode(mode))
+        self._requested_mode = EarMode(mode)
+
+    def start_uplink(self, from_sample: int) -> None:
+        """Switch to LISTENING and gate the audio from `from_sample` on (replaying history).
+
+        Nothing before `from_sample` is uplinked (the wake phrase stays local);
+        the gate still needs speech to open, so silence after the wake word is
+        not sent. Reaches back at most `history_ms`. Calling it again restarts
+        the gate from the new point (audio after it may be sent a second time).
+        """
+        self._queue(int(from_sample))
+        self._requested_mode = EarMode.LISTENING
+
+    def _queue(self, command: EarMode | int) -> None:
+        # deque append/popleft are thread-safe; the bound only guards against a
+        # runaway caller (oldest command dropped, logged).
+        if len(self._commands) >= _MAX_PENDING_COMMANDS:
+            dropped = self._commands.popleft()
+            logger.warning("ears: too many pending commands, dropped %s", dropped)
+        self._commands.append(command)
+
+    # -- the block path (worker thread) -------------------------------------
+
+    def process(self, mic: np.ndarray, ref: np.ndarray | None, sample_pos: int) -> list[EarEvent]:
+        """Handle one mic block (int16 mono, 16 kHz) starting at capture sample `sample_pos`.
+
+        `ref` is the playback reference aligned with this block (None or zeros
+        while nothing plays).
+        """
+        t0 = time.thread_time()
+        events: list[EarEvent] = []
+        try:
+            self._apply_commands(events)
+            mic = self._check_block(mic)
+            if mic is None:
+                return events
+            if ref is not None:
+                ref = self._check_ref(ref, mic.size)
+            n = mic.size
+            if self._next_sample is not None and sample_pos != self._next_sample:
+                self.stats.discontinuities += 1
+                level = logging.WARNING if self.stats.discontinuities == 1 else logging.DEBUG
+                logger.log(level, "ears: block at %d, expected %d", sample_pos, self._next_sample)
+                self._pending = np.empty(0, dtype=np.int16)
+                self._pending_vad = self._pending
+            self._next_sample = sample_pos + n
+            self.stats.blocks += 1
+            self.stats.audio_samples += n
+
+            cleaned = self._echo.process(mic, ref) if self._echo is not None else mic
+            guarded = self._guard.update(ref, sample_pos, n) if self._guard is not None else False
+            if guarded:
+                self.stats.guarded_samples += n
+
+            wake_input = self._silence(n) if guarded else cleaned
+            for det in self._wake.process(wake_input, sample_pos):
+                self.stats.wake_detections += 1
+                events.append(det)
+                if self._mode is EarMode.PLAYING and self.config.barge_in_by_wake_word:
+                    barge = self._barge.on_wake_word(det.end_sample, sample_pos + n)
+                    if barge is not None:
+                        self.stats.barge_ins += 1
+                        events.append(barge)
+
+            playing = reference_active(ref)
+            if playing:
+                self._ref_active_until = sample_pos + n + self._double_talk_tail
+            vad_input = cleaned
+            if self._noise_fill is not None:
+                vad_input = self._noise_fill.process(mic, cleaned, playing)
+            for frame in self._frames(cleaned, vad_input, sample_pos, guarded):
+                self._route_frame(frame, events)
+            return events
+        finally:
+            self.stats.cpu_s += time.thread_time() - t0
+
+    def _silence(self, n: int) -> np.ndarray:
+        if self._zeros.size != n:
+            self._zeros = np.zeros(n, dtype=np.int16)
+        return self._zeros
+
+    def _check_block(self, mic: np.ndarray) -> np.ndarray | None:
+        arr = np.asarray(mic)
+        if arr.dtype != np.int16 or arr.ndim != 1 or arr.size == 0:
+            self.stats.bad_blocks += 1
+            if self.stats.bad_blocks == 1:
+                logger.warning(
+                    "ears: bad mic block (dtype %s, shape %s); expected 1-D int16",
+                    arr.dtype,
+                    arr.shape,
+                )
+            if arr.size == 0 or arr.dtype.kind not in "iu":
+                return None
+            arr = arr.reshape(-1).astype(np.int16)
+        return arr
+
+    def _check_ref(self, ref: np.ndarray, n: int) -> np.ndarray | None:
+        arr = np.asarray(ref)
+        if arr.dtype == np.int16 and arr.ndim == 1 and arr.size == n:
+            return arr
+        self.stats.bad_blocks += 1
+        if self.stats.bad_blocks == 1:
+            logger.warning(
+                "ears: bad reference block (dtype %s, shape %s) for %d mic samples; ignored",
+                arr.dtype,
+                arr.shape,
+                n,
+            )
+        return None
+
+    def _frames(
+        self, cleaned: np.ndarray, vad_input: np.ndarray, sample_pos: int, guarded: bool
+    ) -> list[_Frame]:
+        """Cut the cleaned stream into VAD frames and classify each once."""
+        if self._pending.size == 0:
+            self._pending_start = sample_pos
+            self._pending_guarded = False
+            # Copies: the caller may reuse its block buffers.
+            self._pending = cleaned.copy()
+            self._pending_vad = vad_input.copy()
+        else:
+            self._pending = np.concatenate((self._pending, cleaned))
+            self._pending_vad = np.concatenate((self._pending_vad, vad_input))
+        # A frame counts as guarded if any block in it was.
+        self._pending_guarded = self._pending_guarded or guarded
+        fs = self._frame_samples
+        frames = []
+        while self._pending.size >= fs:
+            pcm = self._pending[:fs].copy()
+            speech = (
+                False if self._pending_guarded else bool(self._is_speech(self._pending_vad[:fs]))
+            )
+            frame = _Frame(self._pending_start, pcm, speech)
+            self._history.append(frame)
+            frames.append(frame)
+            self._pending = self._pending[fs:]
+            self._pending_vad = self._pending_vad[fs:]
+            self._pending_start += fs
+            self._pending_guarded = guarded and self._pending.size > 0
+        return frames
+
+    def _route_frame(self, frame: _Frame, events: list[EarEvent]) -> None:
+        if self._mode is EarMode.LISTENING:
+            self._gate_events(self._gate_frame(frame), events)
+        elif self._mode is EarMode.PLAYING and self.config.voice_barge_in:
+            barge = self._barge.on_vad_frame(frame.start, frame.pcm.size, frame.speech)
+            if barge is not None:
+                self.stats.barge_ins += 1
+                events.append(barge)
+
+    def _gate_events(self, gate_events: list, events: list[EarEvent]) -> None:
+        for ev in gate_events:
+            if isinstance(ev, UplinkAudio):
+                self.stats.uplink_bytes += len(ev.pcm)
+            elif isinstance(ev, SpeechStarted):
+                self.stats.utterances += 1
+            events.append(ev)
+
+    def _apply_commands(self, events: list[EarEvent]) -> None:
+        while self._commands:
+            command = self._commands.popleft()
+            if isinstance(command, EarMode):
+                self._enter_mode(command, events)
+            else:
+                self._begin_uplink(command, events)
+
+    def _enter_mode(self, mode: EarMode, events: list[EarEvent]) -> None:
+        if mode is EarMode.LISTENING:
+            if self._mode is not EarMode.LISTENING:
+                start = self._history[-1].start + self._frame_samples if self._history else 0
+                self._begin_uplink(
+                    start - self.config.gate.pre_roll_frames * self._frame_samples, events
+                )
+            return
+        if mode is EarMode.PLAYING:
+            self._barge.reset(floor_sample=self._next_sample)
+        self._gate.reset()
+        logger.debug("ears: mode %s -> %s", self._mode, mode)
+        self._mode = mode
+
+    def _begin_uplink(self, from_sample: int, events: list[EarEvent]) -> None:
+        logger.debug("ears: uplink from sample %d (mode %s)", from_sample, self._mode)
+        self._mode = EarMode.LISTENING
+        self._gate.reset(floor_sample=from_sample)
+        if self._history and from_sample < self._history[0].start:
+            logger.warning(
+                "ears: uplink requested from sample %d but history starts at %d",
+                from_sample,
+                self._history[0].start,
+            )
+        for frame in list(self._history):
+            if frame.start >= from_sample:
+                self._gate_events(self._gate_frame(frame), events)
+
+    def _gate_frame(self, frame: _Frame) -> list:
+        during_playback = (
+            self._ref_active_until is not None and frame.start < self._ref_active_until
+        )
+        return self._gate.process_frame(
+            frame.pcm,
+            frame.start,
+            frame.speech,
+            start_frames=self._double_talk_frames if during_playback else None,
+        )

@@ -1,0 +1,344 @@
+"""VAD gate: turns a mic stream into utterances (speech start/end + the audio to uplink).
+
+Pure logic: no I/O, no clock. Time is the sample position in the 16 kHz capture
+stream, so every decision is reproducible from the audio alone. The speech
+classifier is injected (`is_speech(frame) -> bool`; webrtcvad in production).
+
+Why a gate: the uplink should carry the user's speech, not minutes of room
+noise. Three details keep it from clipping words:
+- a pre-roll ring: when speech opens the gate, the frames just before the
+  onset go up too, so the first (soft) syllable is never cut;
+- a start requirement (consecutive speech frames) so a click does not open it;
+- an end hangover (silence time) so pauses between words do not close it.
+A maximum utterance length stops a TV or a stuck classifier from streaming
+forever; after such a cut the gate re-arms only after `speech_end_ms` of
+silence, so continuous noise does not produce a chain of utterances.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_FRAME_MS = (10, 20, 30)
+
+
+class SpeechEndReason(StrEnum):
+    """Why an utterance ended."""
+
+    SILENCE = "silence"  # `speech_end_ms` of silence after the last speech frame
+    MAX_LENGTH = "max_length"  # the utterance reached `max_utterance_s`
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Speech opened the gate; `sample` is the first speech frame of the onset run."""
+
+    sample: int
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    """The utterance ended; `sample` is where speech stopped (end of the last speech frame).
+
+    For MAX_LENGTH it is where the gate cut the utterance.
+    """
+
+    sample: int
+    reason: SpeechEndReason
+
+
+@dataclass(frozen=True)
+class UplinkAudio:
+    """Audio to send: s16le mono PCM starting at stream position `start_sample`."""
+
+    pcm: bytes
+    start_sample: int
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + len(self.pcm) // 2
+
+
+GateEvent = SpeechStarted | SpeechEnded | UplinkAudio
+
+
+@dataclass(frozen=True)
+class VadGateConfig:
+    """Gate timing. Durations round up to whole frames."""
+
+    sample_rate_hz: int = 16000
+    frame_ms: int = 30
+    pre_roll_ms: int = 300
+    speech_start_ms: int = 90
+    speech_end_ms: int = 700
+    max_utterance_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.frame_ms not in SUPPORTED_FRAME_MS:
+            raise ValueError(f"frame_ms must be one of {SUPPORTED_FRAME_MS}, got {self.frame_ms}")
+        if self.sample_rate_hz <= 0 or self.sample_rate_hz % 100:
+            raise ValueError(
+                f"sample_rate_hz must be a positive multiple of 100: {self.sample_rate_hz}"
+            )
+        for name in ("pre_roll_ms", "speech_start_ms", "speech_end_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_utterance_s <= 0:
+            raise ValueError("max_utterance_s must be > 0")
+
+    @property
+    def frame_samples(self) -> int:
+        return self.sample_rate_hz * self.frame_ms // 1000
+
+    def _frames(self, ms: float) -> int:
+        return -(-round(ms * self.sample_rate_hz / 1000) // self.frame_samples)
+
+    @property
+    def pre_roll_frames(self) -> int:
+        return self._frames(self.pre_roll_ms)
+
+    @property
+    def start_frames(self) -> int:
+        """Consecutive speech frames that open the gate (at least one)."""
+        return max(1, self._frames(self.speech_start_ms))
+
+    @property
+    def end_frames(self) -> int:
+        """Consecutive non-speech frames that close it (at least one)."""
+        return max(1, self._frames(self.speech_end_ms))
+
+    @property
+    def max_utterance_samples(self) -> int:
+        return round(self.max_utterance_s * self.sample_rate_hz)
+
+
+class VadGate:
+    """Frames audio, classifies it, and emits utterance events plus uplink audio.
+
+    Feed any number of samples with `process(samples, start_sample)`; or, when
+    frames are already classified elsewhere, `process_frame(frame, start, speech)`.
+    Events come out in stream order; uplink audio is coalesced per call.
+    """
+
+    def __init__(
+        self,
+        is_speech: Callable[[np.ndarray], bool] | None,
+        config: VadGateConfig | None = None,
+        *,
+        max_start_frames: int | None = None,
+    ) -> None:
+        """max_start_frames: the largest `start_frames` override `process_frame` will get
+        (sizes the pre-roll ring); defaults to the config's own start requirement."""
+        self._is_speech = is_speech
+        self.config = config or VadGateConfig()
+        self._max_start_frames = max(self.config.start_frames, max_start_frames or 0)
+        self.bytes_seen = 0
+        self.bytes_passed = 0
+        self.utterances = 0
+        self._frame_samples = self.config.frame_samples
+        # Pre-roll ring: the onset run itself plus `pre_roll` frames before it.
+        self._ring: deque[tuple[int, np.ndarray]] = deque(
+            maxlen=self.config.pre_roll_frames + self._max_start_frames
+        )
+        self._pending = np.empty(0, dtype=np.int16)
+        self._pending_start = 0
+        self._next_sample: int | None = None
+        self._discontinuities = 0
+        self._reset_state(floor_sample=None)
+
+    # -- public API -------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """True while an utterance is in progress (audio is being uplinked)."""
+        return self._open
+
+    def reset(self, floor_sample: int | None = None) -> None:
+        """Close silently and forget the pre-roll; ignore audio before `floor_sample`.
+
+        Used when the owner starts listening at a given point (e.g. right after
+        a wake phrase): nothing before that point may be uplinked.
+        """
+        self._reset_state(floor_sample)
+        self._pending = np.empty(0, dtype=np.int16)
+        self._next_sample = None
+
+    def process(self, samples: np.ndarray, start_sample: int) -> list[GateEvent]:
+        """Frame, classify and gate `samples` (int16 mono) that start at `start_sample`."""
+        if self._is_speech is None:
+            raise RuntimeError("VadGate built without a classifier: use process_frame()")
+        samples = np.asarray(samples, dtype=np.int16).reshape(-1)
+        if self._next_sample is not None and start_sample != self._next_sample:
+            self._note_discontinuity(start_sample)
+            self._pending = np.empty(0, dtype=np.int16)
+        if self._pending.size == 0:
+            self._pending_start = start_sample
+        self._pending = np.concatenate((self._pending, samples)) if self._pending.size else samples
+        self._next_sample = start_sample + samples.size
+        out = _EventSink()
+        fs = self._frame_samples
+        n_full = self._pending.size // fs
+        for i in range(n_full):
+            frame = self._pending[i * fs : (i + 1) * fs]
+            start = self._pending_start + i * fs
+            self._step(frame, start, bool(self._is_speech(frame)), out, self.config.start_frames)
+        consumed = n_full * fs
+        self._pending = self._pending[consumed:].copy()
+        self._pending_start += consumed
+        return out.finish()
+
+    def process_frame(
+        self,
+        frame: np.ndarray,
+        start_sample: int,
+        speech: bool,
+        *,
+        start_frames: int | None = None,
+    ) -> list[GateEvent]:
+        """Gate one already-classified frame of `config.frame_samples` samples.
+
+        start_frames: a stricter opening requirement for this frame (e.g. while
+        the device itself is playing, where residual echo gives short false
+        "speech" runs); capped at `max_start_frames`.
+        """
+        frame = np.asarray(frame, dtype=np.int16).reshape(-1)
+        if frame.size != self._frame_samples:
+            raise ValueError(f"frame must have {self._frame_samples} samples, got {frame.size}")
+        out = _EventSink()
+        need = self.config.start_frames
+        if start_frames is not None:
+            need = min(max(need, start_frames), self._max_start_frames)
+        self._step(frame, start_sample, speech, out, need)
+        return out.finish()
+
+    # -- internals --------------------------------------------------------
+
+    def _reset_state(self, floor_sample: int | None) -> None:
+        self._open = False
+        self._armed = True
+        self._floor = floor_sample
+        self._ring.clear()
+        self._run_frames = 0  # consecutive speech frames while closed
+        self._run_start = 0
+        self._silence_frames = 0  # consecutive non-speech frames (open, or disarmed)
+        self._utterance_start = 0
+        self._last_speech_end = 0
+        self._sent_until: int | None = None
+
+    def _note_discontinuity(self, start_sample: int) -> None:
+        self._discontinuities += 1
+        level = logging.WARNING if self._discontinuities == 1 else logging.DEBUG
+        logger.log(
+            level,
+            "VAD gate: stream jumped from sample %s to %s (dropping partial frame)",
+            self._next_sample,
+            start_sample,
+        )
+
+    def _step(
+        self, frame: np.ndarray, start: int, speech: bool, out: _EventSink, start_frames: int
+    ) -> None:
+        fs = frame.size
+        end = start + fs
+        self.bytes_seen += 2 * fs
+        if self._floor is not None and start < self._floor:
+            return
+        if self._open:
+            self._emit_audio(frame, start, out)
+            if speech:
+                self._silence_frames = 0
+                self._last_speech_end = end
+            else:
+                self._silence_frames += 1
+            if self._silence_frames >= self.config.end_frames:
+                self._close(self._last_speech_end, SpeechEndReason.SILENCE, out)
+            elif end - self._utterance_start >= self.config.max_utterance_samples:
+                self._close(end, SpeechEndReason.MAX_LENGTH, out)
+                self._armed = False
+            return
+
+        self._ring.append((start, frame.copy()))
+        if not self._armed:
+            # After a MAX_LENGTH cut: wait for real silence before listening again.
+            self._silence_frames = 0 if speech else self._silence_frames + 1
+            if self._silence_frames >= self.config.end_frames:
+                self._armed = True
+                self._silence_frames = 0
+            return
+        if not speech:
+            self._run_frames = 0
+            return
+        if self._run_frames == 0:
+            self._run_start = start
+        self._run_frames += 1
+        if self._run_frames >= start_frames:
+            self._open_gate(end, out)
+
+    def _open_gate(self, end: int, out: _EventSink) -> None:
+        self._open = True
+        self.utterances += 1
+        self._utterance_start = self._run_start
+        self._last_speech_end = end
+        self._silence_frames = 0
+        self._run_frames = 0
+        out.add(SpeechStarted(self._run_start))
+        earliest = self._run_start - self.config.pre_roll_frames * self._frame_samples
+        for f_start, f in self._ring:
+            if f_start < earliest:
+                continue
+            if self._sent_until is not None and f_start < self._sent_until:
+                continue
+            self._emit_audio(f, f_start, out)
+        self._ring.clear()
+
+    def _close(self, sample: int, reason: SpeechEndReason, out: _EventSink) -> None:
+        self._open = False
+        self._silence_frames = 0
+        self._run_frames = 0
+        self._ring.clear()
+        out.flush_audio()
+        out.add(SpeechEnded(sample, reason))
+
+    def _emit_audio(self, frame: np.ndarray, start: int, out: _EventSink) -> None:
+        self.bytes_passed += 2 * frame.size
+        self._sent_until = start + frame.size
+        out.audio(frame, start)
+
+
+class _EventSink:
+    """Collects events, merging contiguous uplink frames into one UplinkAudio."""
+
+    def __init__(self) -> None:
+        self.events: list[GateEvent] = []
+        self._chunks: list[bytes] = []
+        self._chunk_start = 0
+        self._chunk_end = 0
+
+    def add(self, event: GateEvent) -> None:
+        self.flush_audio()
+        self.events.append(event)
+
+    def audio(self, frame: np.ndarray, start: int) -> None:
+        if self._chunks and start != self._chunk_end:
+            self.flush_audio()
+        if not self._chunks:
+            self._chunk_start = start
+        self._chunks.append(frame.astype("<i2", copy=False).tobytes())
+        self._chunk_end = start + frame.size
+
+    def flush_audio(self) -> None:
+        if self._chunks:
+            self.events.append(UplinkAudio(b"".join(self._chunks), self._chunk_start))
+            self._chunks = []
+
+    def finish(self) -> list[GateEvent]:
+        self.flush_audio()
+        return self.events

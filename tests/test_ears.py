@@ -1,0 +1,453 @@
+"""The ears pipeline: mode logic with fakes, then the real models on espeak-ng speech."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from edge_agent.audio.ears import (
+    BargeInDetected,
+    BargeInReason,
+    EarMode,
+    Ears,
+    EarsConfig,
+    SpeechEnded,
+    SpeechStarted,
+    UplinkAudio,
+    WakeWordDetected,
+)
+from edge_agent.audio.echo import Aec3EchoCanceller
+from edge_agent.audio.vad import WebRtcVad
+from edge_agent.audio.wakeword import (
+    FRAME_SAMPLES,
+    WakeWordDetector,
+    load_openwakeword_model,
+)
+from edge_agent.core.barge_in import BargeInConfig, BargeInDetector
+from edge_agent.core.vad_gate import VadGateConfig
+from edge_agent.testing import speech
+
+RATE = 16000
+BLOCK = 160
+
+
+def ms(n: float) -> int:
+    return round(n * RATE / 1000)
+
+
+def frame_floor(sample: int, frame: int = 480) -> int:
+    """Start of the 30 ms VAD frame holding `sample` (frames are aligned with the stream)."""
+    return sample // frame * frame
+
+
+def frame_ceil(sample: int, frame: int = 480) -> int:
+    return -(-sample // frame) * frame
+
+
+def loud_is_speech(frame: np.ndarray) -> bool:
+    return bool(np.any(frame))
+
+
+def voiced(duration_ms: float) -> np.ndarray:
+    """Fake 'speech' for the fake classifier: non-zero, distinct samples."""
+    return (np.arange(ms(duration_ms)) % 1500 + 1).astype(np.int16)
+
+
+class FakeWake:
+    """Fires scripted detections when the stream passes a position; records its input."""
+
+    def __init__(self, fire: dict[int, WakeWordDetected] | None = None) -> None:
+        self.fire = dict(fire or {})
+        self.inputs: list[tuple[int, np.ndarray]] = []
+
+    def process(self, samples: np.ndarray, start_sample: int) -> list[WakeWordDetected]:
+        self.inputs.append((start_sample, samples.copy()))
+        end = start_sample + samples.size
+        return [d for pos, d in sorted(self.fire.items()) if start_sample <= pos < end]
+
+
+class PassThroughEcho:
+    """An 'echo canceller' that removes nothing (keeps the AEC code path, no guard)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
+        self.calls += 1
+        return mic
+
+
+GATE = VadGateConfig(frame_ms=30, pre_roll_ms=300, speech_start_ms=90, speech_end_ms=300)
+
+
+def make_ears(wake=None, echo=None, **config) -> Ears:
+    cfg = EarsConfig(gate=config.pop("gate", GATE), **config)
+    return Ears(wake=wake or FakeWake(), is_speech=loud_is_speech, echo=echo, config=cfg)
+
+
+def run(ears: Ears, mic: np.ndarray, ref: np.ndarray | None = None, start: int = 0, on_event=None):
+    """Feed 10 ms blocks; returns [(block_end, event)]."""
+    out = []
+    for i in range(0, mic.size - BLOCK + 1, BLOCK):
+        r = None if ref is None else ref[i : i + BLOCK]
+        for ev in ears.process(mic[i : i + BLOCK], r, start + i):
+            out.append((start + i + BLOCK, ev))
+            if on_event is not None:
+                on_event(ev)
+    return out
+
+
+def of(events, kind):
+    return [e for _, e in events if isinstance(e, kind)]
+
+
+def uplink_mask(events, size: int, start: int = 0) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    for ev in of(events, UplinkAudio):
+        mask[ev.start_sample - start : ev.end_sample - start] = True
+    return mask
+
+
+def test_idle_runs_only_the_wake_word() -> None:
+    wake = FakeWake({ms(1500): WakeWordDetected("hey_jarvis", 0.9, ms(1400))})
+    ears = make_ears(wake)
+    mic = speech.concat(speech.silence(1), voiced(800), speech.silence(1))
+    events = run(ears, mic)
+    assert [e for _, e in events] == [WakeWordDetected("hey_jarvis", 0.9, ms(1400))]
+    assert ears.stats.blocks == mic.size // BLOCK
+    assert ears.stats.audio_samples == mic.size
+    assert ears.stats.uplink_bytes == 0
+    assert sum(x.size for _, x in wake.inputs) == mic.size
+
+
+def test_start_uplink_at_wake_sends_the_request_but_not_the_wake_phrase() -> None:
+    """The daemon calls start_uplink(end_sample) when the wake word fires, some 300 ms
+    after the phrase; the request that follows is uplinked from the history."""
+    lead, wake_ms, gap_ms, cmd_ms = 1000, 600, 200, 700
+    wake_end = ms(lead + wake_ms)
+    cmd_start = wake_end + ms(gap_ms)
+    mic = speech.concat(
+        speech.silence(lead / 1000),
+        voiced(wake_ms),
+        speech.silence(gap_ms / 1000),
+        voiced(cmd_ms),
+        speech.silence(1.5),
+    )
+    det = WakeWordDetected("hey_jarvis", 0.97, wake_end)
+    ears = make_ears(FakeWake({wake_end + ms(300): det}))
+    events = run(
+        ears,
+        mic,
+        on_event=lambda ev: (
+            ears.start_uplink(ev.end_sample) if isinstance(ev, WakeWordDetected) else None
+        ),
+    )
+    assert ears.mode is EarMode.LISTENING
+    marks = [e for _, e in events if not isinstance(e, UplinkAudio)]
+    assert marks == [
+        det,
+        SpeechStarted(frame_floor(cmd_start)),
+        SpeechEnded(frame_ceil(cmd_start + ms(cmd_ms)), marks[2].reason),
+    ]
+    sent = uplink_mask(events, mic.size)
+    assert sent[cmd_start : cmd_start + ms(cmd_ms)].all()
+    assert not sent[:wake_end].any()  # the wake phrase stays local
+    for ev in of(events, UplinkAudio):
+        assert ev.pcm == mic[ev.start_sample : ev.end_sample].tobytes()
+    # Commands apply at the next block: SpeechStarted comes out of the replayed history
+    # at the end of the block after the one that reported the wake word.
+    started_at = next(t for t, e in events if isinstance(e, SpeechStarted))
+    assert started_at == wake_end + ms(300) + 2 * BLOCK
+
+
+def test_set_mode_listening_includes_the_pre_roll_from_history() -> None:
+    mic = speech.concat(speech.silence(1), voiced(900), speech.silence(1))
+    ears = make_ears()
+    events = run(ears, mic[: ms(1100)])  # idle: speech began 100 ms ago
+    assert events == []
+    ears.set_mode(EarMode.LISTENING)
+    assert ears.mode is EarMode.LISTENING
+    events = run(ears, mic[ms(1100) :], start=ms(1100))
+    assert of(events, SpeechStarted) == [SpeechStarted(frame_floor(ms(1000)))]
+    # The replay starts one pre-roll before the switch, which covers the onset.
+    first = of(events, UplinkAudio)[0]
+    assert first.start_sample == frame_floor(ms(1100)) - ms(300)
+    assert first.pcm == mic[first.start_sample : first.end_sample].tobytes()
+    ears.set_mode(EarMode.IDLE)
+    assert run(ears, voiced(500), start=mic.size) == []
+
+
+def test_voice_barge_in_during_playback() -> None:
+    mic = speech.concat(speech.silence(1), voiced(200), speech.silence(0.5), voiced(600))
+    ears = make_ears(echo=PassThroughEcho())
+    ears.set_mode(EarMode.PLAYING)
+    events = run(ears, mic, ref=np.full(mic.size, 1000, dtype=np.int16))
+    barges = of(events, BargeInDetected)
+    onset = frame_floor(ms(1700))
+    assert barges == [
+        BargeInDetected(BargeInReason.SPEECH, onset - ms(150), barges[0].detected_sample)
+    ]
+    # 300 ms of speech in 30 ms frames after the onset (frames aligned with the stream).
+    assert barges[0].detected_sample == onset + ms(300)
+    assert of(events, SpeechStarted) == []  # no uplink while playing
+    # Re-armed by a new PLAYING.
+    ears.set_mode(EarMode.PLAYING)
+    again = run(ears, voiced(400), ref=np.full(ms(400), 1000, dtype=np.int16), start=mic.size)
+    assert len(of(again, BargeInDetected)) == 1
+
+
+def test_wake_word_barge_in_and_switches() -> None:
+    det = WakeWordDetected("hey_jarvis", 0.8, ms(900))
+    mic = speech.silence(2)
+    ref = np.full(mic.size, 1000, dtype=np.int16)
+
+    ears = make_ears(FakeWake({ms(1200): det}), echo=PassThroughEcho())
+    ears.set_mode(EarMode.PLAYING)
+    events = [e for _, e in run(ears, mic, ref)]
+    assert events == [det, BargeInDetected(BargeInReason.WAKE_WORD, ms(900), ms(1200) + BLOCK)]
+
+    ears = make_ears(FakeWake({ms(1200): det}), echo=PassThroughEcho(), barge_in_by_wake_word=False)
+    ears.set_mode(EarMode.PLAYING)
+    assert [e for _, e in run(ears, mic, ref)] == [det]
+
+    ears = make_ears(echo=PassThroughEcho(), voice_barge_in=False)
+    ears.set_mode(EarMode.PLAYING)
+    assert run(ears, voiced(1000), np.full(ms(1000), 1000, dtype=np.int16)) == []
+
+
+def test_without_aec_playback_mutes_wake_word_and_vad_until_the_tail_ends() -> None:
+    """The no-AEC policy: while the reference plays (+500 ms) the wake model hears
+    silence and the VAD reports none, so voice barge-in only works by button."""
+    ref = speech.concat(speech.silence(1), voiced(1000), speech.silence(2))
+    mic = speech.concat(
+        speech.silence(1), voiced(1200), speech.silence(0.8), voiced(600), speech.silence(0.6)
+    )
+    wake = FakeWake()
+    ears = make_ears(wake)  # echo=None -> guard on
+    ears.set_mode(EarMode.PLAYING)
+    events = run(ears, mic[: ms(1800)], ref[: ms(1800)])
+    assert of(events, BargeInDetected) == []  # user (or echo) over playback: ignored
+    ears.set_mode(EarMode.LISTENING)
+    events = run(ears, mic[ms(1800) :], ref[ms(1800) : mic.size], start=ms(1800))
+    guard_end = ms(2000 + 500)
+    fed = np.concatenate([x for _, x in wake.inputs])
+    assert not fed[ms(1000) : guard_end].any()  # muted for the wake model
+    assert np.array_equal(fed[guard_end:], mic[guard_end : fed.size])
+    # Speech after the tail is heard normally; the playback-time speech never opened the gate.
+    assert of(events, SpeechStarted) == [SpeechStarted(ms(3000))]
+    assert ears.stats.guarded_samples == guard_end - ms(1000)
+
+
+def test_listening_while_the_device_plays_needs_barge_in_length_speech() -> None:
+    """Residual echo gives short 'speech' bursts; while the reference is audible (+300 ms)
+    the gate opens only on >= 300 ms of speech (the barge-in rule), afterwards on 90 ms."""
+    ref = speech.concat(np.full(ms(2000), 1000, dtype=np.int16), speech.silence(2))
+    mic = speech.concat(
+        speech.silence(0.5),
+        voiced(150),
+        speech.silence(0.5),
+        voiced(500),
+        speech.silence(1.0),
+        voiced(150),
+        speech.silence(1.7),
+    )
+    ears = make_ears(echo=PassThroughEcho())
+    ears.set_mode(EarMode.LISTENING)
+    events = run(ears, mic, ref)
+    starts = of(events, SpeechStarted)
+    # 150 ms burst during playback: ignored. 500 ms speech during playback: opens.
+    # 150 ms burst after playback + tail: a normal utterance.
+    assert starts == [
+        SpeechStarted(frame_floor(ms(1150))),
+        SpeechStarted(frame_floor(ms(2650))),
+    ]
+
+
+def test_barge_in_rule_bridges_short_gaps_and_fires_once() -> None:
+    det = BargeInDetector(BargeInConfig(min_speech_ms=300, max_gap_ms=300, pre_roll_ms=150))
+    fs = 480
+
+    def feed(pattern: str, start: int = 0):
+        out = []
+        for k, c in enumerate(pattern):
+            ev = det.on_vad_frame(start + k * fs, fs, c == "1")
+            if ev:
+                out.append(ev)
+        return out
+
+    # 5 frames, a 300 ms gap (bridged), 5 more: fires on the 10th speech frame.
+    hits = feed("11111" + "." * 10 + "11111" + "1111")
+    assert len(hits) == 1
+    assert hits[0].sample == 0  # onset - pre-roll, floored at 0
+    assert hits[0].detected_sample == 20 * fs
+    det.reset()
+    # A gap longer than 300 ms restarts the count.
+    hits = feed("11111" + "." * 11 + "1111111111")
+    assert len(hits) == 1
+    assert hits[0].sample == 16 * fs - ms(150)
+    assert hits[0].detected_sample == 26 * fs
+    # The floor (playback start) bounds how far back `sample` points.
+    det.reset(floor_sample=6000)
+    assert feed("1" * 10)[0].sample == 6000
+    assert det.on_wake_word(5, 6) is None  # latched until reset
+    det.reset()
+    assert det.on_wake_word(5, 6) == BargeInDetected(BargeInReason.WAKE_WORD, 5, 6)
+
+
+def test_bad_blocks_are_logged_once_and_survived(caplog: pytest.LogCaptureFixture) -> None:
+    ears = make_ears()
+    with caplog.at_level(logging.WARNING):
+        assert ears.process(np.zeros(160, dtype=np.float32), None, 0) == []
+        assert ears.process(np.zeros((160, 1), dtype=np.int16), None, 160) == []
+        assert ears.process(np.zeros(0, dtype=np.int16), None, 320) == []
+        assert ears.process(np.zeros(160, dtype=np.int16), np.zeros(10, dtype=np.int16), 320) == []
+        assert ears.process(np.zeros(160, dtype=np.int16), None, 10_000) == []
+        assert ears.process(np.zeros(160, dtype=np.int16), None, 20_000) == []
+    assert ears.stats.bad_blocks == 4
+    assert ears.stats.discontinuities == 2
+    # Float blocks (unknown scale) and empty blocks are dropped; the rest are handled.
+    assert ears.stats.blocks == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2  # one for bad input, one for the first jump
+
+
+def test_config_from_app_settings() -> None:
+    from edge_agent.config import Config
+
+    cfg = EarsConfig.from_settings(Config())
+    assert cfg.wake_models == ("hey_jarvis",)
+    assert cfg.gate.speech_end_ms == Config().vad.speech_end_ms
+    assert cfg.barge_in.min_speech_ms == Config().echo.barge_in_speech_ms
+    assert cfg.aec_enabled is True
+    with pytest.raises(ValueError):
+        EarsConfig(sample_rate_hz=48000)
+    with pytest.raises(ValueError):
+        EarsConfig(gate=VadGateConfig(pre_roll_ms=2000), history_ms=2000)
+    with pytest.raises(ValueError):
+        EarsConfig(barge_in=BargeInConfig(sample_rate_hz=8000))
+
+
+# -- real models on espeak-ng speech ---------------------------------------------
+
+needs_espeak = pytest.mark.skipif(not speech.espeak_available(), reason="espeak-ng missing")
+
+WAKE_CASES = [
+    ("en-us", 140, 0.20),
+    ("en-gb", 165, 0.25),
+    ("en+f3", 190, 0.15),
+    ("en+m3", 140, 0.30),
+    ("en-us+f2", 165, 0.20),
+    ("en-gb-scotland", 190, 0.20),
+    ("en-us+m7", 150, 0.25),
+    ("en-gb-x-rp", 175, 0.15),
+]
+
+NEGATIVE_PHRASES = [
+    "what time is it",
+    "turn on the kitchen lights",
+    "hey there, how are you",
+    "play some jazz music",
+    "harvest moon tonight",
+    "hey google, set a timer",
+    "remind me to call mom",
+    "the service was great",
+    "how far is the station",
+    "hey Marvin, open the garage",
+    "jarring news today",
+    "good morning everyone",
+]
+
+
+@pytest.fixture(scope="module")
+def jarvis_model():
+    return load_openwakeword_model(["hey_jarvis"])
+
+
+def real_ears(model, **config) -> Ears:
+    model.reset()
+    return Ears(
+        wake=WakeWordDetector(model, {"hey_jarvis": 0.5}),
+        is_speech=WebRtcVad(2).is_speech,
+        echo=Aec3EchoCanceller.create(),
+        config=EarsConfig(**config),
+    )
+
+
+def bare_scores(model, audio: np.ndarray) -> list[float]:
+    model.reset()
+    return [
+        float(model.predict(audio[i : i + FRAME_SAMPLES])["hey_jarvis"])
+        for i in range(0, audio.size - FRAME_SAMPLES + 1, FRAME_SAMPLES)
+    ]
+
+
+@needs_espeak
+@pytest.mark.timeout(240)
+def test_pipeline_detects_wherever_the_bare_model_does(jarvis_model) -> None:
+    """'hey jarvis, what time is it' in 8 voices/speeds: the pipeline (AEC idle, VAD,
+    gate) finds exactly the detections of the bare model, with the same score, puts the
+    phrase end within 200 ms of the truth, and uplinks the whole request after it."""
+    bare_hits = 0
+    for voice, speed, gap in WAKE_CASES:
+        clip = speech.wake_phrase_clip(voice, speed, gap_s=gap)
+        scores = bare_scores(jarvis_model, clip.audio)
+        ears = real_ears(jarvis_model)
+        events = run(
+            ears,
+            clip.audio,
+            ref=np.zeros(clip.audio.size, dtype=np.int16),
+            on_event=lambda ev, e=ears: (
+                e.start_uplink(ev.end_sample) if isinstance(ev, WakeWordDetected) else None
+            ),
+        )
+        wakes = of(events, WakeWordDetected)
+        case = f"{voice} {speed} wpm"
+        if max(scores) < 0.5:
+            assert wakes == [], case
+            continue
+        bare_hits += 1
+        first = next(k for k, s in enumerate(scores) if s >= 0.5)
+        assert len(wakes) == 1, case
+        assert wakes[0].score == pytest.approx(scores[first], abs=1e-5), case
+        err_ms = (wakes[0].end_sample - clip.wake_end) * 1000 / RATE
+        assert abs(err_ms) <= 200, f"{case}: end off by {err_ms:.0f} ms"
+        sent = uplink_mask(events, clip.audio.size)
+        assert sent[clip.rest_start : clip.rest_end].all(), f"{case}: request not fully uplinked"
+        assert not sent[: wakes[0].end_sample].any(), case
+        assert of(events, SpeechEnded), case
+    assert bare_hits >= 6, f"the bare model detected only {bare_hits} of {len(WAKE_CASES)} clips"
+
+
+@needs_espeak
+@pytest.mark.timeout(240)
+def test_phrases_without_the_wake_word_do_not_wake(jarvis_model) -> None:
+    voices = ["en-us", "en-gb", "en+f3", "en-us+m7"]
+    fired = []
+    for k, text in enumerate(NEGATIVE_PHRASES):
+        voice = voices[k % len(voices)]
+        words = speech.trim(speech.synthesize(text, voice=voice, speed_wpm=160))
+        audio = speech.to_int16(
+            speech.add_noise(
+                speech.concat(speech.silence(1.5), words, speech.silence(1.0)),
+                -65,
+                np.random.default_rng(k),
+            )
+        )
+        ears = real_ears(jarvis_model)
+        wakes = of(run(ears, audio, ref=np.zeros(audio.size, dtype=np.int16)), WakeWordDetected)
+        if wakes:
+            fired.append((text, voice, wakes[0].score))
+    assert fired == []
+
+
+@needs_espeak
+def test_factory_builds_a_working_pipeline_and_measures_cpu() -> None:
+    ears = Ears.create(EarsConfig(aec_enabled=False))
+    clip = speech.wake_phrase_clip("en-us", 160)
+    events = run(ears, clip.audio, ref=None)
+    assert [e.model for e in of(events, WakeWordDetected)] == ["hey_jarvis"]
+    assert ears.stats.audio_samples == clip.audio.size // BLOCK * BLOCK
+    assert 0.0 < ears.stats.cpu_per_audio_s < 1.0  # sanity only; the number is reported
+    print(f"idle pipeline CPU: {ears.stats.cpu_per_audio_s * 100:.2f}% of one core")

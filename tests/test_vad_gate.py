@@ -1,0 +1,336 @@
+"""VAD gate: pure behaviour with a fake classifier, then webrtcvad on espeak-ng speech."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from edge_agent.audio.vad import WebRtcVad
+from edge_agent.core.vad_gate import (
+    SpeechEnded,
+    SpeechEndReason,
+    SpeechStarted,
+    UplinkAudio,
+    VadGate,
+    VadGateConfig,
+)
+from edge_agent.testing import speech
+
+RATE = 16000
+
+
+def ms(n: float) -> int:
+    return round(n * RATE / 1000)
+
+
+def loud_is_speech(frame: np.ndarray) -> bool:
+    """Fake classifier: a frame is speech when it has any non-zero sample."""
+    return bool(np.any(frame))
+
+
+def signal(*segments: tuple[str, float]) -> np.ndarray:
+    """("s", ms) = speech (a ramp of non-zero samples, distinct per sample), ("q", ms) = zeros."""
+    out = []
+    for kind, dur in segments:
+        n = ms(dur)
+        if kind == "s":
+            out.append((np.arange(n) % 2000 + 1).astype(np.int16))
+        else:
+            out.append(np.zeros(n, dtype=np.int16))
+    return np.concatenate(out)
+
+
+def run(gate: VadGate, audio: np.ndarray, block: int = 160, start: int = 0) -> list:
+    events = []
+    for i in range(0, audio.size, block):
+        events += gate.process(audio[i : i + block], start + i)
+    return events
+
+
+def uplinked(events: list) -> list[tuple[int, bytes]]:
+    """Merge contiguous UplinkAudio into (start, pcm) stretches; assert they never overlap."""
+    stretches: list[tuple[int, bytes]] = []
+    for ev in events:
+        if not isinstance(ev, UplinkAudio):
+            continue
+        if stretches and stretches[-1][0] + len(stretches[-1][1]) // 2 == ev.start_sample:
+            stretches[-1] = (stretches[-1][0], stretches[-1][1] + ev.pcm)
+        else:
+            if stretches:
+                assert ev.start_sample > stretches[-1][0] + len(stretches[-1][1]) // 2
+            stretches.append((ev.start_sample, ev.pcm))
+    return stretches
+
+
+CFG = VadGateConfig(
+    frame_ms=30, pre_roll_ms=300, speech_start_ms=90, speech_end_ms=300, max_utterance_s=10
+)
+
+
+def test_pre_roll_start_and_end_positions_and_exact_audio() -> None:
+    audio = signal(("q", 990), ("s", 600), ("q", 990))
+    gate = VadGate(loud_is_speech, CFG)
+    events = run(gate, audio)
+    kinds = [type(e) for e in events if not isinstance(e, UplinkAudio)]
+    assert kinds == [SpeechStarted, SpeechEnded]
+    started = next(e for e in events if isinstance(e, SpeechStarted))
+    ended = next(e for e in events if isinstance(e, SpeechEnded))
+    assert started.sample == ms(990)
+    assert ended.sample == ms(1590)
+    assert ended.reason is SpeechEndReason.SILENCE
+    [(start, pcm)] = uplinked(events)
+    # Pre-roll (300 ms) + speech + hangover (300 ms), byte-exact copy of the input.
+    assert start == ms(990 - 300)
+    assert len(pcm) // 2 == ms(300 + 600 + 300)
+    assert pcm == audio[start : start + len(pcm) // 2].tobytes()
+    # The SpeechEnded event comes after all of the utterance's audio.
+    assert isinstance(events[-1], SpeechEnded)
+    assert gate.bytes_seen == audio.nbytes
+    assert gate.bytes_passed == len(pcm)
+    assert not gate.is_open
+
+
+def test_short_blips_do_not_open_the_gate() -> None:
+    # 60 ms bursts (2 frames) never reach the 90 ms (3 frames) start requirement.
+    audio = signal(*[seg for _ in range(10) for seg in (("q", 300), ("s", 60))], ("q", 300))
+    gate = VadGate(loud_is_speech, CFG)
+    assert run(gate, audio) == []
+    assert gate.bytes_passed == 0
+    assert gate.bytes_seen == audio.nbytes
+
+
+def test_pause_shorter_than_hangover_keeps_one_utterance() -> None:
+    audio = signal(("q", 600), ("s", 300), ("q", 240), ("s", 300), ("q", 600))
+    events = run(VadGate(loud_is_speech, CFG), audio)
+    assert [type(e) for e in events if not isinstance(e, UplinkAudio)] == [
+        SpeechStarted,
+        SpeechEnded,
+    ]
+    assert len(uplinked(events)) == 1
+
+
+def test_pause_longer_than_hangover_splits_and_pre_roll_never_repeats_audio() -> None:
+    audio = signal(("q", 600), ("s", 300), ("q", 450), ("s", 300), ("q", 600))
+    gate = VadGate(loud_is_speech, CFG)
+    events = run(gate, audio)
+    marks = [e for e in events if not isinstance(e, UplinkAudio)]
+    assert [type(e) for e in marks] == [SpeechStarted, SpeechEnded, SpeechStarted, SpeechEnded]
+    assert marks[2].sample == ms(600 + 300 + 450)
+    stretches = uplinked(events)  # asserts no overlap
+    total = sum(len(p) for _, p in stretches)
+    assert gate.bytes_passed == total
+    # Everything between the utterances was sent exactly once (hangover + pre-roll cover it).
+    first_start = stretches[0][0]
+    last_end = stretches[-1][0] + len(stretches[-1][1]) // 2
+    assert total // 2 == last_end - first_start
+    joined = b"".join(p for _, p in stretches)
+    assert joined == audio[first_start:last_end].tobytes()
+
+
+def test_max_utterance_cuts_and_rearms_only_after_silence() -> None:
+    cfg = VadGateConfig(
+        frame_ms=30, pre_roll_ms=90, speech_start_ms=90, speech_end_ms=300, max_utterance_s=1.0
+    )
+    audio = signal(("q", 300), ("s", 3000), ("q", 600), ("s", 300), ("q", 600))
+    events = run(VadGate(loud_is_speech, cfg), audio)
+    marks = [e for e in events if not isinstance(e, UplinkAudio)]
+    assert [type(e) for e in marks] == [SpeechStarted, SpeechEnded, SpeechStarted, SpeechEnded]
+    assert marks[0].sample == ms(300)
+    assert marks[1].reason is SpeechEndReason.MAX_LENGTH
+    # Cut at the end of the frame in which the utterance reached 1 s (34 frames of 30 ms).
+    assert marks[1].sample == ms(300) + 34 * cfg.frame_samples
+    # The rest of the 3 s of speech did not start a new utterance; the next words did.
+    assert marks[2].sample == ms(300 + 3000 + 600)
+    assert marks[3].reason is SpeechEndReason.SILENCE
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+@pytest.mark.parametrize("block", [160, 7, 1000])
+def test_frame_sizes_and_block_sizes(frame_ms: int, block: int) -> None:
+    cfg = VadGateConfig(frame_ms=frame_ms, pre_roll_ms=120, speech_start_ms=60, speech_end_ms=240)
+    audio = signal(("q", 600), ("s", 480), ("q", 600))
+    gate = VadGate(loud_is_speech, cfg)
+    events = run(gate, audio, block=block, start=5000)
+    marks = [e for e in events if not isinstance(e, UplinkAudio)]
+    assert [type(e) for e in marks] == [SpeechStarted, SpeechEnded]
+    assert marks[0].sample == 5000 + ms(600)
+    assert marks[1].sample == 5000 + ms(1080)
+    [(start, pcm)] = uplinked(events)
+    assert start == 5000 + ms(600 - 120)
+    assert len(pcm) // 2 == ms(120 + 480 + 240)
+    assert pcm == audio[start - 5000 : start - 5000 + len(pcm) // 2].tobytes()
+
+
+def test_stricter_start_requirement_per_frame() -> None:
+    """process_frame(start_frames=...) demands a longer run (used while the device plays)."""
+    audio = signal(("q", 600), ("s", 150), ("q", 600), ("s", 450), ("q", 600))
+    gate = VadGate(None, CFG, max_start_frames=10)
+    fs = CFG.frame_samples
+    events = []
+    for i in range(0, audio.size - fs + 1, fs):
+        f = audio[i : i + fs]
+        events += gate.process_frame(f, i, loud_is_speech(f), start_frames=10)
+    marks = [e for e in events if not isinstance(e, UplinkAudio)]
+    # The 150 ms burst is ignored; the 450 ms one opens after 300 ms, dated at its onset.
+    assert [type(e) for e in marks] == [SpeechStarted, SpeechEnded]
+    assert marks[0].sample == ms(600 + 150 + 600)
+    [(start, _pcm)] = uplinked(events)
+    assert start == ms(600 + 150 + 600 - 300)  # the pre-roll still reaches back 300 ms
+    # Overrides are capped at max_start_frames (the ring is sized for it).
+    capped = VadGate(None, CFG)
+    burst = [
+        e
+        for i in range(0, ms(300), fs)
+        for e in capped.process_frame(np.ones(fs, np.int16), i, True, start_frames=50)
+    ]
+    assert isinstance(burst[0], SpeechStarted)
+
+
+def test_pre_roll_is_clipped_at_the_start_of_the_stream() -> None:
+    audio = signal(("q", 90), ("s", 300), ("q", 600))
+    [(start, _pcm)] = uplinked(run(VadGate(loud_is_speech, CFG), audio))
+    assert start == 0
+
+
+def test_reset_floor_keeps_earlier_audio_out() -> None:
+    audio = signal(("s", 600), ("q", 600))
+    gate = VadGate(loud_is_speech, CFG)
+    gate.reset(floor_sample=ms(300))
+    events = run(gate, audio)
+    started = next(e for e in events if isinstance(e, SpeechStarted))
+    [(start, _pcm)] = uplinked(events)
+    assert started.sample == ms(300)
+    assert start == ms(300)
+
+
+def test_process_frame_matches_process() -> None:
+    audio = signal(("q", 600), ("s", 450), ("q", 600))
+    a = run(VadGate(loud_is_speech, CFG), audio)
+    gate = VadGate(None, CFG)
+    fs = CFG.frame_samples
+    b = []
+    for i in range(0, audio.size - fs + 1, fs):
+        f = audio[i : i + fs]
+        b += gate.process_frame(f, i, loud_is_speech(f))
+    assert [e for e in a if not isinstance(e, UplinkAudio)] == [
+        e for e in b if not isinstance(e, UplinkAudio)
+    ]
+    assert uplinked(a) == uplinked(b)
+    with pytest.raises(ValueError):
+        gate.process_frame(audio[:100], 0, True)
+    with pytest.raises(RuntimeError):
+        gate.process(audio[:100], 0)
+
+
+def test_discontinuity_is_logged_once_and_positions_follow_the_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = VadGate(loud_is_speech, CFG)
+    audio = signal(("q", 300))
+    with caplog.at_level(logging.WARNING):
+        for k in range(3):
+            gate.process(audio[:100], k * 10_000)  # jumps every call
+    assert sum("jumped" in r.getMessage() for r in caplog.records) == 1
+    events = run(gate, signal(("s", 300), ("q", 600)), start=50_000)
+    assert next(e for e in events if isinstance(e, SpeechStarted)).sample == 50_000
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"frame_ms": 25},
+        {"pre_roll_ms": -1},
+        {"speech_end_ms": -5},
+        {"max_utterance_s": 0},
+        {"sample_rate_hz": 16001},
+    ],
+)
+def test_invalid_config(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        VadGateConfig(**kwargs)
+
+
+# -- webrtcvad adapter -------------------------------------------------------
+
+
+def test_webrtcvad_adapter_validates_and_counts(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValueError):
+        WebRtcVad(mode=4)
+    with pytest.raises(ValueError):
+        WebRtcVad(sample_rate_hz=22050)
+    vad = WebRtcVad(mode=3, warmup_ms=0)
+    assert vad.is_speech(np.zeros(480, dtype=np.int16)) is False
+    assert vad.is_speech(bytes(320)) is False  # 10 ms as bytes
+    with caplog.at_level(logging.WARNING):
+        assert vad.is_speech(np.zeros(100, dtype=np.int16)) is False
+        assert vad.is_speech(np.zeros(100, dtype=np.int16)) is False
+    assert sum("not 10/20/30 ms" in r.getMessage() for r in caplog.records) == 1
+    assert vad.frames == 2
+
+
+def test_webrtcvad_warmup_hides_the_fresh_instance_false_alarm() -> None:
+    """A fresh webrtcvad calls the first frames of room noise speech; the adapter hides that."""
+    noise = speech.to_int16(speech.add_noise(np.zeros(RATE), -60.0, np.random.default_rng(1)))
+    frames = [noise[i : i + 480] for i in range(0, RATE - 479, 480)]
+    raw = WebRtcVad(mode=2, warmup_ms=0)
+    assert any(raw.is_speech(f) for f in frames[:5])  # the quirk this works around
+    warm = WebRtcVad(mode=2)
+    assert not any(warm.is_speech(f) for f in frames)
+    assert warm.frames == len(frames)
+
+
+# -- real speech ---------------------------------------------------------------
+
+needs_espeak = pytest.mark.skipif(not speech.espeak_available(), reason="espeak-ng missing")
+
+REAL_CASES = [
+    ("Please turn on the kitchen lights.", "en-us", 160),
+    ("What is the weather like tomorrow?", "en-gb", 140),
+    ("Set a timer for ten minutes.", "en+f3", 180),
+    ("Tell me a short story about a cat.", "en-us+m7", 190),
+]
+
+
+@needs_espeak
+@pytest.mark.parametrize(("text", "voice", "speed"), REAL_CASES)
+def test_webrtcvad_gate_on_speech_keeps_all_speech_and_little_silence(
+    text: str, voice: str, speed: int
+) -> None:
+    """Speech between 3 and 4 s of room noise: all speech goes up, < 20 % of the silence.
+
+    The gate sends 300 ms pre-roll + 800 ms hangover per utterance (the config
+    defaults), so the share of silence sent depends on how much there is.
+    """
+    words = speech.trim(speech.synthesize(text, voice=voice, speed_wpm=speed))
+    lead, tail = speech.silence(3.0), speech.silence(4.0)
+    clean = speech.concat(lead, words, tail)
+    rng = np.random.default_rng(7)
+    audio = speech.to_int16(speech.add_noise(clean, -60.0, rng))
+    speech_start, speech_end = lead.size, lead.size + words.size
+
+    cfg = VadGateConfig(frame_ms=30, pre_roll_ms=300, speech_start_ms=90, speech_end_ms=800)
+    gate = VadGate(WebRtcVad(mode=2).is_speech, cfg)
+    events = run(gate, audio)
+    stretches = uplinked(events)
+    assert stretches, "the gate never opened on speech"
+    sent = np.zeros(audio.size, dtype=bool)
+    for start, pcm in stretches:
+        n = len(pcm) // 2
+        assert pcm == audio[start : start + n].tobytes()
+        sent[start : start + n] = True
+
+    active = np.flatnonzero(np.abs(clean) > 300)  # every audible speech sample
+    assert sent[active].all(), f"{np.count_nonzero(~sent[active])} speech samples not uplinked"
+    # Pre-roll: the uplink starts before the first syllable.
+    assert stretches[0][0] <= speech_start - ms(100)
+    silence_mask = np.ones(audio.size, dtype=bool)
+    silence_mask[speech_start:speech_end] = False
+    silence_sent = np.count_nonzero(sent & silence_mask) / np.count_nonzero(silence_mask)
+    assert silence_sent < 0.20, f"{silence_sent:.0%} of the silence was uplinked"
+    marks = [e for e in events if not isinstance(e, UplinkAudio)]
+    assert isinstance(marks[0], SpeechStarted)
+    assert isinstance(marks[-1], SpeechEnded)
+    assert gate.bytes_seen == audio.size // cfg.frame_samples * cfg.frame_samples * 2
+    assert gate.bytes_passed == sum(len(p) for _, p in stretches)
