@@ -1,0 +1,1 @@
+"""Gemini Live session layer: connection manager, connect config, resumption handles, tools."""

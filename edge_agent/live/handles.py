@@ -1,0 +1,111 @@
+"""The latest session resumption handle, persisted so a restart can resume the conversation.
+
+The file holds a credential-like token (it resumes someone's conversation), so it is
+written 0600, atomically (tmp + fsync + rename + fsync of the folder: a power cut leaves
+the old or the new handle, never half of one), and ignored once older than its validity
+(the service keeps a session resumable for about 2 h). Times are wall-clock seconds
+(``time.time``) because a monotonic clock restarts with the process.
+
+All methods do blocking file I/O; the session calls them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME = "live_resumption_handle.json"
+DEFAULT_VALIDITY_S = 2 * 3600.0
+
+
+@dataclass(frozen=True)
+class StoredHandle:
+    handle: str
+    issued_at: float  # wall-clock seconds
+    model: str
+
+    def __repr__(self) -> str:  # the token stays out of logs and tracebacks
+        return f"StoredHandle(issued_at={self.issued_at!r}, model={self.model!r})"
+
+
+class HandleStore:
+    """Load/save/clear one handle file in ``state_dir``; no I/O in the constructor."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        validity_s: float = DEFAULT_VALIDITY_S,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(state_dir) / FILE_NAME
+        self.validity_s = validity_s
+        self._wall_clock = wall_clock
+
+    def load(self, model: str) -> StoredHandle | None:
+        """The stored handle for ``model`` if it is still valid; anything else is discarded."""
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            stored = StoredHandle(str(raw["handle"]), float(raw["issued_at"]), str(raw["model"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable resumption handle file %s: %s", self.path, exc)
+            self.clear()
+            return None
+        age = self._wall_clock() - stored.issued_at
+        if not stored.handle or stored.model != model or not (0 <= age < self.validity_s):
+            logger.info(
+                "discarding stored resumption handle (age %.0f s, model %s)", age, stored.model
+            )
+            self.clear()
+            return None
+        return stored
+
+    def save(self, handle: str, model: str, issued_at: float | None = None) -> StoredHandle:
+        stored = StoredHandle(handle, self._wall_clock() if issued_at is None else issued_at, model)
+        data = json.dumps(
+            {"handle": stored.handle, "issued_at": stored.issued_at, "model": stored.model}
+        ).encode()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return stored
+
+    def clear(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("cannot remove resumption handle file %s: %s", self.path, exc)
+
+    def age_s(self, stored: StoredHandle) -> float:
+        return self._wall_clock() - stored.issued_at
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
