@@ -1,0 +1,1 @@
+"""The daemon: wires the core, the audio pipeline, the Live session and the devices."""

@@ -1,0 +1,681 @@
+"""The daemon: wires the pure core to the devices and the Live session.
+
+Data flow::
+
+    sound card thread --on_block--> bounded queue --> ears worker thread
+        (AEC, wake word, VAD gate, barge-in) --call_soon_threadsafe--> event loop
+    event loop: ConversationMachine.handle(event) -> actions -> session / ears / LEDs / cues
+    LiveSession events: model audio -> JitterBuffer <--pull-- sound card thread
+
+Threads exist only at the edges (sound card, ears worker, gpiozero); everything they
+report becomes an event on the asyncio loop, where the state machine decides. Nothing on
+the loop blocks: model loading, file writes and device opens run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.app.control import ControlServer
+from edge_agent.config import Config, ConfigError, load_config, resolve_path
+from edge_agent.core import state as st
+from edge_agent.core.cues import CueMixer
+from edge_agent.core.jitter import JitterBuffer
+from edge_agent.core.watchdog import WatchdogGate
+from edge_agent.logsetup import setup_logging
+from edge_agent.secrets import ApiKeyMissing, redact, resolve_api_key
+
+log = logging.getLogger(__name__)
+
+STOP_DEADLINE_S = 1.5  # SIGTERM to exit must stay under 2 s
+MUTE_FILE = "muted"
+
+
+class ApiKeyProvider:
+    """Looks the key up on every connection attempt, so a fixed key needs no restart."""
+
+    def __init__(self, api_key_file: str) -> None:
+        self.api_key_file = api_key_file
+
+    def __call__(self) -> str | None:
+        try:
+            return resolve_api_key(self.api_key_file).value
+        except ApiKeyMissing as exc:
+            log.error("%s", exc)
+            return None
+
+
+def _ears_config(cfg: Config) -> Any:
+    from edge_agent.audio.ears import EarsConfig
+
+    models = tuple(
+        str(resolve_path(cfg, m)) if m.endswith((".tflite", ".onnx")) or "/" in m else m
+        for m in cfg.wake_word.models
+    )
+    ww = dataclasses.replace(cfg.wake_word, models=models)
+    return EarsConfig.from_settings(dataclasses.replace(cfg, wake_word=ww))
+
+
+class Daemon:
+    """One running appliance. `run()` returns the process exit code."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        config_path: Path,
+        *,
+        notifier: Any | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        from edge_agent.device.systemd import SystemdNotifier
+
+        self.cfg = cfg
+        self.config_path = config_path
+        self.environ = dict(os.environ if environ is None else environ)
+        self.notifier = notifier or SystemdNotifier()
+        self.state_dir = Path(cfg.daemon.state_dir)
+        self.jitter = self._make_jitter(cfg)
+        self.cues = CueMixer(cue_volume=cfg.audio.cue_volume_percent / 100)
+        self.machine: st.ConversationMachine | None = None
+        self.ears: Any = None
+        self.engine: Any = None
+        self.session: Any = None
+        self.panel: Any = None
+        self.control: ControlServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._blocks: queue.Queue[tuple[np.ndarray, np.ndarray | None, int]] = queue.Queue(
+            maxsize=cfg.audio.capture_queue_blocks
+        )
+        self._worker: threading.Thread | None = None
+        self._worker_stop = threading.Event()
+        self._mic_muted = False
+        self._dropped_blocks = 0
+        self._capture_pos = 0
+        self._reply_playing = False
+        self._drain_reported = True
+        self._transcript_in: list[str] = []
+        self._transcript_out: list[str] = []
+        self._last_error: str | None = None
+        self._audio_ok = True
+        self._reload_lock = asyncio.Lock()
+        self._exit_code = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @staticmethod
+    def _make_jitter(cfg: Config) -> JitterBuffer:
+        return JitterBuffer(
+            prefill_ms=cfg.playback.prefill_ms,
+            max_ms=cfg.playback.max_buffer_ms,
+            fade_ms=cfg.playback.fade_ms,
+            gain=cfg.audio.volume_percent / 100,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._request_stop, sig)
+        self._loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        self.notifier.status("starting: loading models")
+        try:
+            await self._start_components()
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            self.notifier.status(f"failed: {exc}")
+            await self._shutdown()
+            return 2
+        self.notifier.ready()
+        self._update_status()
+        log.info("edge-agent ready (state %s)", self.machine.state if self.machine else "?")
+        self._spawn(self._watchdog_loop(), "watchdog")
+        self._spawn(self._device_monitor(), "device-monitor")
+        await self._stop.wait()
+        self.notifier.stopping()
+        await self._shutdown()
+        log.info("edge-agent stopped")
+        return self._exit_code
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _request_stop(self, sig: int) -> None:
+        log.info("%s received: stopping", signal.Signals(sig).name)
+        self._stop.set()
+
+    async def _start_components(self) -> None:
+        from edge_agent.audio.ears import Ears
+        from edge_agent.device.gpio import open_panel
+        from edge_agent.live.session import LiveSession
+
+        cfg = self.cfg
+        await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
+        muted = await asyncio.to_thread(self._load_mute)
+        try:
+            self.ears = await asyncio.to_thread(Ears.create, _ears_config(cfg))
+        except Exception as exc:
+            raise StartupError(f"wake word / audio models: {redact(str(exc))}") from exc
+        self.machine = st.ConversationMachine(
+            cfg.conversation, barge_in_enabled=cfg.echo.voice_barge_in, muted_at_start=muted
+        )
+        loop = asyncio.get_running_loop()
+        self.panel = open_panel(
+            cfg.gpio,
+            on_press=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonPressed()),
+            on_hold=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonHeld()),
+        )
+        self.session = LiveSession(
+            cfg.gemini,
+            cfg.reconnect,
+            ApiKeyProvider(cfg.gemini.api_key_file),
+            self.state_dir,
+            self._on_live_event,
+        )
+        self.session.start()
+        self._run_actions(self.machine.initial_actions())
+        self._start_worker()
+        self.engine = self._make_engine(cfg)
+        await asyncio.to_thread(self.engine.start)
+        self.control = ControlServer(self.state_dir / "control.sock", self._on_control)
+        try:
+            await self.control.start()
+        except OSError as exc:
+            log.warning("control socket unavailable: %s", exc)
+            self.control = None
+
+    def _make_engine(self, cfg: Config) -> Any:
+        from edge_agent.audio.engine import AudioEngine
+
+        return AudioEngine(
+            input_device=cfg.audio.input_device,
+            output_device=cfg.audio.output_device,
+            capture_rate_hz=cfg.audio.capture_rate_hz,
+            playback_rate_hz=cfg.audio.playback_rate_hz,
+            duplex=cfg.echo.enabled,
+            duplex_rate_hz=cfg.audio.duplex_rate_hz,
+            block_ms=cfg.audio.block_ms,
+            output_source=self._output_source,
+            on_block=self._on_block,
+            reopen_max_delay_s=cfg.audio.reopen_max_delay_s,
+        )
+
+    async def _shutdown(self) -> None:
+        """Stop everything within STOP_DEADLINE_S; LEDs end dark."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        steps: list[Any] = []
+        if self.session is not None:
+            steps.append(self.session.stop())
+        if self.control is not None:
+            steps.append(self.control.stop())
+        if self.engine is not None:
+            steps.append(asyncio.to_thread(self.engine.stop))
+        if steps:
+            done = await asyncio.wait_for(
+                asyncio.gather(*steps, return_exceptions=True), STOP_DEADLINE_S
+            )
+            for result in done:
+                if isinstance(result, Exception):
+                    log.warning("while stopping: %s", redact(str(result)))
+        self._worker_stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=0.5)
+        if self.panel is not None:
+            self.panel.close()
+
+    # --------------------------------------------------------------- device edge
+
+    def _output_source(self, n: int) -> np.ndarray:
+        """Sound card thread: reply audio plus cues; notices when the reply has drained."""
+        block = self.cues.mix_into(self.jitter.pull(n))
+        if self._reply_playing and self.jitter.is_idle and not self._drain_reported:
+            self._drain_reported = True
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._on_drained)
+        return block
+
+    def _on_block(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> None:
+        """Sound card thread: hand the block to the ears worker; never block, drop oldest."""
+        item = (mic, ref, pos)
+        try:
+            self._blocks.put_nowait(item)
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                self._blocks.get_nowait()
+            self._dropped_blocks += 1
+            with contextlib.suppress(queue.Full):
+                self._blocks.put_nowait(item)
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._ears_worker, name="ears", daemon=True)
+        self._worker.start()
+
+    def _ears_worker(self) -> None:
+        """Ears thread: AEC, wake word and VAD off the event loop."""
+        loop = self._loop
+        assert loop is not None
+        while not self._worker_stop.is_set():
+            try:
+                mic, ref, pos = self._blocks.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._capture_pos = pos + len(mic)
+            if self._mic_muted:
+                continue  # muted: nothing is heard, nothing is sent
+            try:
+                events = self.ears.process(mic, ref, pos)
+            except Exception:
+                log.exception("ears failed on a block (dropped)")
+                continue
+            if events and not loop.is_closed():
+                loop.call_soon_threadsafe(self._on_ear_events, events)
+
+    # ----------------------------------------------------------------- events in
+
+    def _on_ear_events(self, events: list[Any]) -> None:
+        from edge_agent.audio import ears
+
+        for ev in events:
+            if isinstance(ev, ears.UplinkAudio):
+                if self.machine is not None and self.machine.uplink_active:
+                    self.session.send_audio(ev.pcm)
+            elif isinstance(ev, ears.WakeWordDetected):
+                log.info("wake word %s (score %.2f)", ev.model, ev.score)
+                self.dispatch(st.WakeWordDetected(ev.model, ev.score, ev.end_sample))
+            elif isinstance(ev, ears.SpeechStarted):
+                self.dispatch(st.SpeechStarted(ev.sample))
+            elif isinstance(ev, ears.SpeechEnded):
+                self.dispatch(st.SpeechEnded(ev.sample))
+            elif isinstance(ev, ears.BargeInDetected):
+                self.dispatch(ev)
+
+    def _on_live_event(self, ev: Any) -> None:
+        from edge_agent.live import session as live
+
+        machine = self.machine
+        if machine is None:
+            return
+        if isinstance(ev, live.ModelAudio):
+            if machine.accepting_model_audio:
+                self.jitter.push(ev.pcm24k)
+                self._reply_playing = True
+                self._drain_reported = False
+                self.dispatch(st.ModelAudioReceived())
+        elif isinstance(ev, live.InputTranscript):
+            self._transcript_in.append(ev.text)
+        elif isinstance(ev, live.OutputTranscript):
+            self._transcript_out.append(ev.text)
+        elif isinstance(ev, live.TurnCompleted):
+            self._log_transcripts()
+            self.jitter.mark_turn_complete()
+            if self.jitter.is_idle:
+                self._drain_reported = True
+            self.dispatch(st.TurnCompleted())
+            if self.jitter.is_idle:
+                self.dispatch(st.PlaybackDrained())
+        elif isinstance(ev, live.GenerationCompleted):
+            self.dispatch(st.GenerationCompleted())
+        elif isinstance(ev, live.Interrupted):
+            log.info("server: interrupted")
+            self.dispatch(st.ServerInterrupted())
+        elif isinstance(ev, live.SessionReady):
+            self._last_error = None
+            self.dispatch(st.SessionReady(resumed=ev.resumed))
+        elif isinstance(ev, live.GoAwayReceived):
+            log.info("server: goAway, %.0f s left: handing over", ev.time_left_s)
+            self.dispatch(st.GoAwayReceived())
+        elif isinstance(ev, live.SessionLost):
+            self._last_error = ev.reason
+            self.dispatch(st.SessionLost(ev.reason, ev.fatal))
+        elif isinstance(ev, live.SessionClosed):
+            self.dispatch(st.SessionClosed())
+        elif isinstance(ev, live.ToolCalled):
+            log.info("tool call: %s(%s)", ev.name, ev.args)
+        self._update_status()
+
+    def _on_drained(self) -> None:
+        self._reply_playing = False
+        self.dispatch(st.PlaybackDrained())
+
+    def _log_transcripts(self) -> None:
+        if self._transcript_in:
+            log.info("you said: %s", "".join(self._transcript_in).strip())
+        if self._transcript_out:
+            log.info("gemini said: %s", "".join(self._transcript_out).strip())
+        self._transcript_in.clear()
+        self._transcript_out.clear()
+
+    # ------------------------------------------------------------ state machine
+
+    def dispatch(self, event: Any) -> None:
+        """Feed one event to the state machine and carry out its actions (loop thread)."""
+        machine = self.machine
+        if machine is None or self._stop.is_set():
+            return
+        actions = machine.handle(event, time.monotonic())
+        for t in machine.last_transitions:
+            log.info("state %s -> %s: %s", t.from_state, t.to_state, t.reason)
+        self._run_actions(actions)
+        self._sync_ears_mode()
+        if machine.last_transitions:
+            self._update_status()
+
+    def _run_actions(self, actions: list[Any]) -> None:
+        for action in actions:
+            try:
+                self._run_action(action)
+            except Exception:
+                log.exception("action %s failed", type(action).__name__)
+
+    def _run_action(self, action: Any) -> None:
+        match action:
+            case st.OpenSession():
+                self.session.open()
+            case st.CloseSession():
+                self.session.close()
+            case st.StartUplink(from_sample=sample):
+                self.ears.start_uplink(self._capture_pos if sample is None else sample)
+            case st.StopUplink():
+                from edge_agent.audio.ears import EarMode
+
+                self.ears.set_mode(EarMode.IDLE)
+            case st.SendActivityStart():
+                self.session.activity_start()
+            case st.SendActivityEnd():
+                self.session.activity_end()
+            case st.FlushPlayback():
+                discarded = self.jitter.clear()
+                written = self.engine.played_device_samples if self.engine is not None else 0
+                if self.engine is not None:
+                    self.engine.flush_output()
+                self._reply_playing = False
+                self._drain_reported = True
+                log.info(
+                    "playback flushed at output sample %d, t=%.6f (%d reply samples dropped)",
+                    written,
+                    time.monotonic(),
+                    discarded,
+                )
+            case st.InterruptSession():
+                self.session.interrupt()
+            case st.ShowLeds(pattern=pattern):
+                self.panel.show(pattern)
+            case st.PlayCue(name=name):
+                self.cues.play(name)
+            case st.SetTimer(name=name, at=at):
+                self._set_timer(str(name), at)
+            case st.CancelTimer(name=name):
+                handle = self._timers.pop(str(name), None)
+                if handle is not None:
+                    handle.cancel()
+            case st.PersistMute(muted=muted):
+                self._spawn(asyncio.to_thread(self._save_mute, muted), "persist-mute")
+            case st.SetMicMuted(muted=muted):
+                self._mic_muted = muted
+            case _:
+                log.debug("unhandled action %r", action)
+
+    def _sync_ears_mode(self) -> None:
+        """Ears listen for barge-in while a reply is on its way or playing."""
+        from edge_agent.audio.ears import EarMode
+
+        machine = self.machine
+        if machine is None or self.ears is None or machine.uplink_active:
+            return
+        replying = machine.state in (st.AgentState.THINKING, st.AgentState.SPEAKING)
+        wanted = EarMode.PLAYING if replying else EarMode.IDLE
+        if self.ears.mode != wanted:
+            self.ears.set_mode(wanted)
+
+    def _set_timer(self, name: str, at: float) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, at - time.monotonic())
+        self._timers[name] = loop.call_later(delay, self._fire_timer, name)
+
+    def _fire_timer(self, name: str) -> None:
+        self._timers.pop(name, None)
+        self.dispatch(st.TimerFired(name))
+
+    # --------------------------------------------------------------- persistence
+
+    def _load_mute(self) -> bool:
+        try:
+            return (self.state_dir / MUTE_FILE).read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def _save_mute(self, muted: bool) -> None:
+        path = self.state_dir / MUTE_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text("1\n" if muted else "0\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot remember mute state in %s: %s", path, exc)
+
+    # ------------------------------------------------------ watchdog and status
+
+    async def _watchdog_loop(self) -> None:
+        """WATCHDOG=1 only while the mic delivers and this loop is responsive.
+
+        The ping runs on the event loop itself, so a stuck loop stops the pings. A stream
+        that is open but delivers nothing (a frozen mic) stops them too, and systemd
+        restarts the service. A device the engine knows is gone (and is reopening with
+        backoff) does not: restarting would not bring it back, only hit the start limit.
+        """
+        from edge_agent.device.systemd import watchdog_interval_s
+
+        interval = watchdog_interval_s(self.environ)
+        if interval is None:
+            return
+        gate = WatchdogGate(stall_s=self.cfg.daemon.watchdog_stall_s)
+        period = max(0.05, interval / 2)
+        refused = False
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            engine = self.engine
+            captured = engine.captured_samples if engine is not None else 0
+            expected = engine is not None and (engine.healthy or _stalled(engine))
+            if gate.should_ping(now, captured, now, capture_expected=expected):
+                self.notifier.watchdog()
+                if refused:
+                    log.info("watchdog fed again")
+                refused = False
+            elif not refused:
+                refused = True
+                log.error("watchdog not fed: %s", gate.refusal)
+
+    async def _device_monitor(self) -> None:
+        """Turns the engine's device state into AudioDeviceLost/Restored events."""
+        while True:
+            await asyncio.sleep(0.5)
+            engine = self.engine
+            if engine is None:
+                continue
+            ok = engine.healthy
+            if ok != self._audio_ok:
+                self._audio_ok = ok
+                if ok:
+                    log.info("audio device back")
+                    self.dispatch(st.AudioDeviceRestored())
+                else:
+                    reason = engine.last_error or "audio device error"
+                    self._last_error = reason
+                    self.dispatch(st.AudioDeviceLost(reason))
+
+    def _update_status(self) -> None:
+        machine = self.machine
+        parts = [f"state: {machine.state if machine else 'starting'}"]
+        if self.session is not None:
+            status = self.session.status()
+            parts.append(f"session: {status.state}")
+            if status.reconnect_count:
+                parts.append(f"reconnects: {status.reconnect_count}")
+            if status.last_error:
+                parts.append(f"last error: {status.last_error}")
+        elif self._last_error:
+            parts.append(f"last error: {self._last_error}")
+        self.notifier.status(redact("; ".join(parts)))
+
+    # ------------------------------------------------------------------- reload
+
+    def _request_reload(self) -> None:
+        self._spawn(self.reload(), "reload")
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply a new config.toml, or keep the running one if it is broken."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("reload: %s", redact(problem))
+                log.error("reload failed: kept the running configuration")
+                self._last_error = f"config reload failed: {exc.problems[0]}"
+                # One datagram: whoever sees READY=1 also sees why.
+                self.notifier.ready(redact(f"{self._last_error} (kept running config)"))
+                return False
+            await self._apply(new)
+            log.info("configuration reloaded from %s", self.config_path)
+            self.notifier.ready()
+            self._update_status()
+            return True
+
+    async def _apply(self, new: Config) -> None:
+        old, self.cfg = self.cfg, new
+        setup_logging(new.logging.level, new.logging.target)
+        self.session.config_changed(
+            new.gemini, ApiKeyProvider(new.gemini.api_key_file), new.reconnect
+        )
+        self.jitter.gain = new.audio.volume_percent / 100
+        self.cues.set_volume(new.audio.cue_volume_percent / 100)
+        self.dispatch(
+            st.ConfigReloaded(
+                conversation=new.conversation, barge_in_enabled=new.echo.voice_barge_in
+            )
+        )
+        ears_changed = any(getattr(old, s) != getattr(new, s) for s in ("wake_word", "vad", "echo"))
+        audio_changed = old.audio != new.audio or old.echo.enabled != new.echo.enabled
+        if ears_changed:
+            from edge_agent.audio.ears import Ears
+
+            try:
+                self.ears = await asyncio.to_thread(Ears.create, _ears_config(new))
+            except Exception as exc:
+                log.error("reload: cannot load the wake word models: %s", redact(str(exc)))
+        if audio_changed:
+            await asyncio.to_thread(self.engine.stop)
+            self.engine = self._make_engine(new)
+            await asyncio.to_thread(self.engine.start)
+        if old.gpio != new.gpio:
+            from edge_agent.device.gpio import open_panel
+
+            loop = asyncio.get_running_loop()
+            self.panel.close()
+            self.panel = open_panel(
+                new.gpio,
+                on_press=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonPressed()),
+                on_hold=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonHeld()),
+            )
+            if self.machine is not None:
+                from edge_agent.core.leds import pattern_for
+
+                self.panel.show(pattern_for(self.machine.state))
+
+    # ------------------------------------------------------------ control socket
+
+    async def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return {"ok": True, **self.snapshot()}
+        if cmd == "button":
+            action = request.get("action", "press")
+            if action not in ("press", "hold"):
+                return {"ok": False, "error": "action must be press or hold"}
+            await asyncio.to_thread(self.panel.simulate, action)
+            return {"ok": True}
+        if cmd == "reload":
+            return {"ok": await self.reload()}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `edge-agent status` shows; also read by the demo and the tests."""
+        machine = self.machine
+        jitter = self.jitter.snapshot()
+        out: dict[str, Any] = {
+            "state": str(machine.state) if machine else "starting",
+            "muted": self._mic_muted,
+            "captured_samples": self.engine.captured_samples if self.engine else 0,
+            "dropped_blocks": self._dropped_blocks,
+            "last_error": self._last_error,
+            "playback": dataclasses.asdict(jitter),
+            "leds": self.panel.describe() if self.panel is not None else {},
+        }
+        if self.session is not None:
+            status = self.session.status()
+            out["session"] = {
+                "state": str(status.state),
+                "ready": status.ready,
+                "reconnects": status.reconnect_count,
+                "handovers": status.handovers,
+                "last_error": status.last_error,
+            }
+        if self.ears is not None:
+            out["ears"] = dataclasses.asdict(self.ears.stats)
+        if self.engine is not None:
+            out["engine"] = self.engine.stats()
+        return out
+
+
+def _stalled(engine: Any) -> bool:
+    """The stream opened but delivers nothing (a frozen mic), as opposed to a device that
+    is missing: the former should get the service restarted, the latter should not."""
+    return (engine.last_error or "").startswith("no audio from input")
+
+
+class StartupError(Exception):
+    """The daemon cannot run with this configuration (models, devices)."""
+
+
+def run_daemon(config_path: str | Path, *, environ: dict[str, str] | None = None) -> int:
+    """`edge-agent run`: load the config, set up logging, run until SIGTERM."""
+    import sys
+
+    path = Path(config_path)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(redact(problem), file=sys.stderr)
+        return 2
+    setup_logging(cfg.logging.level, cfg.logging.target)
+    daemon = Daemon(cfg, path, environ=environ)
+    return asyncio.run(daemon.run())
+
+
+__all__ = ["ApiKeyProvider", "Daemon", "StartupError", "run_daemon"]

@@ -1,0 +1,545 @@
+"""AudioEngine and StreamResampler over real PyAudio/PortAudio on the ALSA rig."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from edge_agent.audio.engine import AudioEngine, EngineState, ExponentialBackoff
+from edge_agent.audio.resample import StreamResampler, resample_all
+from edge_agent.testing.alsa_rig import AlsaRig
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT_S = 10.0  # generous: the machine is shared and slow
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+class Collector:
+    """on_block stand-in for the daemon: keeps blocks (up to a cap) from the audio thread."""
+
+    def __init__(self, cap_samples: int = 10**7) -> None:
+        self.mic: list[np.ndarray] = []
+        self.ref: list[np.ndarray | None] = []
+        self.pos: list[int] = []
+        self.cap = cap_samples
+        self.samples = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> None:
+        with self.lock:
+            if self.samples >= self.cap:
+                return
+            self.mic.append(mic)
+            self.ref.append(ref)
+            self.pos.append(pos)
+            self.samples += len(mic)
+
+    def mic_all(self) -> np.ndarray:
+        with self.lock:
+            return np.concatenate(self.mic) if self.mic else np.zeros(0, np.int16)
+
+    def ref_all(self) -> np.ndarray:
+        with self.lock:
+            return np.concatenate([r for r in self.ref if r is not None])
+
+
+class Source:
+    """output_source stand-in (the daemon's jitter buffer + cues): plays a clip once."""
+
+    def __init__(self, clip: np.ndarray | None = None) -> None:
+        self.clip = clip if clip is not None else np.zeros(0, np.int16)
+        self.pos = 0
+        self.calls = 0
+        self.armed = threading.Event()
+
+    def __call__(self, n: int) -> np.ndarray:
+        self.calls += 1
+        out = np.zeros(n, np.int16)
+        if self.armed.is_set():
+            part = self.clip[self.pos : self.pos + n]
+            out[: len(part)] = part
+            self.pos += len(part)
+        return out
+
+
+@pytest.fixture
+def rig(tmp_path):
+    rig = AlsaRig(tmp_path / "rig")
+    yield rig
+    rig.stop()
+
+
+@pytest.fixture
+def engines():
+    made: list[AudioEngine] = []
+    yield made
+    for engine in made:
+        engine.stop()
+
+
+def noise(n: int, seed: int, level: float = 4000.0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(n) * level
+    x = np.clip(x, -32000, 32000).astype(np.int16)
+    x[x == 0] = 1  # no digital zeros: lets the tests find where the clip starts
+    return x
+
+
+def tone(freq: float, rate: int, seconds: float, amp: float = 10000.0) -> np.ndarray:
+    n = int(rate * seconds)
+    t = np.arange(n) / rate
+    env = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)  # 10 ms fades: no click by design
+    return np.round(amp * env * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def first_nonzero(x: np.ndarray) -> int:
+    nz = np.flatnonzero(x)
+    assert len(nz), "no audio at all"
+    return int(nz[0])
+
+
+def dominant_hz(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x.astype(np.float64) * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+# ------------------------------------------------------------------------ resampler
+
+
+def test_resampler_silence_in_silence_out_and_passthrough():
+    rs = StreamResampler(24000, 48000)
+    out = np.concatenate([rs.process(np.zeros(240, np.int16)) for _ in range(20)])
+    assert len(out) > 0 and not out.any()  # no dither: the echo reference needs true zeros
+    same = StreamResampler(16000, 16000)
+    x = noise(1000, 1)
+    assert same.passthrough and np.array_equal(same.process(x), x)
+
+
+def test_resampler_streaming_has_no_clicks_and_keeps_pitch_and_length():
+    x = tone(440, 48000, 1.0)
+    rs = StreamResampler(48000, 16000)
+    sizes = [480, 7, 1000, 333, 480]  # odd chunk edges on purpose
+    chunks, i, k = [], 0, 0
+    while i < len(x):
+        n = sizes[k % len(sizes)]
+        chunks.append(rs.process(x[i : i + n]))
+        i, k = i + n, k + 1
+    y = np.concatenate([*chunks, rs.flush()])
+    assert abs(len(y) - 16000) <= 2
+    assert abs(dominant_hz(y, 16000) - 440) < 2
+    max_step = 2 * np.pi * 440 * 10000 / 16000  # steepest a 440 Hz sine can be
+    assert np.abs(np.diff(y.astype(np.int32))).max() < 1.1 * max_step
+    # Same as one-shot resampling, apart from rounding.
+    ref = resample_all(x, 48000, 16000)
+    n = min(len(ref), len(y))
+    assert np.abs(ref[:n].astype(np.int32) - y[:n]).max() <= 2
+
+
+def test_resampler_rejects_aliases_when_downsampling():
+    x = tone(10000, 48000, 0.5)  # above 8 kHz: must not fold into the speech band
+    y = resample_all(x, 48000, 16000)
+    assert np.abs(y[1000:-1000]).max() < 50
+
+
+# ------------------------------------------------------------------------ construction
+
+
+def test_constructor_does_no_io_and_stop_is_idempotent():
+    engine = AudioEngine(input_device="no such mic", output_device="no such speaker")
+    assert engine.state is EngineState.STOPPED and not engine.healthy
+    engine.stop()
+    engine.stop()
+    with pytest.raises(ValueError):
+        AudioEngine(block_ms=0)
+    with pytest.raises(ValueError):
+        AudioEngine(duplex=True, output_device=None)
+
+
+def test_backoff_grows_caps_and_resets():
+    b = ExponentialBackoff(initial_s=0.5, max_s=3.0)
+    assert [b.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    b.reset()
+    assert b.next_delay() == 0.5
+
+
+# ------------------------------------------------------------------------ capture
+
+
+def test_capture_from_fast_file_device_is_byte_exact(rig, engines):
+    data = noise(16000 * 3, seed=2)
+    rig.add_file_capture("filemic", data, pad_s=1.0)
+    rig.start()
+    got = Collector(cap_samples=len(data))
+    engine = AudioEngine(input_device="filemic", output_device=None, on_block=got)
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert engine.input_rate_hz == 16000
+    assert wait_for(lambda: got.samples >= len(data))
+    engine.stop()
+    assert np.array_equal(got.mic_all()[: len(data)], data)
+    assert got.pos[:3] == [0, 160, 320] and all(len(m) == 160 for m in got.mic)
+    assert all(r is None for r in got.ref)
+
+
+def test_capture_from_realtime_fifo_device_is_byte_exact(rig, engines):
+    data = noise(16000, seed=3)  # one second
+    feeder = rig.add_fifo_capture("mic", 16000, source=data)
+    rig.start()
+    got = Collector()
+    engine = AudioEngine(input_device="mic", output_device=None, on_block=got)
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert wait_for(lambda: got.samples >= len(data) + 1600)
+    engine.stop()
+    mic = got.mic_all()
+    assert np.array_equal(mic[: len(data)], data)
+    assert not mic[len(data) : len(data) + 1600].any()  # then the feeder's silence
+    assert engine.captured_samples == got.samples
+    # Real time: the feeder wrote one 10 ms block at a time; the blocks we captured were
+    # fed over (at least) their own duration.
+    blocks = [b for b in feeder.fed_blocks() if b.source_samples]
+    assert len(blocks) == 100
+    assert blocks[-1].time - blocks[0].time >= 0.99 * 0.8  # 99 block periods, no bursts
+
+
+def test_48k_only_capture_device_is_resampled_to_16k(rig, engines):
+    silence = np.zeros(4800, np.int16)
+    clip = np.concatenate([silence, tone(440, 48000, 1.0), silence])
+    rig.add_fifo_capture("usbmic", 48000, source=clip, only_rate_hz=48000)
+    rig.start()
+    got = Collector()
+    engine = AudioEngine(input_device="usbmic", output_device=None, on_block=got)
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert engine.input_rate_hz == 48000  # the device refused 16 kHz
+    assert wait_for(lambda: got.samples >= 16000 * 1.4)
+    engine.stop()
+    y = got.mic_all()
+    assert all(len(m) == 160 for m in got.mic)
+    loud = np.flatnonzero(np.abs(y) > 1000)
+    duration_s = (loud[-1] - loud[0]) / 16000
+    assert 0.97 < duration_s < 1.01  # 1 s minus the two fade ramps' quiet ends
+    assert abs(dominant_hz(y[loud[0] : loud[-1]], 16000) - 440) < 2
+    max_step = 2 * np.pi * 440 * 10000 / 16000
+    assert np.abs(np.diff(y.astype(np.int32))).max() < 1.1 * max_step  # no clicks at edges
+
+
+def test_48k_file_capture_matches_offline_streaming_resampler_exactly(rig, engines):
+    data = noise(48000 * 2, seed=4)
+    rig.add_file_capture("mic48", data, rate_hz=48000, only_rate_hz=48000)
+    rig.start()
+    got = Collector(cap_samples=16000 * 2 - 320)
+    engine = AudioEngine(input_device="mic48", output_device=None, on_block=got)
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert wait_for(lambda: got.samples >= got.cap)
+    engine.stop()
+    rs = StreamResampler(48000, 16000)
+    expected = np.concatenate([rs.process(data[i : i + 480]) for i in range(0, len(data), 480)])
+    mic = got.mic_all()
+    assert np.array_equal(mic, expected[: len(mic)])
+
+
+def test_queue_mode_is_bounded_and_drops_the_oldest(rig, engines):
+    data = noise(16000 * 2, seed=5)
+    rig.add_file_capture("filemic", data)
+    rig.start()
+    engine = AudioEngine(input_device="filemic", output_device=None, queue_blocks=5)
+    engines.append(engine)
+    engine.start()
+    assert wait_for(lambda: engine.dropped_blocks > 20)
+    engine.stop()
+    blocks = []
+    while (b := engine.get_block(timeout=0)) is not None:
+        blocks.append(b)
+    assert 1 <= len(blocks) <= 5
+    positions = [b.pos for b in blocks]
+    assert positions == list(range(positions[0], positions[0] + 160 * len(blocks), 160))
+    assert positions[-1] + 160 == engine.captured_samples  # the newest survived
+    assert engine.dropped_blocks + len(blocks) == engine.captured_samples // 160
+
+
+# ------------------------------------------------------------------------ playback
+
+
+def test_playback_on_24k_device_is_byte_exact(rig, engines):
+    clip = noise(24000, seed=6)
+    recorder = rig.add_fifo_playback("spk", 24000)
+    rig.add_fifo_capture("mic", 16000)
+    rig.start()
+    source = Source(clip)
+    source.armed.set()
+    engine = AudioEngine(input_device="mic", output_device="spk", output_source=source)
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert engine.output_rate_hz == 24000
+    assert wait_for(lambda: recorder.drained_samples >= len(clip) + 4800)
+    engine.stop()
+    played = recorder.samples()
+    lead = first_nonzero(played)
+    assert lead <= 4800 and not played[:lead].any()  # PortAudio's priming silence
+    assert np.array_equal(played[lead : lead + len(clip)], clip)
+    assert engine.played_samples_24k >= len(clip)
+    assert engine.played_samples_24k == engine.played_device_samples
+
+
+def test_playback_on_48k_only_device_is_resampled(rig, engines):
+    clip = tone(440, 24000, 0.5)
+    recorder = rig.add_fifo_playback("hdmi", 48000, only_rate_hz=48000)
+    rig.add_fifo_capture("mic", 16000)
+    rig.start()
+    source = Source(clip)
+    source.armed.set()
+    engine = AudioEngine(input_device="mic", output_device="hdmi", output_source=source)
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert engine.output_rate_hz == 48000
+    assert wait_for(lambda: recorder.drained_samples >= 48000 * 0.7)
+    engine.stop()
+    played = recorder.samples().astype(np.float64)
+    loud = np.flatnonzero(np.abs(played) > 1000)
+    assert 0.47 < (loud[-1] - loud[0]) / 48000 < 0.51
+    assert abs(dominant_hz(played[loud[0] : loud[-1]], 48000) - 440) < 2
+    expected = resample_all(clip, 24000, 48000).astype(np.float64)
+    start = first_nonzero(recorder.samples())
+    seg = played[start : start + len(expected)]
+    corr = np.dot(seg, expected[: len(seg)]) / np.sqrt(
+        np.dot(seg, seg) * np.dot(expected, expected)
+    )
+    assert corr > 0.99
+    assert engine.played_device_samples == 2 * engine.played_samples_24k
+
+
+# ------------------------------------------------------------------------ duplex
+
+
+def _run_duplex(rig, engines, rate: int, in_name: str, out_name: str, clip, got, source):
+    engine = AudioEngine(
+        input_device=in_name,
+        output_device=out_name,
+        duplex=True,
+        duplex_rate_hz=rate,
+        output_source=source,
+        on_block=got,
+    )
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert engine.duplex_active and engine.input_rate_hz == rate == engine.output_rate_hz
+    assert wait_for(lambda: got.samples >= 3200)  # 200 ms of nothing playing
+    source.armed.set()
+    assert wait_for(lambda: source.pos >= len(clip))
+    assert wait_for(lambda: got.samples >= 16000 * 1.5)
+    engine.stop()
+    return engine
+
+
+def test_duplex_16k_reference_is_exactly_what_was_played_aligned_with_mic(rig, engines):
+    mic_data = noise(16000 * 2, seed=7)
+    duplex = rig.add_duplex("dup", 16000, source=mic_data)
+    rig.start()
+    clip = noise(12000, seed=8)  # 0.5 s at 24 kHz
+    got, source = Collector(), Source(clip)
+    _run_duplex(rig, engines, 16000, "dup", "dup", clip, got, source)
+    mic, ref = got.mic_all(), got.ref_all()
+    assert len(ref) == len(mic) and all(len(r) == 160 for r in got.ref)
+    assert np.array_equal(mic[: len(mic_data)], mic_data[: len(mic)])
+    assert not ref[:3200].any()  # zeros while nothing plays
+    # The reference for block k is device output frames [160k, 160k+160): the frames of
+    # the same callbacks that delivered mic block k. At 16 kHz that is bit-exact.
+    played = duplex.recorder.samples()
+    lead = first_nonzero(played) - first_nonzero(ref)  # PortAudio's priming silence
+    assert lead >= 0 and not played[:lead].any()
+    n = min(len(ref), len(played) - lead)
+    assert n > 16000
+    assert np.array_equal(ref[:n], played[lead : lead + n])
+
+
+def test_duplex_48k_reference_is_the_played_signal_resampled(rig, engines):
+    duplex = rig.add_duplex("dup", 48000)
+    rig.start()
+    clip = noise(12000, seed=9)
+    got, source = Collector(), Source(clip)
+    engine = _run_duplex(rig, engines, 48000, "dup", "dup", clip, got, source)
+    ref = got.ref_all()
+    assert not ref[:3200].any()
+    played = duplex.recorder.samples()
+    lead48 = first_nonzero(played) - 3 * first_nonzero(ref)
+    lead48 = 480 * round(lead48 / 480)  # priming is whole periods; resampler delay is less
+    device_out = played[lead48:]
+    # The engine's reference resampler saw exactly these device blocks, 480 at a time.
+    rs = StreamResampler(48000, 16000)
+    expected = np.concatenate(
+        [rs.process(device_out[i : i + 480]) for i in range(0, len(device_out) - 479, 480)]
+    )
+    n = min(len(ref), len(expected))
+    assert n > 16000
+    assert np.array_equal(ref[:n], expected[:n])
+    assert engine.played_device_samples >= 3 * n
+
+
+def test_duplex_across_two_different_alsa_devices(rig, engines):
+    """PortAudio's ALSA backend runs input and output pcms in one callback even when they
+    are different devices (on real hardware: keep them on one card, one clock)."""
+    mic_data = noise(16000, seed=10)
+    rig.add_fifo_capture("mic", 16000, source=mic_data)
+    recorder = rig.add_fifo_playback("spk", 16000)
+    rig.start()
+    clip = noise(12000, seed=11)
+    got, source = Collector(), Source(clip)
+    _run_duplex(rig, engines, 16000, "mic", "spk", clip, got, source)
+    mic, ref = got.mic_all(), got.ref_all()
+    assert np.array_equal(mic[: len(mic_data)], mic_data)
+    played = recorder.samples()
+    lead = first_nonzero(played) - first_nonzero(ref)
+    n = min(len(ref), len(played) - lead)
+    assert n > 16000 and np.array_equal(ref[:n], played[lead : lead + n])
+
+
+# ------------------------------------------------------------------------ device loss
+
+
+def _resilient_engine(engines, **kw) -> AudioEngine:
+    engine = AudioEngine(
+        stall_timeout_s=0.5,
+        backoff=ExponentialBackoff(initial_s=0.05, max_s=0.2),
+        **kw,
+    )
+    engines.append(engine)
+    return engine
+
+
+def _mic_only_engine(engines) -> AudioEngine:
+    return _resilient_engine(engines, input_device="mic", output_device=None, on_block=Collector())
+
+
+def _advancing(engine: AudioEngine, seconds: float = 0.3) -> bool:
+    before = engine.captured_samples
+    time.sleep(seconds)
+    return engine.captured_samples > before
+
+
+def test_capture_device_vanishes_and_comes_back(rig, engines):
+    feeder = rig.add_fifo_capture("mic", 16000)
+    rig.start()
+    engine = _resilient_engine(
+        engines, input_device="mic", output_device=None, on_block=Collector()
+    )
+    assert engine.start() is EngineState.RUNNING
+    assert wait_for(lambda: engine.captured_samples > 1600)
+    feeder.vanish()
+    assert wait_for(lambda: engine.state is EngineState.REOPENING)
+    assert "mic" in (engine.last_error or "")
+    assert not _advancing(engine) and not engine.healthy
+    feeder.reappear()
+    assert wait_for(lambda: engine.state is EngineState.RUNNING)
+    assert wait_for(lambda: _advancing(engine))
+    assert engine.reopen_count >= 1
+
+
+def test_start_with_missing_device_retries_until_it_appears(rig, engines):
+    feeder = rig.add_fifo_capture("mic", 16000)
+    rig.add_fifo_playback("spk", 24000)
+    rig.start()
+    feeder.vanish()
+    engine = _resilient_engine(
+        engines, input_device="mic", output_device=None, on_block=Collector()
+    )
+    assert engine.start() is EngineState.REOPENING
+    assert "no input device matches 'mic'" in engine.last_error
+    assert "'spk'" in engine.last_error  # lists what is there
+    time.sleep(0.5)  # several retries, still no crash, still reopening
+    assert engine.state is EngineState.REOPENING
+    feeder.reappear()
+    assert wait_for(lambda: engine.state is EngineState.RUNNING)
+    assert wait_for(lambda: _advancing(engine))
+
+
+def test_speaker_vanishes_and_comes_back(rig, engines):
+    rig.add_fifo_capture("mic", 16000)
+    recorder = rig.add_fifo_playback("spk", 24000)
+    rig.start()
+    source = Source(np.full(24000 * 60, 1000, np.int16))
+    source.armed.set()
+    engine = _resilient_engine(
+        engines, input_device="mic", output_device="spk", output_source=source, on_block=Collector()
+    )
+    assert engine.start() is EngineState.RUNNING
+    assert recorder.wait_samples(2400, timeout=WAIT_S)
+    recorder.vanish()
+    assert wait_for(lambda: engine.state is EngineState.REOPENING)
+    assert wait_for(lambda: "no output device matches 'spk'" in (engine.last_error or ""))
+    recorder.reappear()
+    assert wait_for(lambda: engine.state is EngineState.RUNNING)
+    drained = recorder.drained_samples
+    assert recorder.wait_samples(drained + 2400, timeout=WAIT_S)
+    assert 1000 in recorder.samples()[drained:]
+
+
+def test_frozen_mic_stalls_counter_stop_stays_fast_and_it_recovers(rig, engines):
+    feeder = rig.add_fifo_capture("mic", 16000)
+    rig.start()
+    engine = _resilient_engine(
+        engines, input_device="mic", output_device=None, on_block=Collector()
+    )
+    assert engine.start() is EngineState.RUNNING
+    assert wait_for(lambda: engine.captured_samples > 1600)
+    feeder.freeze()
+    assert wait_for(lambda: engine.state is EngineState.REOPENING)
+    assert not _advancing(engine)  # what the daemon's watchdog looks at
+    feeder.unfreeze()
+    assert wait_for(lambda: engine.state is EngineState.RUNNING)
+    assert wait_for(lambda: _advancing(engine))
+    # Freeze again and stop while PortAudio's thread is stuck inside ALSA: stop() must
+    # not wait for it (the close finishes in the background once the device moves).
+    feeder.freeze()
+    assert wait_for(lambda: engine.state is EngineState.REOPENING)
+    t0 = time.monotonic()
+    engine.stop()
+    assert time.monotonic() - t0 < 2.0  # bound is 0.45 s; generous for a loaded machine
+    assert engine.state is EngineState.STOPPED
+    feeder.unfreeze()  # lets the background close finish before the rig goes
+    assert engine.start() is EngineState.RUNNING  # and it can start again
+    assert wait_for(lambda: _advancing(engine))
+
+
+def test_barge_in_clear_silences_output_within_one_device_period(rig, engines):
+    """With the real jitter buffer as the source: what was handed to the device before the
+    press plays exactly; nothing after one more device period does."""
+    from edge_agent.core.jitter import JitterBuffer
+
+    recorder = rig.add_fifo_playback("spk", 24000)
+    rig.add_fifo_capture("mic", 16000)
+    rig.start()
+    jitter = JitterBuffer(prefill_ms=0, fade_ms=0)
+    clip = noise(24000 * 3, seed=12)
+    engine = AudioEngine(input_device="mic", output_device="spk", output_source=jitter.pull)
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    jitter.push(clip.tobytes())
+    assert wait_for(lambda: engine.played_samples_24k > 12000)
+    before = engine.played_samples_24k
+    jitter.clear()  # the button press
+    engine.flush_output()
+    after = engine.played_samples_24k
+    assert recorder.wait_samples(after + 24000, timeout=WAIT_S)
+    engine.stop()
+    played = recorder.samples()
+    lead = first_nonzero(played)
+    assert np.array_equal(played[lead : lead + before], clip[:before])
+    period = 240  # 10 ms at 24 kHz: a callback that was already running at the press
+    assert not played[lead + after + period :].any()
+    # When it went quiet, in wall-clock terms, is what the rig's drain log tells:
+    last_loud = int(np.flatnonzero(played)[-1])
+    assert recorder.time_of_sample(last_loud) is not None
