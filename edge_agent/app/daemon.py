@@ -107,6 +107,7 @@ class Daemon:
         self._capture_pos = 0
         self._reply_playing = False
         self._drain_reported = True
+        self._first_chunk_at: float | None = None
         self._transcript_in: list[str] = []
         self._transcript_out: list[str] = []
         self._last_error: str | None = None
@@ -247,6 +248,12 @@ class Daemon:
     def _output_source(self, n: int) -> np.ndarray:
         """Sound card thread: reply audio plus cues; notices when the reply has drained."""
         block = self.cues.mix_into(self.jitter.pull(n))
+        if self._first_chunk_at is not None and self.jitter.last_pull_was_audio:
+            arrived, self._first_chunk_at = self._first_chunk_at, None
+            written = time.monotonic()
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._log_first_audio, arrived, written)
         if self._reply_playing and self.jitter.is_idle and not self._drain_reported:
             self._drain_reported = True
             loop = self._loop
@@ -300,7 +307,6 @@ class Daemon:
                 if self.machine is not None and self.machine.uplink_active:
                     self.session.send_audio(ev.pcm)
             elif isinstance(ev, ears.WakeWordDetected):
-                log.info("wake word %s (score %.2f)", ev.model, ev.score)
                 self.dispatch(st.WakeWordDetected(ev.model, ev.score, ev.end_sample))
             elif isinstance(ev, ears.SpeechStarted):
                 self.dispatch(st.SpeechStarted(ev.sample))
@@ -317,6 +323,8 @@ class Daemon:
             return
         if isinstance(ev, live.ModelAudio):
             if machine.accepting_model_audio:
+                if not self._reply_playing:
+                    self._first_chunk_at = time.monotonic()
                 self.jitter.push(ev.pcm24k)
                 self._reply_playing = True
                 self._drain_reported = False
@@ -352,6 +360,14 @@ class Daemon:
         elif isinstance(ev, live.ToolCalled):
             log.info("tool call: %s(%s)", ev.name, ev.args)
         self._update_status()
+
+    def _log_first_audio(self, arrived: float, written: float) -> None:
+        log.info(
+            "reply audio: first chunk arrived t=%.6f, first sample written t=%.6f (%.1f ms)",
+            arrived,
+            written,
+            1000 * (written - arrived),
+        )
 
     def _on_drained(self) -> None:
         self._reply_playing = False
