@@ -84,6 +84,7 @@ def test_list_devices_shows_rig_devices_with_directions_and_rates(rig):
 def test_real_lookup_error_lists_what_portaudio_sees(rig):
     rig.add_fifo_capture("kitchen_mic", 16000)
     rig.add_fifo_playback("kitchen_speaker", 24000)
+    rig.add_fifo_playback("kitchen_hdmi", 48000)
     rig.start()
     devices = dev.list_devices()
     with pytest.raises(dev.DeviceNotFoundError) as err:
@@ -91,7 +92,9 @@ def test_real_lookup_error_lists_what_portaudio_sees(rig):
     assert "'kitchen_mic'" in str(err.value) and "'default'" in str(err.value)
     with pytest.raises(dev.AmbiguousDeviceError) as err:
         dev.resolve_device(devices, "kitchen", "output")
-    assert "'kitchen_mic'" in str(err.value) and "'kitchen_speaker'" in str(err.value)
+    assert "'kitchen_hdmi'" in str(err.value) and "'kitchen_speaker'" in str(err.value)
+    assert "kitchen_mic" not in str(err.value)  # not an output
+    assert dev.resolve_device(devices, "kitchen", "input").name == "kitchen_mic"
     assert dev.resolve_device(devices, "speaker", "output").name == "kitchen_speaker"
 
 
@@ -200,3 +203,11 @@ def test_load_pcm_reads_wav_and_checks_format(tmp_path):
         load_pcm(np.zeros(4, np.float32))
     with pytest.raises(ValueError):
         load_pcm(b"\x00\x01\x02")
+
+
+def test_exact_only_does_not_drift_to_a_longer_name():
+    without_mic = [d for d in FAKE if d.name != "mic"]
+    assert dev.resolve_device(without_mic, "mic", "input").name == "mic2"  # plain substring
+    with pytest.raises(dev.DeviceNotFoundError):
+        dev.resolve_device(without_mic, "mic", "input", exact_only=True)
+    assert dev.is_exact_match(FAKE[2], " MIC ") and not dev.is_exact_match(FAKE[3], "mic")

@@ -450,7 +450,7 @@ def test_capture_device_vanishes_and_comes_back(rig, engines):
 
 def test_start_with_missing_device_retries_until_it_appears(rig, engines):
     feeder = rig.add_fifo_capture("mic", 16000)
-    rig.add_fifo_playback("spk", 24000)
+    rig.add_fifo_capture("line_in", 16000)
     rig.start()
     feeder.vanish()
     engine = _resilient_engine(
@@ -458,7 +458,7 @@ def test_start_with_missing_device_retries_until_it_appears(rig, engines):
     )
     assert engine.start() is EngineState.REOPENING
     assert "no input device matches 'mic'" in engine.last_error
-    assert "'spk'" in engine.last_error  # lists what is there
+    assert "available input devices: 'line_in'" in engine.last_error  # lists what is there
     time.sleep(0.5)  # several retries, still no crash, still reopening
     assert engine.state is EngineState.REOPENING
     feeder.reappear()
@@ -469,6 +469,7 @@ def test_start_with_missing_device_retries_until_it_appears(rig, engines):
 def test_speaker_vanishes_and_comes_back(rig, engines):
     rig.add_fifo_capture("mic", 16000)
     recorder = rig.add_fifo_playback("spk", 24000)
+    other = rig.add_fifo_playback("spk2", 24000)  # contains "spk": must not be picked
     rig.start()
     source = Source(np.full(24000 * 60, 1000, np.int16))
     source.armed.set()
@@ -480,11 +481,13 @@ def test_speaker_vanishes_and_comes_back(rig, engines):
     recorder.vanish()
     assert wait_for(lambda: engine.state is EngineState.REOPENING)
     assert wait_for(lambda: "no output device matches 'spk'" in (engine.last_error or ""))
+    assert "'spk2'" in engine.last_error and engine.state is EngineState.REOPENING
     recorder.reappear()
     assert wait_for(lambda: engine.state is EngineState.RUNNING)
     drained = recorder.drained_samples
     assert recorder.wait_samples(drained + 2400, timeout=WAIT_S)
     assert 1000 in recorder.samples()[drained:]
+    assert not other.samples().any()
 
 
 def test_frozen_mic_stalls_counter_stop_stays_fast_and_it_recovers(rig, engines):
@@ -524,10 +527,10 @@ def test_barge_in_clear_silences_output_within_one_device_period(rig, engines):
     rig.start()
     jitter = JitterBuffer(prefill_ms=0, fade_ms=0)
     clip = noise(24000 * 3, seed=12)
+    jitter.push(clip.tobytes())  # before start: every sample handed over is the clip's
     engine = AudioEngine(input_device="mic", output_device="spk", output_source=jitter.pull)
     engines.append(engine)
     assert engine.start() is EngineState.RUNNING
-    jitter.push(clip.tobytes())
     assert wait_for(lambda: engine.played_samples_24k > 12000)
     before = engine.played_samples_24k
     jitter.clear()  # the button press

@@ -38,7 +38,7 @@ Direction = Literal["input", "output"]
 PA_LOCK = threading.RLock()
 """Serialises every PortAudio call in the process (see module docstring)."""
 
-_STDERR_LOCK = threading.Lock()
+_STDERR_LOCK = threading.RLock()  # re-entrant: nested use restores in LIFO order
 
 
 class AudioDeviceError(Exception):
@@ -122,7 +122,8 @@ def portaudio_session() -> Iterator[pyaudio.PyAudio]:
         try:
             yield pa
         finally:
-            pa.terminate()
+            with quiet_stderr():
+                pa.terminate()
 
 
 def query_devices(pa: pyaudio.PyAudio) -> list[DeviceInfo]:
@@ -159,10 +160,20 @@ def _available(devices: Iterable[DeviceInfo], direction: Direction) -> str:
     return ", ".join(names) if names else "none"
 
 
-def resolve_device(devices: Sequence[DeviceInfo], wanted: str, direction: Direction) -> DeviceInfo:
+def is_exact_match(device: DeviceInfo, wanted: str) -> bool:
+    """Whether ``wanted`` names the device in full (ignoring case), not just a part of it."""
+    return device.name.casefold() == wanted.strip().casefold()
+
+
+def resolve_device(
+    devices: Sequence[DeviceInfo], wanted: str, direction: Direction, *, exact_only: bool = False
+) -> DeviceInfo:
     """The one device for ``wanted``: exact name, then case-insensitive, then unique substring.
 
-    Several exact matches (the same name under two host APIs) prefer ALSA.
+    Several exact matches (the same name under two host APIs) prefer ALSA. ``exact_only``
+    turns the substring step off: once a configured name has matched a device in full, a
+    reopen must not drift to another device that merely contains it ("mic" -> "mic2")
+    while the first one is unplugged.
     """
     candidates = [d for d in devices if d.has(direction)]
     key = wanted.strip()
@@ -174,7 +185,7 @@ def resolve_device(devices: Sequence[DeviceInfo], wanted: str, direction: Direct
         if exact:
             alsa = [d for d in exact if d.host_api == "ALSA"]
             return (alsa or exact)[0]
-    partial = [d for d in candidates if key.casefold() in d.name.casefold()]
+    partial = [] if exact_only else [d for d in candidates if key.casefold() in d.name.casefold()]
     if len(partial) == 1:
         return partial[0]
     if not partial:

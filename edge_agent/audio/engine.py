@@ -150,6 +150,8 @@ class _Session:
     last_in: float = 0.0
     last_out: float = 0.0
     watch_output: bool = False
+    input_latency_s: float = 0.0  # PortAudio's figure for the opened streams
+    output_latency_s: float = 0.0
     stable: bool = False
     closing: bool = False
 
@@ -235,6 +237,7 @@ class AudioEngine:
         self._session: _Session | None = None
         self._flush_gen = 0
         self._played_24k = 0.0
+        self._exact_names: dict[str, bool] = {}  # direction -> configured name matched in full
         # Counters: written on the audio thread, read anywhere (int updates are atomic).
         self.captured_samples = 0
         self.played_device_samples = 0
@@ -287,6 +290,18 @@ class AudioEngine:
     def output_device_name(self) -> str | None:
         s = self._session
         return s.out_name if s and s.out_name else None
+
+    @property
+    def output_latency_s(self) -> float | None:
+        """PortAudio's output latency of the open stream (the ALSA buffer): audio handed
+        to the device plays this much later. None when no output is open."""
+        s = self._session
+        return s.output_latency_s if s and s.out_rate else None
+
+    @property
+    def input_latency_s(self) -> float | None:
+        s = self._session
+        return s.input_latency_s if s else None
 
     @property
     def duplex_active(self) -> bool:
@@ -351,6 +366,8 @@ class AudioEngine:
             "input_rate_hz": self.input_rate_hz,
             "output_rate_hz": self.output_rate_hz,
             "duplex": self.duplex_active,
+            "input_latency_s": self.input_latency_s,
+            "output_latency_s": self.output_latency_s,
             "captured_samples": self.captured_samples,
             "played_samples_24k": self.played_samples_24k,
             "played_device_samples": self.played_device_samples,
@@ -475,13 +492,22 @@ class AudioEngine:
         finally:
             dev.PA_LOCK.release()
 
+    def _resolve(
+        self, devices: list[dev.DeviceInfo], wanted: str, direction: str
+    ) -> dev.DeviceInfo:
+        """Resolve a configured name; a name that once matched in full stays exact."""
+        direction_ = "input" if direction == "input" else "output"
+        found = dev.resolve_device(
+            devices, wanted, direction_, exact_only=self._exact_names.get(direction, False)
+        )
+        self._exact_names[direction] = dev.is_exact_match(found, wanted)
+        return found
+
     def _configure(self, s: _Session) -> None:
         devices = dev.query_devices(s.pa)
-        in_dev = dev.resolve_device(devices, self.input_device, "input")
+        in_dev = self._resolve(devices, self.input_device, "input")
         out_dev = (
-            dev.resolve_device(devices, self.output_device, "output")
-            if self.output_device
-            else None
+            self._resolve(devices, self.output_device, "output") if self.output_device else None
         )
         s.in_name = in_dev.name
         if s.duplex:
@@ -552,6 +578,11 @@ class AudioEngine:
                     )
                     s.streams.append(("output", stream))
                     s.watch_output = True
+            for label, stream in s.streams:
+                if label in ("input", "duplex"):
+                    s.input_latency_s = float(stream.get_input_latency())
+                if label in ("output", "duplex"):
+                    s.output_latency_s = float(stream.get_output_latency())
             s.started_at = s.last_in = s.last_out = self._clock()
             with dev.quiet_stderr():
                 for _, stream in s.streams:

@@ -1,1 +1,2 @@
-"""Helpers for tests, the demo and benchmarks (synthetic speech, simulated rooms)."""
+"""Helpers for tests, the demo and benchmarks: synthetic speech, simulated rooms
+(:mod:`.speech`) and a sound-card-free ALSA rig for real PyAudio (:mod:`.alsa_rig`)."""

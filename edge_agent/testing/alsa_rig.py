@@ -44,9 +44,25 @@ Facts this module is built around (measured with alsa-lib 1.2.8, PortAudio 19.6)
   with that silence, and a sample reaches the recorder about one buffer after PortAudio
   took it. The FIFO itself holds :attr:`FifoRecorder.pipe_bytes` more (the rig shrinks it
   to one page), which is the rig's equivalent of a hardware buffer.
-* The output FIFO lives in its own directory: removing the directory makes the plugin's
-  ``open(O_CREAT)`` fail instead of silently creating a regular file, so a vanished
-  speaker really is gone.
+* Vanishing devices leave the config: the rig rewrites it atomically, alsa-lib reloads a
+  changed config on the next ``snd_pcm_open`` and PortAudio's device list changes at the
+  next ``Pa_Initialize``, as when a USB device is unplugged. (Removing only the FIFO is not
+  enough for playback: alsa-lib 1.2.8 ignores a failed open of the output ``file`` and
+  fails later with EBADF.) The output FIFO still lives in its own directory, removed on
+  vanish, so nothing can silently create a regular file in its place.
+* PortAudio cannot cancel its callback thread while it is inside ALSA, and a capture
+  thread waiting on an empty FIFO is exactly that: ``Pa_CloseStream`` on a frozen or
+  vanished mic waits until the feeder writes again (``unfreeze()``, or ``reappear()``,
+  which releases readers of the old FIFO with one block of silence). Real drivers wait
+  in ``poll()``, where PortAudio can cancel; ``AudioEngine.stop()`` never waits for it.
+
+Measuring *when* something played (barge-in tests): positions are exact, times are not.
+``AudioEngine.played_samples_24k`` read at the press says how much had been handed to the
+device; the recording starts with PortAudio's priming silence (find the first non-zero
+sample of a clip that starts non-zero), so ``recording[lead + handed + one period:]``
+must be silent. :meth:`FifoRecorder.time_of_sample` / :meth:`FifoRecorder.samples_played_by`
+convert to wall-clock time; they include the FIFO (``pipe_bytes``, 85 ms at 24 kHz) and
+one ALSA buffer of latency, like a real sound card's buffer.
 
 Threads and files are cleaned up by :meth:`AlsaRig.stop` (also on ``with`` exit). Stop the
 audio streams *before* stopping the rig: closing a FIFO under a blocked reader gives it

@@ -329,10 +329,11 @@ class Appliance:
         return start, start + n
 
     def output_in_flight_samples(self) -> int:
-        """Samples between the daemon's write and the rig's drain: the ALSA buffer the
-        engine reports plus the rig FIFO and one rig block of drain granularity."""
+        """Samples between the daemon's write and the rig's drain: the ALSA buffer (PortAudio
+        reports one period as its latency but primes and holds two), the rig FIFO, and one
+        rig block of drain granularity."""
         engine = self.status().get("engine", {})
-        alsa = round(engine.get("output_latency_s", 0.0) * self.speaker.rate_hz)
+        alsa = 2 * round(engine.get("output_latency_s", 0.0) * self.speaker.rate_hz)
         fifo = self.speaker.pipe_bytes // 2
         return alsa + fifo + self.speaker.block_bytes // 2
 

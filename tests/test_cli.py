@@ -1,0 +1,43 @@
+"""The `edge-agent` command line against real devices (ALSA rig) and real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from edge_agent.testing.alsa_rig import AlsaRig
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_devices_lists_alsa_names_without_portaudio_noise(tmp_path: Path) -> None:
+    rig = AlsaRig(tmp_path)
+    rig.add_fifo_capture("kitchen_mic", 16000)
+    rig.add_fifo_playback("kitchen_speaker", 24000)
+    with rig:
+        result = run_cli("devices", env={"ALSA_CONFIG_PATH": str(rig.config_path)})
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("\t")[0]: line.split("\t")[1] for line in result.stdout.splitlines()}
+    assert rows["kitchen_mic"] == "in"
+    assert rows["kitchen_speaker"] == "out"
+    # PortAudio's JACK/ALSA probing chatter is silenced.
+    assert "jack" not in result.stderr.lower()
+    assert "ALSA lib" not in result.stderr
+
+
+def test_run_with_broken_config_exits_with_the_reasons(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[vad]\nframe_ms = 15\n")
+    result = run_cli("run", "--config", str(path))
+    assert result.returncode == 2
+    assert f"{path}:vad.frame_ms: must be one of 10, 20, 30 (got 15)" in result.stderr
