@@ -178,3 +178,26 @@ def test_frozen_mic_stops_the_watchdog(tmp_path: Path) -> None:
         t_thaw = time.monotonic()
         assert app.notify.wait_for("WATCHDOG=1", 15, t_thaw) is not None
         assert app.stop()[0] == 0
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key-123456"], ids=["missing", "refused"])
+def test_key_problems_go_offline_with_a_clear_status(tmp_path: Path, key: str | None) -> None:
+    with Appliance(tmp_path, ApplianceOptions(api_key=key)) as app:
+        app.start()
+        t0 = app.press()
+        assert app.wait_state("offline", 30, t0), app.log_text()[-3000:]
+        time.sleep(1.0)
+        status = app.status()
+        assert status["state"] == "offline"
+        error = status["session"]["last_error"] or ""
+        assert ("API key" in error) or ("no API key" in error), status
+        assert app.notify is not None
+        assert any("offline" in s for s in app.notify.statuses())
+        if key is not None:
+            assert key not in app.log_text()
+            assert all(key not in s for s in app.notify.statuses())
+        # Slow retries, not a loop: the emulator saw at most a couple of attempts.
+        code, _ = app.stop()
+        assert code == 0
+    record = app.record or {}
+    assert len(record.get("connections", [])) <= 2

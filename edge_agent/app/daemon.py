@@ -48,13 +48,20 @@ class ApiKeyProvider:
 
     def __init__(self, api_key_file: str) -> None:
         self.api_key_file = api_key_file
+        self._last_problem: str | None = None
 
     def __call__(self) -> str | None:
         try:
-            return resolve_api_key(self.api_key_file).value
+            key = resolve_api_key(self.api_key_file)
         except ApiKeyMissing as exc:
-            log.error("%s", exc)
+            if str(exc) != self._last_problem:  # once, not at every retry
+                log.error("%s", exc)
+                self._last_problem = str(exc)
             return None
+        if self._last_problem is not None:
+            log.info("API key found (%s)", key.source)
+            self._last_problem = None
+        return key.value
 
 
 def _ears_config(cfg: Config) -> Any:
@@ -104,6 +111,7 @@ class Daemon:
         self._worker_stop = threading.Event()
         self._mic_muted = False
         self._dropped_blocks = 0
+        self._ears_failures = 0
         self._capture_pos = 0
         self._reply_playing = False
         self._drain_reported = True
@@ -189,6 +197,12 @@ class Daemon:
             self._on_live_event,
         )
         self.session.start()
+        try:
+            key = await asyncio.to_thread(resolve_api_key, cfg.gemini.api_key_file)
+            log.info("Gemini API key from %s", key.source)
+        except ApiKeyMissing as exc:
+            self._last_error = str(exc)
+            log.error("%s; the device will wake but cannot answer until a key is added", exc)
         self._run_actions(self.machine.initial_actions())
         self._start_worker()
         self.engine = self._make_engine(cfg)
@@ -231,9 +245,13 @@ class Daemon:
         if self.engine is not None:
             steps.append(asyncio.to_thread(self.engine.stop))
         if steps:
-            done = await asyncio.wait_for(
-                asyncio.gather(*steps, return_exceptions=True), STOP_DEADLINE_S
-            )
+            try:
+                done = await asyncio.wait_for(
+                    asyncio.gather(*steps, return_exceptions=True), STOP_DEADLINE_S
+                )
+            except TimeoutError:
+                log.warning("stopping took over %.1f s: exiting anyway", STOP_DEADLINE_S)
+                done = []
             for result in done:
                 if isinstance(result, Exception):
                     log.warning("while stopping: %s", redact(str(result)))
@@ -292,7 +310,9 @@ class Daemon:
             try:
                 events = self.ears.process(mic, ref, pos)
             except Exception:
-                log.exception("ears failed on a block (dropped)")
+                self._ears_failures += 1
+                if self._ears_failures == 1:  # once; the count is in `edge-agent status`
+                    log.exception("listening pipeline failed on a block (block dropped)")
                 continue
             if events and not loop.is_closed():
                 loop.call_soon_threadsafe(self._on_ear_events, events)
@@ -648,6 +668,7 @@ class Daemon:
             "muted": self._mic_muted,
             "captured_samples": self.engine.captured_samples if self.engine else 0,
             "dropped_blocks": self._dropped_blocks,
+            "ears_failures": self._ears_failures,
             "last_error": self._last_error,
             "playback": dataclasses.asdict(jitter),
             "leds": self.panel.describe() if self.panel is not None else {},

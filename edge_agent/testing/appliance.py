@@ -50,6 +50,7 @@ class ApplianceOptions:
     config: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides per section
     watchdog_usec: int | None = 2_000_000
     log_level: str = "INFO"
+    api_key: str | None = API_KEY  # None: no key anywhere
 
 
 class Emulator:
@@ -235,11 +236,14 @@ class Appliance:
             **os.environ,
             **self.rig_env(),
             "NOTIFY_SOCKET": str(self.notify.path),
-            "GEMINI_API_KEY": API_KEY,
             "GPIOZERO_PIN_FACTORY": "mock",
             "GPIOZERO_MOCK_PIN_CLASS": "mockpwmpin",
             "PYTHONUNBUFFERED": "1",
         }
+        env.pop("GEMINI_API_KEY", None)
+        env.pop("GOOGLE_API_KEY", None)
+        if self.options.api_key is not None:
+            env["GEMINI_API_KEY"] = self.options.api_key
         if self.options.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.options.watchdog_usec)
         env.pop("INVOCATION_ID", None)
