@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
+from edge_agent.app.checks import model_problems
 from edge_agent.config import ConfigError, load_config
 from edge_agent.secrets import redact
 
@@ -15,11 +16,13 @@ DEFAULT_CONFIG = "/etc/edge-agent/config.toml"
 
 def _check_config(args: argparse.Namespace) -> int:
     try:
-        load_config(args.path)
+        problems = model_problems(load_config(args.path))
     except ConfigError as exc:
-        for line in exc.problems:
+        problems = exc.problems
+    if problems:
+        for line in problems:
             print(redact(line), file=sys.stderr)
-        print(f"{args.path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        print(f"{args.path}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{args.path}: OK")
     return 0

@@ -41,3 +41,25 @@ def test_run_with_broken_config_exits_with_the_reasons(tmp_path: Path) -> None:
     result = run_cli("run", "--config", str(path))
     assert result.returncode == 2
     assert f"{path}:vad.frame_ms: must be one of 10, 20, 30 (got 15)" in result.stderr
+
+
+def test_check_config_rejects_a_corrupt_wake_model(tmp_path: Path) -> None:
+    (tmp_path / "mine.tflite").write_bytes(os.urandom(4096))
+    path = tmp_path / "config.toml"
+    path.write_text('[wake_word]\nmodels = ["mine.tflite"]\n')
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{path}:wake_word.models: ")
+    assert "mine.tflite" in result.stderr
+
+
+def test_check_config_accepts_a_real_custom_model(tmp_path: Path) -> None:
+    from edge_agent.config import builtin_wake_model_dir
+
+    model_dir = builtin_wake_model_dir()
+    assert model_dir is not None
+    (tmp_path / "mine.tflite").write_bytes((model_dir / "alexa.tflite").read_bytes())
+    path = tmp_path / "config.toml"
+    path.write_text('[wake_word]\nmodels = ["mine.tflite"]\n')
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr

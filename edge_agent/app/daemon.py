@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.app.checks import model_problems
 from edge_agent.app.control import ControlServer
 from edge_agent.config import Config, ConfigError, load_config, resolve_path
 from edge_agent.core import state as st
@@ -176,6 +177,9 @@ class Daemon:
         cfg = self.cfg
         await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
         muted = await asyncio.to_thread(self._load_mute)
+        problems = await asyncio.to_thread(model_problems, cfg)
+        if problems:
+            raise StartupError("; ".join(problems))
         try:
             self.ears = await asyncio.to_thread(Ears.create, _ears_config(cfg))
         except Exception as exc:
@@ -588,6 +592,9 @@ class Daemon:
             self.notifier.reloading()
             try:
                 new = await asyncio.to_thread(load_config, self.config_path)
+                problems = await asyncio.to_thread(model_problems, new)
+                if problems:
+                    raise ConfigError(problems)
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload: %s", redact(problem))
