@@ -47,6 +47,33 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace, request: dict[str, str]) -> int:
+    import json
+
+    from edge_agent.app.control import control_request
+
+    try:
+        state_dir = load_config(args.config).daemon.state_dir
+    except ConfigError:
+        state_dir = "/var/lib/edge-agent"
+    path = f"{state_dir}/control.sock"
+    try:
+        reply = control_request(path, request)
+    except OSError as exc:
+        print(f"edge-agent is not reachable at {path}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    return _control(args, {"cmd": "status"})
+
+
+def _button(args: argparse.Namespace) -> int:
+    return _control(args, {"cmd": "button", "action": args.action})
+
+
 def _version(args: argparse.Namespace) -> int:
     print(f"edge-agent {__version__}")
     return 0
@@ -83,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices = sub.add_parser("devices", help="list audio devices by ALSA name")
     devices.set_defaults(func=_devices)
+
+    status = sub.add_parser("status", help="show the running daemon's state (JSON)")
+    status.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
+    status.set_defaults(func=_status)
+
+    button = sub.add_parser("button", help="press the button of the running daemon")
+    button.add_argument("action", choices=("press", "hold"))
+    button.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
+    button.set_defaults(func=_button)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)

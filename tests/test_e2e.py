@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,7 +113,16 @@ def test_conversation_follow_up_and_barge_in(tmp_path: Path) -> None:
 def test_mute_by_long_press_survives_restart(tmp_path: Path) -> None:
     with Appliance(tmp_path, ApplianceOptions()) as app:
         app.start()
-        t0 = app.press("hold")
+        # Long press through the CLI, as a person would over SSH.
+        t0 = time.monotonic()
+        command = ["button", "hold", "--config", str(app.config_path)]
+        cli = subprocess.run(
+            [sys.executable, "-m", "edge_agent", *command],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert cli.returncode == 0, cli.stderr
         assert app.wait_state("muted", 20, t0), app.log_text()[-3000:]
         assert app.status()["muted"] is True
         assert app.status()["leds"]["mute"] == "on"
