@@ -15,6 +15,7 @@ the loop blocks: model loading, file writes and device opens run in worker threa
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -113,6 +114,7 @@ class Daemon:
         self._mic_muted = False
         self._dropped_blocks = 0
         self._ears_failures = 0
+        self._led_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leds")
         self._capture_pos = 0
         self._reply_playing = False
         self._drain_reported = True
@@ -262,6 +264,7 @@ class Daemon:
         self._worker_stop.set()
         if self._worker is not None:
             self._worker.join(timeout=0.5)
+        self._led_executor.shutdown(wait=True, cancel_futures=True)
         if self.panel is not None:
             self.panel.close()
 
@@ -383,7 +386,8 @@ class Daemon:
             self.dispatch(st.SessionClosed())
         elif isinstance(ev, live.ToolCalled):
             log.info("tool call: %s(%s)", ev.name, ev.args)
-        self._update_status()
+        if isinstance(ev, live.SessionReady | live.SessionLost | live.SessionClosed):
+            self._update_status()  # not per audio chunk: STATUS= is a datagram each time
 
     def _log_first_audio(self, arrived: float, written: float) -> None:
         log.info(
@@ -459,7 +463,8 @@ class Daemon:
             case st.InterruptSession():
                 self.session.interrupt()
             case st.ShowLeds(pattern=pattern):
-                self.panel.show(pattern)
+                # gpiozero may join a blink thread: off the loop, in order.
+                self._led_executor.submit(self.panel.show, pattern)
             case st.PlayCue(name=name):
                 self.cues.play(name)
             case st.SetTimer(name=name, at=at):
