@@ -333,17 +333,6 @@ def test_config_from_app_settings() -> None:
 
 needs_espeak = pytest.mark.skipif(not speech.espeak_available(), reason="espeak-ng missing")
 
-WAKE_CASES = [
-    ("en-us", 140, 0.20),
-    ("en-gb", 165, 0.25),
-    ("en+f3", 190, 0.15),
-    ("en+m3", 140, 0.30),
-    ("en-us+f2", 165, 0.20),
-    ("en-gb-scotland", 190, 0.20),
-    ("en-us+m7", 150, 0.25),
-    ("en-gb-x-rp", 175, 0.15),
-]
-
 NEGATIVE_PHRASES = [
     "what time is it",
     "turn on the kitchen lights",
@@ -390,7 +379,7 @@ def test_pipeline_detects_wherever_the_bare_model_does(jarvis_model) -> None:
     gate) finds exactly the detections of the bare model, with the same score, puts the
     phrase end within 200 ms of the truth, and uplinks the whole request after it."""
     bare_hits = 0
-    for voice, speed, gap in WAKE_CASES:
+    for voice, speed, gap in speech.WAKE_CASES:
         clip = speech.wake_phrase_clip(voice, speed, gap_s=gap)
         scores = bare_scores(jarvis_model, clip.audio)
         ears = real_ears(jarvis_model)
@@ -417,7 +406,9 @@ def test_pipeline_detects_wherever_the_bare_model_does(jarvis_model) -> None:
         assert sent[clip.rest_start : clip.rest_end].all(), f"{case}: request not fully uplinked"
         assert not sent[: wakes[0].end_sample].any(), case
         assert of(events, SpeechEnded), case
-    assert bare_hits >= 6, f"the bare model detected only {bare_hits} of {len(WAKE_CASES)} clips"
+    assert bare_hits >= 6, (
+        f"the bare model detected only {bare_hits} of {len(speech.WAKE_CASES)} clips"
+    )
 
 
 @needs_espeak

@@ -310,12 +310,14 @@ def planned_commands(stdout: str) -> list[str]:
     return [line[2:] for line in stdout.splitlines() if line.startswith("+ ")]
 
 
-def test_install_script_is_valid_bash_and_shellcheck_clean() -> None:
-    assert subprocess.run(["bash", "-n", str(INSTALL)], timeout=30).returncode == 0
+@pytest.mark.parametrize("script", ["install.sh", "setup", "test", "demo", "bench"])
+def test_scripts_are_valid_bash_and_shellcheck_clean(script: str) -> None:
+    path = INSTALL.parent / script
+    assert subprocess.run(["bash", "-n", str(path)], timeout=30).returncode == 0
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed (apt install shellcheck)")
-    result = subprocess.run([shellcheck, str(INSTALL)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([shellcheck, str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
 
 

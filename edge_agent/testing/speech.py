@@ -288,6 +288,20 @@ class PhraseClip:
     rest_end: int
 
 
+# "hey jarvis, <request>" cases for wake_phrase_clip: (voice, words per minute, pause in
+# seconds after the wake phrase). Shared by test_ears and the benchmark's wake delay.
+WAKE_CASES: tuple[tuple[str, int, float], ...] = (
+    ("en-us", 140, 0.20),
+    ("en-gb", 165, 0.25),
+    ("en+f3", 190, 0.15),
+    ("en+m3", 140, 0.30),
+    ("en-us+f2", 165, 0.20),
+    ("en-gb-scotland", 190, 0.20),
+    ("en-us+m7", 150, 0.25),
+    ("en-gb-x-rp", 175, 0.15),
+)
+
+
 def wake_phrase_clip(
     voice: str,
     speed_wpm: int,
