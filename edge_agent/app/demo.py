@@ -41,10 +41,14 @@ class Timeline:
         self.app = app
         self.shown = 0
 
-    def flush(self) -> None:
+    def flush(self, until: float | None = None) -> None:
+        """Print the daemon's lines not shown yet (only those logged before `until`)."""
         with self.app._lines_cond:
             lines = self.app.lines[self.shown :]
-            self.shown = len(self.app.lines)
+            if until is not None:  # lines arrive in time order: keep the prefix before it
+                cut = next((i for i, line in enumerate(lines) if line.t >= until), len(lines))
+                lines = lines[:cut]
+            self.shown += len(lines)
         for line in lines:
             text = line.text.split(": ", 1)[-1] if " edge_agent." in line.text else line.text
             if any(
@@ -64,9 +68,11 @@ class Timeline:
             shown = ", ".join(f"{name}: {mode}" for name, mode in leds.items())
             print(f"  {'':10} LEDs  {shown}")
 
-    def note(self, text: str) -> None:
-        self.flush()
-        print(f"  [{time.monotonic() - self.app.started_at:6.2f} s] ** {text}")
+    def note(self, text: str, at: float | None = None) -> None:
+        """A scenario step, in time order with the daemon's lines (`at`: monotonic time)."""
+        at = time.monotonic() if at is None else at
+        self.flush(until=at)
+        print(f"  [{at - self.app.started_at:6.2f} s] ** {text}")
 
 
 def _wait(app: Appliance, timeline: Timeline, state: str, timeout: float, since: float) -> bool:
@@ -122,7 +128,7 @@ def run_demo(workdir: str | None = None, keep: bool = False) -> int:
             # Let some of the reply play, then press the button mid-reply.
             time.sleep(0.6)
             press_t = app.press()
-            timeline.note("button pressed (barge-in)")
+            timeline.note("button pressed (barge-in)", at=press_t)
             barge_ok = _wait(app, timeline, "listening", 10, press_t)
             time.sleep(1.0)
             samples = app.speaker.samples()

@@ -637,7 +637,7 @@ class ConversationMachine:
         del self._timers[name]
         if name is Timer.LISTEN:
             if self._state in _TAKING_TURN and not self._activity_open:
-                self._end_conversation("no speech after wake", Cue.END)
+                self._end_conversation("nobody spoke in the listening window", Cue.END)
         elif name is Timer.RESPONSE:
             if self._state is AgentState.THINKING:
                 self._close_session()
