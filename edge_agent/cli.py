@@ -59,6 +59,13 @@ def _control(args: argparse.Namespace, request: dict[str, str]) -> int:
     path = f"{state_dir}/control.sock"
     try:
         reply = control_request(path, request)
+    except PermissionError as exc:
+        print(
+            f"edge-agent: no access to {path} ({exc.strerror}): run with sudo, or join the "
+            "edge-agent group (sudo usermod -aG edge-agent $USER) and log in again",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as exc:
         print(f"edge-agent is not reachable at {path}: {exc}", file=sys.stderr)
         return 1

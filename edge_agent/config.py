@@ -93,6 +93,11 @@ class EchoConfig:
     voice_barge_in: bool = _f(True)
     barge_in_speech_ms: int = _f(300, min=100, max=2000)
 
+    @property
+    def voice_barge_in_active(self) -> bool:
+        """Voice barge-in needs echo cancellation: without it the mic hears the reply."""
+        return self.enabled and self.voice_barge_in
+
 
 @dataclass(frozen=True)
 class PlaybackConfig:

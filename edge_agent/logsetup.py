@@ -13,6 +13,36 @@ FORMAT_STDERR = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 FORMAT_JOURNAL = "%(name)s: %(message)s"
 
 
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record before any handler sees it: message, args, traceback, extras.
+
+    Needed besides the formatter because the journal handler sends more than the
+    formatted text: CODE_ARGS (the raw args), EXCEPTION_TEXT and every record attribute
+    become journal fields. After this filter the record holds only redacted text.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception as exc:  # a bad format string must not lose the line
+            text = f"{record.msg!r} (unformattable log arguments: {type(exc).__name__})"
+        record.msg, record.args = redact(text), ()
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for name, value in vars(record).items():
+            if name not in _STANDARD_ATTRS and isinstance(value, str):
+                setattr(record, name, redact(value))
+        return True
+
+
 class RedactingFormatter(logging.Formatter):
     """Formats as usual, then masks secrets in the whole text (message, args, traceback)."""
 
@@ -33,11 +63,13 @@ def make_handler(target: str = "auto", environ: Mapping[str, str] | None = None)
 
             handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="edge-agent")
             handler.setFormatter(RedactingFormatter(FORMAT_JOURNAL))
+            handler.addFilter(RedactingFilter())
             return handler
         except ImportError:  # pragma: no cover - systemd-python is a dependency
             pass
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(FORMAT_STDERR))
+    handler.addFilter(RedactingFilter())
     return handler
 
 
@@ -52,6 +84,8 @@ def setup_logging(level: str = "INFO", target: str = "auto") -> None:
     handler._edge_agent = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # A failing handler must not print the record's raw arguments to stderr (the journal).
+    logging.raiseExceptions = False
     # Chatty libraries stay at WARNING unless we debug them on purpose.
     for name in ("websockets", "httpx", "httpcore", "google_genai", "asyncio"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -9,9 +9,12 @@
 # `git pull` to upgrade):
 #   1. apt packages to build PyAudio and systemd-python (espeak-ng too, best effort: the
 #      offline demo speaks with it);
-#   2. the `edge-agent` system user, in the audio and gpio groups;
+#   2. the `edge-agent` system user, in the audio and gpio groups; the user who ran sudo
+#      ($SUDO_USER) joins the edge-agent group, so that `edge-agent status` and
+#      `edge-agent button` reach the daemon's control socket without sudo (after a re-login);
 #   3. a virtual environment in /opt/edge-agent/venv with this checkout installed into it
-#      (and lgpio on ARM, the pin library gpiozero uses on Bookworm);
+#      (and lgpio on ARM, the pin library gpiozero uses on Bookworm), and the command
+#      /usr/local/bin/edge-agent, a symlink to the one in the venv;
 #   4. /etc/edge-agent/config.toml from the repo's config.toml, only if there is none:
 #      an edited config is never overwritten;
 #   5. /etc/edge-agent/api_key (root only, mode 0600) from $GEMINI_API_KEY when set; the
@@ -23,7 +26,8 @@
 #   --no-start   install and enable, but do not (re)start the service
 #   --no-apt     skip the apt step (packages already installed, or no network)
 # Environment (for unusual layouts and tests): EDGE_AGENT_PREFIX (default /opt/edge-agent),
-# EDGE_AGENT_ETC (default /etc/edge-agent), PYTHON (default python3).
+# EDGE_AGENT_ETC (default /etc/edge-agent), EDGE_AGENT_BINDIR (default /usr/local/bin),
+# PYTHON (default python3).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +35,9 @@ PREFIX="${EDGE_AGENT_PREFIX:-/opt/edge-agent}"
 ETC="${EDGE_AGENT_ETC:-/etc/edge-agent}"
 PY="${PYTHON:-python3}"
 VENV="$PREFIX/venv"
+BINDIR="${EDGE_AGENT_BINDIR:-/usr/local/bin}"
+COMMAND_LINK="$BINDIR/edge-agent"
+COMMAND_TARGET="$VENV/bin/edge-agent"
 SERVICE=edge-agent
 SERVICE_USER=edge-agent
 STATE_DIR=/var/lib/edge-agent
@@ -42,6 +49,7 @@ APT_OPTIONAL=(espeak-ng)
 DRY_RUN=0
 START=1
 APT=1
+RELOGIN=""
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
@@ -123,6 +131,23 @@ else
 fi
 run usermod --append --groups audio,gpio "$SERVICE_USER"
 
+# The control socket (<state dir>/control.sock, mode 0660, group edge-agent) is for root
+# and the edge-agent group: let the person installing use `edge-agent status` unprivileged.
+in_group() { id -nG "$1" 2>/dev/null | tr ' ' '\n' | grep -qx "$2"; }
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+    if ! id -u "$SUDO_USER" >/dev/null 2>&1; then
+        warn "\$SUDO_USER is $SUDO_USER, which is not a user here: not adding it to group $SERVICE_USER"
+    elif in_group "$SUDO_USER" "$SERVICE_USER"; then
+        say "user $SUDO_USER is in group $SERVICE_USER (edge-agent status / button work without sudo)"
+    else
+        say "adding user $SUDO_USER to group $SERVICE_USER, for edge-agent status / button without sudo"
+        run usermod --append --groups "$SERVICE_USER" "$SUDO_USER"
+        RELOGIN="$SUDO_USER"
+    fi
+else
+    say "edge-agent status / button need root or group $SERVICE_USER: sudo usermod -aG $SERVICE_USER USER"
+fi
+
 # -------------------------------------------------------------------- 3. virtualenv
 if [ -x "$VENV/bin/python" ]; then
     say "virtual environment $VENV exists"
@@ -141,6 +166,17 @@ case "$(uname -m)" in
             || warn "could not install lgpio: button and LEDs fall back to gpiozero's native driver or stay off"
         ;;
 esac
+# The command on PATH (the venv is not): edge-agent check-config, status, button, ...
+if [ -L "$COMMAND_LINK" ] && [ "$(readlink "$COMMAND_LINK")" = "$COMMAND_TARGET" ]; then
+    say "command $COMMAND_LINK -> $COMMAND_TARGET exists"
+elif [ -e "$COMMAND_LINK" ] && [ ! -L "$COMMAND_LINK" ]; then
+    # Not ours (a pip install outside the venv, say): left alone.
+    warn "$COMMAND_LINK exists and is not a symlink: not replacing it; run $COMMAND_TARGET"
+else
+    say "linking $COMMAND_LINK -> $COMMAND_TARGET"
+    [ -d "$BINDIR" ] || run install -d -m 0755 "$BINDIR"
+    run ln -sfn "$COMMAND_TARGET" "$COMMAND_LINK"
+fi
 
 # ------------------------------------------------------------------------ 4. config
 run install -d -m 0755 "$ETC"
@@ -215,4 +251,7 @@ else
     # An image being built in a chroot, or a container: enable works without a manager.
     say "systemd is not running here: enabling only; it starts at the next boot"
     run systemctl enable "$SERVICE"
+fi
+if [ -n "$RELOGIN" ]; then
+    say "$RELOGIN was added to group $SERVICE_USER: log out and back in (new SSH session) before running edge-agent status / button without sudo"
 fi

@@ -322,6 +322,41 @@ def test_playback_on_48k_only_device_is_resampled(rig, engines):
     assert engine.played_device_samples == 2 * engine.played_samples_24k
 
 
+def test_separate_streams_hand_the_played_audio_to_the_mic_side_for_the_guard(rig, engines):
+    """Echo cancellation off: no duplex stream, but ``ref`` still says what the speaker
+    played (16 kHz, same length as mic), so the daemon's playback guard keeps the wake
+    word and VAD deaf to the device's own reply."""
+    from edge_agent.audio.echo import PlaybackGuard
+
+    rig.add_fifo_capture("mic", 16000)
+    rig.add_fifo_playback("spk", 48000, only_rate_hz=48000)
+    rig.start()
+    clip = tone(440, 24000, 0.5)
+    got, source = Collector(), Source(clip)
+    engine = AudioEngine(
+        input_device="mic", output_device="spk", duplex=False, output_source=source, on_block=got
+    )
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert not engine.duplex_active
+    assert wait_for(lambda: got.samples >= 3200)  # 200 ms of nothing playing
+    source.armed.set()
+    assert wait_for(lambda: source.pos >= len(clip))
+    assert wait_for(lambda: got.samples >= 16000 * 2)
+    engine.stop()
+    assert all(r is not None and len(r) == len(m) for m, r in zip(got.mic, got.ref, strict=True))
+    ref = got.ref_all()
+    assert not ref[:3200].any()  # silence while nothing plays
+    loud = np.flatnonzero(np.abs(ref) > 1000)
+    assert len(loud) and 0.45 < (loud[-1] - loud[0]) / 16000 < 0.52  # the 0.5 s tone
+    assert abs(dominant_hz(ref[loud[0] : loud[-1]], 16000) - 440) < 3
+    guard, guarded = PlaybackGuard(tail_ms=500), []
+    for m, r, pos in zip(got.mic, got.ref, got.pos, strict=True):
+        if guard.update(r, pos, len(m)):
+            guarded.append(pos)
+    assert guarded and guarded[0] <= loud[0] + 160 and guarded[-1] >= loud[-1]
+
+
 # ------------------------------------------------------------------------ duplex
 
 
@@ -534,7 +569,6 @@ def test_barge_in_clear_silences_output_within_one_device_period(rig, engines):
     assert wait_for(lambda: engine.played_samples_24k > 12000)
     before = engine.played_samples_24k
     jitter.clear()  # the button press
-    engine.flush_output()
     after = engine.played_samples_24k
     assert recorder.wait_samples(after + 24000, timeout=WAIT_S)
     engine.stop()
@@ -546,3 +580,38 @@ def test_barge_in_clear_silences_output_within_one_device_period(rig, engines):
     # When it went quiet, in wall-clock terms, is what the rig's drain log tells:
     last_loud = int(np.flatnonzero(played)[-1])
     assert recorder.time_of_sample(last_loud) is not None
+
+
+def test_barge_in_on_a_48k_device_fades_out_without_a_click(rig, engines):
+    """The resampler keeps its state across a clear, so the jitter buffer's 5 ms fade-out
+    reaches a 48 kHz device intact: no sample step bigger than the tone's own, and quiet
+    within a device period, the fade and the filter's few ms after the press."""
+    from edge_agent.core.jitter import JitterBuffer
+
+    recorder = rig.add_fifo_playback("hdmi", 48000, only_rate_hz=48000)
+    rig.add_fifo_capture("mic", 16000)
+    rig.start()
+    fade_ms = 5
+    jitter = JitterBuffer(prefill_ms=0, fade_ms=fade_ms)
+    amp, freq = 10000.0, 440.0
+    t = np.arange(24000 * 3) / 24000
+    jitter.push(np.round(amp * np.cos(2 * np.pi * freq * t)).astype(np.int16).tobytes())
+    engine = AudioEngine(input_device="mic", output_device="hdmi", output_source=jitter.pull)
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert engine.output_rate_hz == 48000
+    assert wait_for(lambda: engine.played_samples_24k > 12000)
+    jitter.clear()  # the button press, mid-tone
+    written = engine.played_device_samples
+    assert recorder.wait_samples(written + 48000, timeout=WAIT_S)
+    engine.stop()
+    played = recorder.samples().astype(np.int64)
+    lead = first_nonzero(played)  # PortAudio primes the device with silence first
+    natural_step = 2 * np.pi * freq / 48000 * amp  # the tone's largest sample-to-sample step
+    assert np.abs(np.diff(played)).max() < 1.5 * natural_step
+    period = 480  # 10 ms at 48 kHz: a callback already running at the press
+    fade = 48000 * fade_ms // 1000
+    filter_and_leftover = 48000 * 4 // 1000  # ~2 ms soxr delay + < 1 ms leftover, rounded up
+    last_loud = int(np.flatnonzero(np.abs(played) > 100)[-1])
+    assert last_loud > lead + written - period  # it really was cut mid-tone
+    assert last_loud <= lead + written + period + fade + filter_and_leftover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -321,6 +322,13 @@ def test_config_from_app_settings() -> None:
     assert cfg.gate.speech_end_ms == Config().vad.speech_end_ms
     assert cfg.barge_in.min_speech_ms == Config().echo.barge_in_speech_ms
     assert cfg.aec_enabled is True
+    assert cfg.voice_barge_in is True
+    # Without echo cancellation the mic hears the reply: voice barge-in is off, the
+    # playback guard is on (the button still interrupts).
+    no_aec = Config(echo=dataclasses.replace(Config().echo, enabled=False))
+    assert not no_aec.echo.voice_barge_in_active
+    cfg_no_aec = EarsConfig.from_settings(no_aec)
+    assert cfg_no_aec.aec_enabled is False and cfg_no_aec.voice_barge_in is False
     with pytest.raises(ValueError):
         EarsConfig(sample_rate_hz=48000)
     with pytest.raises(ValueError):

@@ -220,6 +220,9 @@ def test_unit_declares_what_the_daemon_relies_on() -> None:
         "Service.User": ["edge-agent"],
         "Service.SupplementaryGroups": ["audio gpio"],
         "Service.StateDirectory": ["edge-agent"],
+        # The edge-agent group reaches control.sock; the files inside stay private.
+        "Service.StateDirectoryMode": ["0750"],
+        "Service.UMask": ["0077"],
         "Service.LoadCredential": ["gemini_api_key:/etc/edge-agent/api_key"],
         "Service.DevicePolicy": ["closed"],
         "Service.PrivateDevices": ["no"],
@@ -234,6 +237,37 @@ def test_unit_declares_what_the_daemon_relies_on() -> None:
     # lgpio needs a writable working directory for its FIFOs.
     assert s["Service.WorkingDirectory"] == ["/run/edge-agent"]
     assert s["Service.RuntimeDirectory"] == ["edge-agent"]
+
+
+def test_control_socket_is_for_the_owner_and_its_group(tmp_path: Path) -> None:
+    """What StateDirectoryMode=0750 relies on: control.sock is 0660 in the daemon's group,
+    even under the unit's UMask=0077 (which keeps every other state file 0600)."""
+    import asyncio
+
+    from edge_agent.app.control import ControlServer, control_request
+
+    path = tmp_path / "control.sock"
+
+    async def handler(request: dict) -> dict:
+        return {"ok": True, "echo": request}
+
+    async def serve() -> os.stat_result:
+        server = ControlServer(path, handler)
+        old = os.umask(0o077)
+        try:
+            await server.start()
+        finally:
+            os.umask(old)
+        try:
+            reply = await asyncio.to_thread(control_request, path, {"cmd": "status"})
+            assert reply == {"ok": True, "echo": {"cmd": "status"}}
+            return path.stat()
+        finally:
+            await server.stop()
+
+    st = asyncio.run(serve())
+    assert st.st_mode & 0o777 == 0o660
+    assert st.st_gid == os.getegid()  # Group=edge-agent under systemd
 
 
 def _analyze() -> str:
@@ -299,7 +333,8 @@ KEY = "AIzaSyTEST-not-a-real-key-0123456789"
 
 
 def run_install(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "EDGE_AGENT_ETC")}
+    ours = ("GEMINI_API_KEY", "EDGE_AGENT_ETC", "EDGE_AGENT_BINDIR", "SUDO_USER")
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(env_extra or {})
     return subprocess.run(
         ["bash", str(INSTALL), *args], capture_output=True, text=True, timeout=120, env=env
@@ -336,6 +371,7 @@ def test_install_dry_run_plans_a_full_install_without_leaking_the_key() -> None:
         "useradd",
         "usermod",
         "install",
+        "ln",
         "python3",
         "/opt/edge-agent/venv/bin/python",
         "/opt/edge-agent/venv/bin/edge-agent",
@@ -353,6 +389,7 @@ def test_install_dry_run_plans_a_full_install_without_leaking_the_key() -> None:
     steps = [
         index("usermod --append --groups audio\\,gpio edge-agent"),
         index(f"-m pip install --quiet {ROOT}"),
+        index("ln -sfn /opt/edge-agent/venv/bin/edge-agent /usr/local/bin/edge-agent"),
         index("install -d -m 0755 /etc/edge-agent"),
         index(
             f"install -m 0644 {ROOT}/systemd/edge-agent.service "
@@ -362,6 +399,9 @@ def test_install_dry_run_plans_a_full_install_without_leaking_the_key() -> None:
         index("systemctl enable edge-agent"),
     ]
     assert steps == sorted(steps)
+    # Without sudo (no $SUDO_USER) nobody joins the edge-agent group; the output says how.
+    assert not any(cmd.startswith("usermod --append --groups edge-agent") for cmd in plan)
+    assert "sudo usermod -aG edge-agent USER" in result.stdout
     if not Path("/etc/edge-agent/config.toml").exists():
         index(f"install -m 0644 {ROOT}/config.toml /etc/edge-agent/config.toml")
     if not Path("/run/systemd/system").is_dir():
@@ -369,6 +409,80 @@ def test_install_dry_run_plans_a_full_install_without_leaking_the_key() -> None:
         assert not any("systemctl start" in cmd or "restart" in cmd for cmd in plan)
     else:
         assert any(cmd.startswith(("systemctl start", "systemctl restart")) for cmd in plan)
+
+
+def _a_user_outside_the_edge_agent_group() -> str:
+    import grp
+    import pwd
+
+    try:
+        members = set(grp.getgrnam("edge-agent").gr_mem)
+    except KeyError:
+        members = set()
+    for user in pwd.getpwall():
+        if user.pw_name not in members and user.pw_uid != 0:
+            return user.pw_name
+    pytest.skip("no unprivileged user to try with")
+
+
+def test_install_adds_the_sudo_user_to_the_edge_agent_group() -> None:
+    user = _a_user_outside_the_edge_agent_group()
+    result = run_install("--dry-run", "--no-apt", env_extra={"SUDO_USER": user})
+    assert result.returncode == 0, result.stderr
+    plan = planned_commands(result.stdout)
+    join = f"usermod --append --groups edge-agent {user}"
+    joins = [i for i, cmd in enumerate(plan) if cmd == join]
+    assert len(joins) == 1, plan
+    # After the edge-agent user (and with it the group) exists.
+    service_user = [i for i, cmd in enumerate(plan) if cmd.endswith("audio\\,gpio edge-agent")]
+    assert service_user and service_user[0] < joins[0]
+    assert "log out and back in" in result.stdout
+
+
+@pytest.mark.parametrize("sudo_user", ["root", "no-such-user-edge-agent-test"])
+def test_install_adds_no_one_else_to_the_group(sudo_user: str) -> None:
+    result = run_install("--dry-run", "--no-apt", env_extra={"SUDO_USER": sudo_user})
+    assert result.returncode == 0, result.stderr
+    plan = planned_commands(result.stdout)
+    assert not any(cmd.startswith("usermod --append --groups edge-agent") for cmd in plan), plan
+    assert "log out and back in" not in result.stdout
+    if sudo_user != "root":
+        assert "is not a user here" in result.stderr
+
+
+LINK_TARGET = "/opt/edge-agent/venv/bin/edge-agent"
+
+
+def test_install_links_the_command_once(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    # No bin directory yet: created, then the link.
+    result = run_install("--dry-run", "--no-apt", env_extra={"EDGE_AGENT_BINDIR": str(bindir)})
+    assert result.returncode == 0, result.stderr
+    plan = planned_commands(result.stdout)
+    assert f"install -d -m 0755 {bindir}" in plan
+    assert f"ln -sfn {LINK_TARGET} {bindir}/edge-agent" in plan
+    # A link from an earlier install elsewhere is replaced.
+    bindir.mkdir()
+    (bindir / "edge-agent").symlink_to("/old/prefix/venv/bin/edge-agent")
+    result = run_install("--dry-run", "--no-apt", env_extra={"EDGE_AGENT_BINDIR": str(bindir)})
+    plan = planned_commands(result.stdout)
+    assert f"ln -sfn {LINK_TARGET} {bindir}/edge-agent" in plan
+    assert not any(cmd.startswith(f"install -d -m 0755 {bindir}") for cmd in plan)
+    # The right link (dangling here: no venv): nothing to do.
+    (bindir / "edge-agent").unlink()
+    (bindir / "edge-agent").symlink_to(LINK_TARGET)
+    result = run_install("--dry-run", "--no-apt", env_extra={"EDGE_AGENT_BINDIR": str(bindir)})
+    assert result.returncode == 0, result.stderr
+    assert not any(cmd.startswith("ln ") for cmd in planned_commands(result.stdout))
+    assert f"command {bindir}/edge-agent -> {LINK_TARGET} exists" in result.stdout
+
+
+def test_install_leaves_a_foreign_command_alone(tmp_path: Path) -> None:
+    (tmp_path / "edge-agent").write_text("#!/bin/sh\n# pip install outside the venv\n")
+    result = run_install("--dry-run", "--no-apt", env_extra={"EDGE_AGENT_BINDIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert not any(cmd.startswith("ln ") for cmd in planned_commands(result.stdout))
+    assert "is not a symlink: not replacing it" in result.stderr
 
 
 def test_install_again_keeps_an_edited_config_and_the_same_key(tmp_path: Path) -> None:

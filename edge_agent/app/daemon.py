@@ -144,13 +144,28 @@ class Daemon:
             self._loop.add_signal_handler(sig, self._request_stop, sig)
         self._loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         self.notifier.status("starting: loading models")
+        starting = asyncio.create_task(self._start_components(), name="startup")
+        stop_requested = asyncio.create_task(self._stop.wait(), name="stop-wait")
+        await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # SIGTERM while models load: stop now, never send READY
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            self.notifier.stopping()
+            await self._shutdown()
+            log.info("edge-agent stopped during startup")
+            return self._exit_code
+        stop_requested.cancel()
         try:
-            await self._start_components()
+            starting.result()
         except StartupError as exc:
             log.error("cannot start: %s", exc)
             self.notifier.status(f"failed: {exc}")
             await self._shutdown()
             return 2
+        if self._stop.is_set():
+            self.notifier.stopping()
+            await self._shutdown()
+            return self._exit_code
         self.notifier.ready()
         self._update_status()
         log.info("edge-agent ready (state %s)", self.machine.state if self.machine else "?")
@@ -165,7 +180,14 @@ class Daemon:
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A background task that dies says so (a silent dead watchdog would be a mystery)."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("task %s failed: %s", task.get_name(), redact(repr(exc)))
 
     def _request_stop(self, sig: int) -> None:
         log.info("%s received: stopping", signal.Signals(sig).name)
@@ -179,15 +201,15 @@ class Daemon:
         cfg = self.cfg
         await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
         muted = await asyncio.to_thread(self._load_mute)
-        problems = await asyncio.to_thread(model_problems, cfg)
+        problems = await _in_daemon_thread(model_problems, cfg)
         if problems:
             raise StartupError("; ".join(problems))
         try:
-            self.ears = await asyncio.to_thread(Ears.create, _ears_config(cfg))
+            self.ears = await _in_daemon_thread(Ears.create, _ears_config(cfg))
         except Exception as exc:
             raise StartupError(f"wake word / audio models: {redact(str(exc))}") from exc
         self.machine = st.ConversationMachine(
-            cfg.conversation, barge_in_enabled=cfg.echo.voice_barge_in, muted_at_start=muted
+            cfg.conversation, barge_in_enabled=cfg.echo.voice_barge_in_active, muted_at_start=muted
         )
         loop = asyncio.get_running_loop()
         self.panel = open_panel(
@@ -212,7 +234,7 @@ class Daemon:
         self._run_actions(self.machine.initial_actions())
         self._start_worker()
         self.engine = self._make_engine(cfg)
-        await asyncio.to_thread(self.engine.start)
+        await _in_daemon_thread(self.engine.start)
         self.control = ControlServer(self.state_dir / "control.sock", self._on_control)
         try:
             await self.control.start()
@@ -450,8 +472,6 @@ class Daemon:
             case st.FlushPlayback():
                 discarded = self.jitter.clear()
                 written = self.engine.played_device_samples if self.engine is not None else 0
-                if self.engine is not None:
-                    self.engine.flush_output()
                 self._reply_playing = False
                 self._drain_reported = True
                 log.info(
@@ -479,6 +499,15 @@ class Daemon:
                 self._mic_muted = muted
             case _:
                 log.debug("unhandled action %r", action)
+
+    def _resume_ears_mode(self) -> None:
+        """New ears (after a reload) start IDLE: put them where the conversation is."""
+        from edge_agent.audio.ears import EarMode
+
+        if self.machine is not None and self.machine.uplink_active:
+            self.ears.set_mode(EarMode.LISTENING)  # the gate restarts; the turn goes on
+        else:
+            self._sync_ears_mode()
 
     def _sync_ears_mode(self) -> None:
         """Ears listen for barge-in while a reply is on its way or playing."""
@@ -608,7 +637,13 @@ class Daemon:
                 # One datagram: whoever sees READY=1 also sees why.
                 self.notifier.ready(redact(f"{self._last_error} (kept running config)"))
                 return False
-            await self._apply(new)
+            try:
+                await self._apply(new)
+            except Exception as exc:  # a device or pin that will not open: say so, run on
+                self._last_error = f"config reload partly applied: {redact(str(exc))}"
+                log.error("reload: %s", self._last_error)
+                self.notifier.ready(self._last_error)
+                return False
             log.info("configuration reloaded from %s", self.config_path)
             self.notifier.ready()
             self._update_status()
@@ -624,7 +659,7 @@ class Daemon:
         self.cues.set_volume(new.audio.cue_volume_percent / 100)
         self.dispatch(
             st.ConfigReloaded(
-                conversation=new.conversation, barge_in_enabled=new.echo.voice_barge_in
+                conversation=new.conversation, barge_in_enabled=new.echo.voice_barge_in_active
             )
         )
         ears_changed = any(getattr(old, s) != getattr(new, s) for s in ("wake_word", "vad", "echo"))
@@ -633,9 +668,12 @@ class Daemon:
             from edge_agent.audio.ears import Ears
 
             try:
-                self.ears = await asyncio.to_thread(Ears.create, _ears_config(new))
+                ears = await asyncio.to_thread(Ears.create, _ears_config(new))
             except Exception as exc:
                 log.error("reload: cannot load the wake word models: %s", redact(str(exc)))
+            else:
+                self.ears = ears
+                self._resume_ears_mode()
         if audio_changed:
             await asyncio.to_thread(self.engine.stop)
             self.engine = self._make_engine(new)
@@ -705,6 +743,37 @@ def _stalled(engine: Any) -> bool:
     """The stream opened but delivers nothing (a frozen mic), as opposed to a device that
     is missing: the former should get the service restarted, the latter should not."""
     return (engine.last_error or "").startswith("no audio from input")
+
+
+def _in_daemon_thread(fn: Any, *args: Any) -> asyncio.Future[Any]:
+    """Run a slow startup step (model loading, device open) in a daemon thread.
+
+    Unlike asyncio.to_thread, a step still running when SIGTERM arrives does not hold
+    up the exit: asyncio.run and the interpreter wait for executor threads, not for
+    daemon threads, and the 2 s stop promise to systemd holds even mid-startup.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if future.done():  # cancelled: nobody waits any more
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: the daemon is gone
+            loop.call_soon_threadsafe(settle, result, error)
+
+    name = getattr(fn, "__qualname__", "startup-step")
+    threading.Thread(target=work, name=f"startup:{name}", daemon=True).start()
+    return future
 
 
 class StartupError(Exception):

@@ -16,7 +16,11 @@ Modes:
 
 * **Separate streams** (echo cancellation off): a capture stream at 16 kHz when the device
   takes it, otherwise at the first supported rate of ``capture_rates_hz`` resampled to
-  16 kHz; a playback stream at ``playback_rate_hz`` or a fallback rate.
+  16 kHz; a playback stream at ``playback_rate_hz`` or a fallback rate. ``ref`` is then what
+  the output callback played, resampled to 16 kHz and handed to the mic side through a
+  short bounded hand-off: in step by sample count but only aligned to within a device
+  period or two, too loose for echo cancellation and meant for the playback guard that
+  keeps the wake word and VAD from firing on the device's own voice.
 * **Full duplex** (``duplex=True``, echo cancellation on, DESIGN.md section 6): ONE stream with
   input and output at one device rate. In its callback the output block is rendered first,
   and the echo reference is exactly that device-rate block resampled to 16 kHz by its own
@@ -77,6 +81,7 @@ BlockCallback = Callable[[np.ndarray, np.ndarray | None, int], None]
 """``on_block(mic, ref, capture_sample_pos)``: 16 kHz int16 blocks; must not block."""
 
 _SILENCE = np.zeros(0, dtype=np.int16)
+_PLAYED_HANDOFF_SAMPLES = MIC_RATE_HZ // 5  # 200 ms: more means the mic side is stalled
 _MAX_RENDER_PULLS = 8  # per callback; only the resampler's first call needs more than one
 
 
@@ -145,7 +150,9 @@ class _Session:
     mic_acc: np.ndarray = field(default_factory=lambda: _SILENCE)
     ref_acc: np.ndarray = field(default_factory=lambda: _SILENCE)
     out_ring: np.ndarray = field(default_factory=lambda: _SILENCE)
-    flush_seen: int = 0
+    # Separate streams: played audio at 16 kHz waiting for the mic side (under played_lock).
+    played16: np.ndarray = field(default_factory=lambda: _SILENCE)
+    played_lock: threading.Lock = field(default_factory=threading.Lock)
     started_at: float = 0.0
     last_in: float = 0.0
     last_out: float = 0.0
@@ -235,7 +242,6 @@ class AudioEngine:
         self._logged_error: str | None = None
         self._run: _Run | None = None
         self._session: _Session | None = None
-        self._flush_gen = 0
         self._played_24k = 0.0
         self._exact_names: dict[str, bool] = {}  # direction -> configured name matched in full
         # Counters: written on the audio thread, read anywhere (int updates are atomic).
@@ -340,14 +346,6 @@ class AudioEngine:
                 )
         self._session = None
         self._state = EngineState.STOPPED
-
-    def flush_output(self) -> None:
-        """Drop audio already resampled for the device but not yet written (barge-in).
-
-        Thread-safe; takes effect at the next output callback. Audio already inside the
-        device's buffer still plays (one ALSA buffer at most).
-        """
-        self._flush_gen += 1
 
     def get_block(self, timeout: float | None = None) -> CaptureBlock | None:
         """Next block from :attr:`blocks` (queue mode), or None after ``timeout``."""
@@ -526,10 +524,10 @@ class AudioEngine:
                     s.pa, [out_dev], "output", self.playback_rates_hz
                 )
                 s.out_name = out_dev.name
+                s.ref_rs = StreamResampler(s.out_rate, MIC_RATE_HZ)  # for the playback guard
         s.mic_rs = StreamResampler(s.in_rate, MIC_RATE_HZ)
         if s.out_rate:
             s.out_rs = StreamResampler(SOURCE_RATE_HZ, s.out_rate)
-        s.flush_seen = self._flush_gen
         s.in_index = in_dev.index
         s.out_index = out_dev.index if out_dev else None
 
@@ -622,7 +620,8 @@ class AudioEngine:
                 if status & pyaudio.paInputOverflow:
                     self.input_overflows += 1
                 assert s.mic_rs is not None
-                self._deliver(s, s.mic_rs.process(self._mic(s, in_data)), None)
+                mic16 = s.mic_rs.process(self._mic(s, in_data))
+                self._deliver(s, mic16, self._take_played(s, len(mic16)))
             except Exception as exc:
                 self._callback_failed(s, exc)
             return None, pyaudio.paContinue
@@ -638,12 +637,32 @@ class AudioEngine:
                 if status & pyaudio.paOutputUnderflow:
                     self.output_underflows += 1
                 out = self._render(s, frames)
+                self._keep_played(s, out)
             except Exception as exc:
                 self._callback_failed(s, exc)
                 out = np.zeros(frames, dtype=np.int16)
             return self._device_bytes(out, s.out_channels), pyaudio.paContinue
 
         return callback
+
+    def _keep_played(self, s: _Session, out: np.ndarray) -> None:
+        """Separate streams: queue what was played (at 16 kHz) for the mic side's ``ref``."""
+        if s.ref_rs is None:
+            return
+        played = s.ref_rs.process(out)
+        with s.played_lock:
+            joined = np.concatenate((s.played16, played)) if len(s.played16) else played
+            s.played16 = joined[-_PLAYED_HANDOFF_SAMPLES:]  # bounded: oldest dropped
+
+    def _take_played(self, s: _Session, n: int) -> np.ndarray | None:
+        """The next ``n`` played samples for the mic side, zero-padded; None: no speaker."""
+        if s.ref_rs is None:
+            return None
+        with s.played_lock:
+            ref, s.played16 = s.played16[:n], s.played16[n:]
+        if len(ref) < n:
+            ref = np.concatenate((ref, np.zeros(n - len(ref), dtype=np.int16)))
+        return ref
 
     def _duplex_callback(self, s: _Session) -> Callable[..., tuple[bytes | None, int]]:
         def callback(in_data: bytes, frames: int, time_info: Any, status: int) -> Any:
@@ -739,18 +758,21 @@ class AudioEngine:
             return np.zeros(n, dtype=np.int16)
         if len(x) != n:
             self.source_errors += 1
-            x = np.resize(x, n) if len(x) else np.zeros(n, dtype=np.int16)
+            # Pad a short read with silence (never repeat audio); cut a long one.
+            x = np.concatenate((x[:n], np.zeros(max(0, n - len(x)), dtype=np.int16)))
         return x
 
     def _render(self, s: _Session, frames: int) -> np.ndarray:
-        """Exactly ``frames`` device-rate samples: pulled at 24 kHz, resampled."""
+        """Exactly ``frames`` device-rate samples: pulled at 24 kHz, resampled.
+
+        A barge-in does not reset the resampler or drop its leftover samples: the jitter
+        buffer's fade-out then flows through the same filter state, so the cut is as smooth
+        at 48 kHz as at 24 kHz. What that keeps is under 1 ms of leftover plus the filter's
+        ~2 ms delay (measured in tests/test_audio_engine.py).
+        """
         assert s.out_rs is not None or s.out_rate == 0
         if s.out_rs is None:  # duplex without a source rate (cannot happen) or no output
             return np.zeros(frames, dtype=np.int16)
-        if s.flush_seen != self._flush_gen:
-            s.flush_seen = self._flush_gen
-            s.out_ring = _SILENCE
-            s.out_rs.reset()
         ring = s.out_ring
         pulls = 0
         while len(ring) < frames and pulls < _MAX_RENDER_PULLS:

@@ -940,7 +940,7 @@ def _barge_case(
                         return f"false barge-in {_ms(user_start - i):.0f} ms before the user"
                     detected_block = k
                     detect_ms = _ms(i + BLOCK - user_start)
-                    live.clear()  # the daemon's FlushPlayback (with engine.flush_output())
+                    live.clear()  # the daemon's FlushPlayback
                     break
         elif k > detected_block + 5:
             break
