@@ -536,9 +536,11 @@ def test_frozen_mic_stalls_counter_stop_stays_fast_and_it_recovers(rig, engines)
     feeder.freeze()
     assert wait_for(lambda: engine.state is EngineState.REOPENING)
     assert not _advancing(engine)  # what the daemon's watchdog looks at
+    assert engine.input_stalled  # whatever the reopen attempts say in last_error
     feeder.unfreeze()
     assert wait_for(lambda: engine.state is EngineState.RUNNING)
     assert wait_for(lambda: _advancing(engine))
+    assert not engine.input_stalled
     # Freeze again and stop while PortAudio's thread is stuck inside ALSA: stop() must
     # not wait for it (the close finishes in the background once the device moves).
     feeder.freeze()

@@ -379,9 +379,9 @@ class Daemon:
                 self._drain_reported = False
                 self.dispatch(st.ModelAudioReceived())
         elif isinstance(ev, live.InputTranscript):
-            self._transcript_in.append(ev.text)
+            _append_bounded(self._transcript_in, ev.text)
         elif isinstance(ev, live.OutputTranscript):
-            self._transcript_out.append(ev.text)
+            _append_bounded(self._transcript_out, ev.text)
         elif isinstance(ev, live.TurnCompleted):
             self._log_transcripts()
             self.jitter.mark_turn_complete()
@@ -570,6 +570,7 @@ class Daemon:
         refused = False
         while True:
             await asyncio.sleep(period)
+            gate.stall_s = self.cfg.daemon.watchdog_stall_s  # a reload may change it
             now = time.monotonic()
             engine = self.engine
             captured = engine.captured_samples if engine is not None else 0
@@ -742,7 +743,17 @@ class Daemon:
 def _stalled(engine: Any) -> bool:
     """The stream opened but delivers nothing (a frozen mic), as opposed to a device that
     is missing: the former should get the service restarted, the latter should not."""
-    return (engine.last_error or "").startswith("no audio from input")
+    return bool(engine.input_stalled)
+
+
+TRANSCRIPT_MAX_PIECES = 1000  # a turn that never completes must not grow memory for ever
+
+
+def _append_bounded(pieces: list[str], text: str) -> None:
+    """Collect transcript pieces for the turn's log line, keeping only the newest."""
+    pieces.append(text)
+    if len(pieces) > TRANSCRIPT_MAX_PIECES:
+        del pieces[: len(pieces) - TRANSCRIPT_MAX_PIECES]
 
 
 def _in_daemon_thread(fn: Any, *args: Any) -> asyncio.Future[Any]:

@@ -10,6 +10,7 @@ a timeline and a summary, and exits 0 only when everything happened as expected.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 import time
@@ -164,10 +165,14 @@ def run_demo(workdir: str | None = None, keep: bool = False) -> int:
     for c in checks:
         print(f"  {'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
     print(f"  uplink: {ears.get('uplink_bytes', 0)} bytes of speech sent")
-    print(f"  speaker recording: {wav}")
-    if not keep and not workdir:
-        print("  (temporary files kept for inspection; delete the folder when done)")
     ok = all(c.ok for c in checks)
+    if workdir or keep or not ok:
+        print(f"  speaker recording: {wav}; daemon log: {root / 'daemon.log'}")
+        if not workdir:
+            print(f"  (files kept in {root}; delete the folder when done)")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        print("  (temporary files removed; --keep or --workdir DIR keeps speaker.wav)")
     print("demo " + ("passed" if ok else "FAILED: see the timeline above and daemon.log"))
     return 0 if ok else 1
 

@@ -242,6 +242,7 @@ class AudioEngine:
         self._logged_error: str | None = None
         self._run: _Run | None = None
         self._session: _Session | None = None
+        self._input_stalled = False  # see input_stalled
         self._played_24k = 0.0
         self._exact_names: dict[str, bool] = {}  # direction -> configured name matched in full
         # Counters: written on the audio thread, read anywhere (int updates are atomic).
@@ -308,6 +309,12 @@ class AudioEngine:
     def input_latency_s(self) -> float | None:
         s = self._session
         return s.input_latency_s if s else None
+
+    @property
+    def input_stalled(self) -> bool:
+        """The mic went silent while open (wedged), and no audio has come since, whatever
+        the reopen attempts report: the daemon's watchdog then stops pinging."""
+        return self._input_stalled
 
     @property
     def duplex_active(self) -> bool:
@@ -466,6 +473,7 @@ class AudioEngine:
                     return f"{label} stream stopped by the device (error or unplugged)"
             now = self._clock()
             if now - s.last_in > self.stall_timeout_s:
+                self._input_stalled = True  # cleared by the next audio from the mic
                 return f"no audio from input {s.in_name!r} for {self.stall_timeout_s:.1f} s"
             if s.watch_output and now - s.last_out > self.stall_timeout_s:
                 return f"output {s.out_name!r} stalled for {self.stall_timeout_s:.1f} s"
@@ -704,6 +712,8 @@ class AudioEngine:
 
     def _deliver(self, s: _Session, mic16: np.ndarray, ref16: np.ndarray | None) -> None:
         """Cut fixed 16 kHz blocks (mic and reference in lockstep) and hand them on."""
+        if self._input_stalled and len(mic16):
+            self._input_stalled = False
         s.mic_acc = np.concatenate((s.mic_acc, mic16)) if len(s.mic_acc) else mic16
         if ref16 is not None:
             s.ref_acc = np.concatenate((s.ref_acc, ref16)) if len(s.ref_acc) else ref16
