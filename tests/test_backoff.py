@@ -166,3 +166,46 @@ def test_never_a_hot_loop_attempts_per_hour_are_bounded() -> None:
         attempts += 1
         now += policy.failed(Failure(FailureKind.NETWORK), now).delay_s
     assert 3600.0 / 30.0 <= attempts <= 2 * 3600.0 / 15.0
+
+
+BUSY_RESUME = Failure(
+    FailureKind.CLOSED, 1011, "Internal error encountered.", during_setup=True, resuming=True
+)
+
+
+def test_resume_refused_with_1011_backs_off_then_abandons_the_handle() -> None:
+    """The server still holds the old connection: not forever with the same handle."""
+    policy = ReconnectPolicy(cfg(jitter=0.0), random=lambda: 0.5)
+    first, second = (policy.failed(BUSY_RESUME, now=float(i)) for i in range(2))
+    assert [d.verdict for d in (first, second)] == [Verdict.RETRY, Verdict.RETRY]
+    assert [d.delay_s for d in (first, second)] == [0.5, 1.0]
+    assert not first.drop_handle and not second.drop_handle
+    third = policy.failed(BUSY_RESUME, now=2.0)
+    assert third.verdict is Verdict.ABANDON_HANDLE and third.drop_handle
+    assert third.delay_s == 0.0 and not third.fatal and "1011" in third.reason
+    # the count starts over: a fresh session that hits 1011s again is a plain retry
+    assert policy.failed(BUSY_RESUME, now=3.0).verdict is Verdict.RETRY
+
+
+def test_busy_resume_count_needs_refusals_with_no_good_setup_between() -> None:
+    policy = ReconnectPolicy(cfg(jitter=0.0), random=lambda: 0.5)
+    policy.failed(BUSY_RESUME, now=0.0)
+    policy.failed(Failure(FailureKind.NETWORK, None, "unreachable"), now=1.0)  # a roam blip
+    policy.failed(BUSY_RESUME, now=2.0)
+    policy.connected(now=3.0)  # a good setup clears the count
+    assert policy.failed(BUSY_RESUME, now=4.0).verdict is Verdict.RETRY
+    assert policy.failed(BUSY_RESUME, now=5.0).verdict is Verdict.RETRY
+    assert policy.failed(BUSY_RESUME, now=6.0).verdict is Verdict.ABANDON_HANDLE
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Failure(FailureKind.CLOSED, 1011, "Deadline expired", during_setup=True),  # fresh
+        Failure(FailureKind.CLOSED, 1011, "Deadline expired", resuming=True),  # after setup
+    ],
+)
+def test_other_1011s_never_abandon_the_handle(failure: Failure) -> None:
+    policy = ReconnectPolicy(cfg(jitter=0.0), random=lambda: 0.5)
+    decisions = [policy.failed(failure, now=float(i)) for i in range(6)]
+    assert all(d.verdict is Verdict.RETRY and not d.drop_handle for d in decisions)

@@ -784,22 +784,26 @@ def test_two_hundred_connect_drop_cycles_leak_no_tasks_or_sockets(tmp_path: Path
             rig.session = rig.new_session()
             rig.session.start()
             readies = 0
-            for i in range(100):
+            for i in range(200):  # each cycle: connect, a real drop, reconnect, idle close
                 rig.session.open()
                 readies += 1
                 await rig.events.wait_for(SessionReady, count=readies)
                 rig.emu.inject(FaultSpec("drop_tcp" if i % 2 else "close_1011"))
+                await rig.events.wait_for(SessionLost, count=i + 1)
                 readies += 1
                 await rig.events.wait_for(SessionReady, count=readies)
                 rig.session.close()
                 await rig.events.wait_for(SessionClosed, count=i + 1)
-            assert len(rig.emu.record.connections) == 200
+            assert len(rig.emu.record.connections) == 400
+            closes = [c.close_code for c in rig.emu.record.connections]
+            assert closes[0::2] == [1011, 1006] * 100  # 200 drops, each a real one
+            assert closes[1::2] == [1000] * 200  # and 200 idle closes
             await rig.session.stop()
             await wait_until(lambda: asyncio.all_tasks() == tasks_before, timeout=10)
             await wait_until(lambda: fds() <= fds_before, timeout=10)
             assert fds() == fds_before
 
-    run(body, timeout=120)
+    run(body, timeout=240)
 
 
 def test_speech_while_connecting_is_buffered_and_sent_after_setup(tmp_path: Path) -> None:
@@ -1031,3 +1035,203 @@ def test_reply_audio_already_in_flight_is_dropped_on_barge_in(tmp_path: Path) ->
 
     with ThreadedEmulator(options) as emu:
         run(lambda: body(emu))
+
+
+# ---- server VAD, turn counting, busy resumes, slow handle store ----------------------------
+
+SILENCE_1S = bytes(32_000)  # longer than the 700 ms server_vad_silence_ms default
+
+
+async def speak_vad_turn(rig: Rig, speech: bytes) -> None:
+    """Server-VAD mode: speech, then the mic keeps streaming silence until the VAD ends it."""
+    rig.session.activity_start()  # no marker with the server's VAD
+    for c in chunks(speech + SILENCE_1S):
+        rig.session.send_audio(c)
+        await asyncio.sleep(0)
+
+
+def stream_end_received(rig: Rig) -> bool:
+    return any(
+        "audioStreamEnd" in m["realtimeInput"] for _, m in rig.client_messages("realtimeInput")
+    )
+
+
+def test_server_vad_go_away_during_a_reply_plays_it_out_and_answers_the_turn_once(
+    tmp_path: Path,
+) -> None:
+    """The server's VAD ended the turn, so no marker of ours is owed: the reply streaming
+    at the goAway must still play to its end on the old connection, and the handover must
+    wait for the handle after it (else the resume replays the answered turn)."""
+    options = EmulatorOptions(
+        valid_api_keys=(KEY,),
+        pace=2.0,
+        espeak=False,
+        reply_text="This is a fairly long answer that keeps on streaming for a few seconds.",
+    )
+
+    async def body() -> None:
+        async with Rig(tmp_path, options, server_vad=True) as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            await speak_vad_turn(rig, pcm(120, 0.6))
+            await rig.events.wait_for(ModelAudio)
+            # the mic is still open (no audioStreamEnd): nothing of ours is owed, only the
+            # open model turn says a reply is streaming
+            # 60 s: the deadline (55 s) is far beyond every wait below, so a handover at
+            # the deadline instead of after the reply fails the test instead of passing late
+            rig.emu.inject(FaultSpec("go_away", time_left_s=60.0))
+            ready = await rig.events.wait_for(SessionReady, count=2, timeout=30)
+            assert ready.resumed and not rig.events.of(SessionLost)
+            (first,) = rig.emu.record.replies
+            assert first.connection_index == 0 and first.completed and not first.interrupted
+            assert rig.events.model_audio() == bytes(first.audio)  # not one sample cut
+            kinds = [type(e) for e in rig.events.events]
+            assert kinds.index(TurnCompleted) < kinds.index(SessionReady, 1)
+            old = rig.emu.record.connections[0]
+            await wait_until(lambda: old.closed_by is not None)
+            assert old.closed_by == "client" and old.close_code == 1000  # before the 1008
+            # the next turn is the only one answered on the new connection
+            await speak_vad_turn(rig, pcm(121, 0.6))
+            await rig.events.wait_for(TurnCompleted, count=2)
+            replies = rig.emu.record.replies
+            assert [r.connection_index for r in replies] == [0, 1]
+            assert all(r.completed for r in replies)
+            (session,) = rig.emu.record.sessions
+            assert [t.connection_index for t in session.turns] == [0, 1]
+            assert rig.events.model_audio() == bytes(replies[0].audio) + bytes(replies[1].audio)
+
+    run(body)
+
+
+@pytest.mark.parametrize("cause", ["overflow", "server_vad_stream_end"])
+def test_interrupt_with_no_reply_pending_does_not_mute_the_next_reply(
+    tmp_path: Path, cause: str
+) -> None:
+    """A barge-in when nothing is playing or due must not swallow the next reply. Both
+    causes used to leave a marker counted as owed forever: an overflow that dropped a
+    turn's activityStart but kept its activityEnd, and an audioStreamEnd sent after the
+    server's VAD had already ended (and answered) the turn."""
+    server_vad = cause == "server_vad_stream_end"
+    reconnect = FAST_RECONNECT
+    if cause == "overflow":
+        reconnect = ReconnectConfig(
+            initial_delay_s=0.05, max_delay_s=0.2, jitter=0.0, replay_buffer_max_s=1.0
+        )
+
+    async def body() -> None:
+        async with Rig(tmp_path, reconnect=reconnect, server_vad=server_vad) as rig:
+            if cause == "overflow":
+                first, kept = pcm(130, 0.6), pcm(131, 0.6)
+                await rig.speak_turn(first)  # both spoken offline: 1.2 s > the 1 s log
+                await rig.speak_turn(kept)
+                rig.session.open()
+                await rig.events.wait_for(TurnCompleted)
+                (session,) = rig.emu.record.sessions
+                assert session.consumed_audio == kept  # the oldest turn went whole
+                assert rig.session.status().replay.dropped_unsent_audio_bytes == len(first)
+            else:
+                rig.session.open()
+                await rig.events.wait_for(SessionReady)
+                await speak_vad_turn(rig, pcm(132, 0.6))
+                await rig.events.wait_for(TurnCompleted)
+                rig.session.activity_end()  # after the answer: this audioStreamEnd gets none
+                await wait_until(lambda: stream_end_received(rig))
+            await wait_until(lambda: rig.session.status().replay.covered >= 1)
+            rig.session.interrupt()  # the button, with nothing playing and nothing due
+            if server_vad:
+                await speak_vad_turn(rig, pcm(133, 0.6))
+            else:
+                for c in chunks(pcm(134, 0.5)):  # interrupt() opened the turn
+                    rig.session.send_audio(c)
+                rig.session.activity_end()
+            await rig.events.wait_for(TurnCompleted, count=2)
+            replies = rig.emu.record.replies
+            assert len(replies) == 2 and replies[1].completed
+            assert rig.events.model_audio() == bytes(replies[0].audio) + bytes(replies[1].audio)
+
+    run(body)
+
+
+def test_resume_refused_with_1011_three_times_starts_a_fresh_session(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a Wi-Fi roam the server still holds the vanished connection and refuses the
+    resume with 1011: give up on the handle after three refusals instead of forever."""
+    caplog.set_level(logging.INFO, logger="edge_agent.live")
+    fake = FakeTime()
+
+    async def body() -> None:
+        async with Rig(tmp_path, fake_time=fake) as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            answered = pcm(140, 0.4)
+            await rig.speak_turn(answered)
+            await rig.events.wait_for(TurnCompleted)
+            await wait_until(lambda: rig.session.status().replay.covered == 1)
+            pending = pcm(141, 0.4)
+            rig.session.activity_start()
+            for c in chunks(pending):
+                rig.session.send_audio(c)
+            await wait_until(lambda: consumed_len(rig) == len(answered) + len(pending))
+            rig.emu.inject(FaultSpec("vanish"))  # the server keeps the session attached
+            rig.session.activity_end()
+            ready = await rig.events.wait_for(SessionReady, count=2)
+            assert ready.resumed is False
+            await rig.events.wait_for(TurnCompleted, count=2)
+            _, *refused, fresh = rig.emu.record.connections
+            assert len(refused) == 3
+            handle = refused[0].resumed_from_handle
+            assert handle is not None
+            assert all(c.resumed_from_handle == handle for c in refused)
+            assert all((c.close_code, c.closed_by) == (1011, "server") for c in refused)
+            assert fresh.resumed_from_handle is None and fresh.setup_complete_sent
+            lost = rig.events.of(SessionLost)
+            assert [("1011" in x.reason) for x in lost] == [False, True, True, True]
+            assert not any(x.fatal for x in lost)
+            # the fresh session got the unanswered utterance, not the answered one
+            assert rig.emu.record.sessions[-1].consumed_audio == pending
+
+    run(body)
+    gave_up = [r for r in caplog.records if "refused to resume" in r.getMessage()]
+    assert len(gave_up) == 1 and gave_up[0].levelno == logging.WARNING
+    assert "fresh session" in gave_up[0].getMessage()
+
+
+def test_slow_handle_store_does_not_stall_the_receive_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync stuck on a slow SD card must not hold up the next server messages; the
+    newest handle still reaches the disk, and a save superseded meanwhile is skipped."""
+    gate = threading.Event()
+    written: list[str] = []
+    original_save = HandleStore.save
+
+    def slow_save(self: HandleStore, handle: str, *args: object, **kwargs: object) -> None:
+        gate.wait(timeout=60)  # released by the test, never by a timer
+        original_save(self, handle, *args, **kwargs)
+        written.append(handle)
+
+    monkeypatch.setattr(HandleStore, "save", slow_save)
+
+    async def body() -> None:
+        async with Rig(tmp_path) as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)  # its handle's save blocks the worker
+            for n in (1, 2):
+                rig.session.send_text(f"Question number {n}?")
+                await rig.events.wait_for(TurnCompleted, count=n)
+            await wait_until(lambda: rig.session.status().replay.covered == 2)
+            assert written == []  # everything above happened with the store stuck
+            gate.set()
+            await rig.session.stop()  # waits for the queued writes
+            assert len(written) == 2  # the setup handle, then only the newest one
+            rig.session = rig.new_session()  # a restart resumes from what was written
+            rig.session.start()
+            rig.session.open()
+            assert (await rig.events.wait_for(SessionReady, count=2)).resumed
+            resumed = rig.emu.record.connections[1]
+            assert resumed.resumed_from_handle == written[-1]
+            (session,) = rig.emu.record.sessions
+            assert len(session.turns) == 2  # the handle after the second answer
+
+    run(body)

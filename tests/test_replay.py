@@ -147,9 +147,12 @@ def test_clear_forgets_and_restarts_counters() -> None:
     assert drain(log) == t
 
 
-def test_text_turn_and_stream_end_are_end_markers() -> None:
+def test_text_turn_is_an_end_marker_and_stream_end_is_not() -> None:
+    """audioStreamEnd gets no reply when the server's VAD already ended the turn, so it
+    cannot be counted as a marker that gets exactly one turnComplete."""
     assert UplinkMessage(UplinkKind.TEXT_TURN, text="x").ends_turn
-    assert UplinkMessage(UplinkKind.AUDIO_STREAM_END).ends_turn
+    assert END.ends_turn
+    assert not UplinkMessage(UplinkKind.AUDIO_STREAM_END).ends_turn
     assert not START.ends_turn and not audio(1).ends_turn
 
 
@@ -185,3 +188,102 @@ def test_mark_sent_survives_overflow_during_a_send() -> None:
     log.append(audio(3, 400))  # drops chunk 1 while it is "on the wire"
     log.mark_sent(seq)
     assert drain(log) == [audio(2, 400), audio(3, 400)]
+
+
+# ---- overflow drops whole turns -------------------------------------------------------------
+
+
+def test_overflow_offline_drops_the_oldest_whole_turn() -> None:
+    """Two 0.6 s turns spoken offline into a 1 s log: turn A goes whole, B is sent intact."""
+    log = ReplayLog(max_audio_bytes=32_000)
+    a = [START, *(audio(10 + i, 3200) for i in range(6)), END]
+    b = [START, *(audio(20 + i, 3200) for i in range(6)), END]
+    for m in a + b:
+        log.append(m)
+    stats = log.stats()
+    assert stats.dropped_entries == len(a) and stats.dropped_unsent_audio_bytes == 6 * 3200
+    assert drain(log) == b
+    assert log.reply_owed
+    log.turn_completed()  # B's answer: the only turn the server saw
+    log.handle_received()
+    assert not log.reply_owed and log.settled and log.stats().entries == 0
+
+
+def test_overflow_of_one_long_turn_keeps_its_activity_start() -> None:
+    log = ReplayLog(max_audio_bytes=1000)
+    log.append(START)
+    for i in range(5):
+        log.append(audio(i, 400))
+    assert log.stats().audio_bytes == 800
+    assert drain(log) == [START, audio(3, 400), audio(4, 400)]
+    # the start went out: later overflow must not send it a second time
+    log.append(audio(5, 400))
+    log.append(END)
+    assert drain(log) == [audio(5, 400), END]
+    log.rewind_for_resume()  # the replay is still a well-formed turn
+    assert drain(log) == [START, audio(4, 400), audio(5, 400), END]
+
+
+def test_overflow_start_sent_but_next_audio_not_is_not_sent_twice() -> None:
+    log = ReplayLog(max_audio_bytes=800)
+    log.append(START)
+    drain(log)
+    for i in range(3):
+        log.append(audio(i, 400))  # the third drops chunk 0, which was never sent
+    assert log.stats().dropped_unsent_audio_bytes == 400
+    assert drain(log) == [audio(1, 400), audio(2, 400)]
+
+
+def test_dropped_unsent_end_marker_is_never_awaited() -> None:
+    log = ReplayLog(max_audio_bytes=1000)
+    turn(log, 1, chunks=2)  # 2 x 320 bytes
+    log.append(START)
+    log.append(audio(2, 900))  # over: turn 1 goes whole, before its END was sent
+    log.append(END)
+    assert drain(log) == [START, audio(2, 900), END]
+    log.turn_completed()
+    assert not log.reply_owed and log.turns_completed == 1
+
+
+# ---- counting with the server's own VAD ---------------------------------------------------
+
+
+def test_server_vad_turn_complete_answers_everything_sent_without_markers() -> None:
+    """The server's VAD ended the turn: no marker went out, yet the handle covers it."""
+    log = ReplayLog(100_000)
+    for i in range(4):
+        log.append(audio(i))
+    drain(log)
+    assert not log.reply_owed and log.settled  # nothing we can know is owed
+    log.turn_completed(answers_all=True)
+    assert not log.settled  # answered, but a handover now would replay it
+    log.append(audio(9))  # spoken after the answer, not sent yet
+    log.handle_received()
+    assert log.settled and drain(log) == [audio(9)]
+    log.rewind_for_resume()
+    assert drain(log) == [audio(9)]  # the answered turn is not replayed
+
+
+def test_server_vad_stream_end_after_the_vad_ended_the_turn_owes_nothing() -> None:
+    log = ReplayLog(100_000)
+    log.append(audio(1))
+    drain(log)
+    log.turn_completed(answers_all=True)
+    log.handle_received()
+    log.append(UplinkMessage(UplinkKind.AUDIO_STREAM_END))  # the mic paused, later
+    drain(log)
+    assert not log.reply_owed and not log.reply_pending and log.settled
+
+
+def test_reply_pending_counts_a_marker_not_sent_yet() -> None:
+    log = ReplayLog(100_000)
+    log.append(START)
+    log.append(audio(1))
+    drain(log)
+    assert not log.reply_pending
+    log.append(END)
+    assert log.reply_pending and not log.reply_owed
+    drain(log)
+    assert log.reply_owed
+    log.turn_completed()
+    assert not log.reply_pending

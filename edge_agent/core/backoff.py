@@ -19,6 +19,12 @@ journal. So failures are sorted into:
   a second one in a row means the setup itself is bad: FATAL.
 - HANDOVER: 1008 "The operation was aborted." after a goAway is the server ending a
   connection on schedule, not a failure: reconnect at once, no backoff.
+- ABANDON_HANDLE: resuming while the server still holds the old connection open gets
+  1011 during setup (e.g. after a Wi-Fi roam the client vanished without a close, and
+  the server has not noticed yet). That is retried with backoff like any 1011, but after
+  ``BUSY_RESUME_LIMIT`` such refusals with no successful setup in between the handle is
+  dropped and a fresh session starts at once: a conversation that cannot be resumed is
+  worth less than a device that answers.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ CLOSE_INTERNAL = 1011
 # sending goAway right after setup cannot make the client spin.
 MIN_HANDOVER_UPTIME_S = 10.0
 
+# Resuming setups refused with 1011 (old connection still open) before the handle goes.
+BUSY_RESUME_LIMIT = 3
+
 # HTTP statuses on a refused websocket upgrade that a retry will not fix.
 _FATAL_HTTP = frozenset({400, 401, 403, 404})
 
@@ -58,6 +67,7 @@ class Verdict(StrEnum):
     RETRY = "retry"
     HANDOVER = "handover"
     DROP_HANDLE = "drop_handle"
+    ABANDON_HANDLE = "abandon_handle"
     FATAL = "fatal"
 
 
@@ -83,6 +93,16 @@ class Failure:
         if self.reason:
             text += f": {self.reason}"
         return text
+
+
+def is_busy_resume(failure: Failure) -> bool:
+    """A 1011 while resuming, before setupComplete: the server may still hold the session."""
+    return (
+        failure.kind is FailureKind.CLOSED
+        and failure.code == CLOSE_INTERNAL
+        and failure.during_setup
+        and failure.resuming
+    )
 
 
 def _is_key_rejection(reason: str) -> bool:
@@ -162,6 +182,7 @@ class ReconnectPolicy:
         self._random = random
         self.attempts = 0  # failures since the last stable connection
         self.invalid_streak = 0  # non-key 1007s since the last successful setup
+        self.busy_resumes = 0  # resumes refused with 1011 since the last successful setup
         self.fatal = False
         self._connected_at: float | None = None
 
@@ -174,6 +195,7 @@ class ReconnectPolicy:
         self._connected_at = now
         self.fatal = False
         self.invalid_streak = 0
+        self.busy_resumes = 0
 
     def stable(self, now: float) -> bool:
         """True once the current connection has been up for ``stable_after_s``."""
@@ -208,7 +230,14 @@ class ReconnectPolicy:
         if verdict is Verdict.FATAL:
             self.fatal = True
             return Decision(verdict, self._cfg.fatal_retry_delay_s, True, False, reason)
+        if verdict is Verdict.RETRY and is_busy_resume(failure):
+            self.busy_resumes += 1
+            if self.busy_resumes >= BUSY_RESUME_LIMIT:
+                self.busy_resumes = 0
+                self.attempts += 1
+                return Decision(Verdict.ABANDON_HANDLE, 0.0, False, True, reason)
         if verdict is Verdict.DROP_HANDLE:
+            self.busy_resumes = 0
             self.invalid_streak += 1
             refused_on_resume = failure.resuming and failure.during_setup
             delay = 0.0 if refused_on_resume else self._backoff.delay(self.attempts)
@@ -226,3 +255,4 @@ class ReconnectPolicy:
         self.fatal = False
         self.attempts = 0
         self.invalid_streak = 0
+        self.busy_resumes = 0

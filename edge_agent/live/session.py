@@ -14,9 +14,15 @@ one sample of the user's speech is lost across a drop or a handover, as long as 
 gap fits in ``replay_buffer_max_s``. Refused handle -> fresh session: only the turns
 that were never answered are re-sent (see ``ReplayLog.rewind_for_fresh_session``).
 
-goAway: keep serving until every sent turn is answered and a handle after it has arrived
-(the reply being played is not cut), or until ``timeLeft`` minus a margin, whichever
-first; then close the old connection (resuming while it is open gets 1011) and resume.
+goAway: keep serving until every sent turn is answered, no reply is streaming and a
+handle after the last answer has arrived (the reply being played is not cut), or until
+``timeLeft`` minus a margin, whichever first; then close the old connection (resuming
+while it is open gets 1011) and resume. "No reply is streaming" matters with the server's
+VAD: the server ends the turn itself, so no marker of ours is owed while it answers.
+
+Resume refused with 1011 (the server still holds the old connection, e.g. after a Wi-Fi
+roam): retried with backoff, and after ``BUSY_RESUME_LIMIT`` refusals the handle is
+dropped for a fresh session (``core.backoff``).
 
 Bad frames: google-genai's ``AsyncSession.receive()`` is an async generator that ends at
 each turnComplete and dies on a frame it cannot parse (non-JSON -> ValueError /
@@ -27,7 +33,8 @@ no SDK internals are patched or wrapped. A flood of bad frames in a row (50) cou
 protocol failure and reconnects with backoff.
 
 Barge-in (``interrupt()``): the client drops the rest of the current reply at once
-(no round trip: ModelAudio/OutputTranscript events stop until that reply's turnComplete),
+(no round trip: ModelAudio/OutputTranscript events stop until that reply's turnComplete;
+only when a reply is streaming or due, else the next reply would be muted whole),
 and with client-side turn marking it opens the user's turn with ``activityStart``: the
 server answers ``interrupted`` and waits for the user's words. The daemon then streams
 audio and ends the turn with ``activity_end()`` as usual. With the server's own VAD,
@@ -38,7 +45,8 @@ Known limits (inherent to handles without ``transparent``):
   the server; it is re-sent on resume and answered a second time.
 - A reply cut by a drop is generated again from its start after the resume.
 - With the server's VAD the server, not our markers, ends turns: a turnComplete is taken
-  to answer everything sent so far (audio spoken in that instant may not be replayed).
+  to answer everything sent so far (audio spoken in that instant may not be replayed),
+  and ``interrupt()`` cannot know a reply is due until its first audio arrives.
 - Tool responses are not replayed: a call still running when its connection dies is
   cancelled; the model asks again if it still needs it.
 
@@ -67,7 +75,13 @@ from google import genai
 from google.genai import errors, types
 
 from edge_agent.config import GeminiConfig, ReconnectConfig
-from edge_agent.core.backoff import Failure, FailureKind, ReconnectPolicy, Verdict
+from edge_agent.core.backoff import (
+    BUSY_RESUME_LIMIT,
+    Failure,
+    FailureKind,
+    ReconnectPolicy,
+    Verdict,
+)
 from edge_agent.core.replay import ReplayLog, ReplayStats, UplinkKind, UplinkMessage
 from edge_agent.live.connect_config import (
     build_http_options,
@@ -285,6 +299,7 @@ class LiveSession:
         self._tool_tasks: dict[str, asyncio.Task[None]] = {}
         self._store_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._store_futures: set[asyncio.Future[Any]] = set()
+        self._store_generation = 0  # bumped per queued write: a superseded save is skipped
 
         self._handle: StoredHandle | None = None
         self._handle_loaded = False
@@ -403,8 +418,12 @@ class LiveSession:
             self._append(UplinkMessage(UplinkKind.TEXT_TURN, text=text))
 
     def interrupt(self) -> None:
-        """Barge-in: drop the rest of the reply now and open the user's turn (see module doc)."""
-        if self._log.reply_owed or self._model_turn_open:
+        """Barge-in: drop the rest of the reply now and open the user's turn (see module doc).
+
+        Output is suppressed only while a reply is streaming or due: the suppression lasts
+        until a turnComplete, so with nothing to cut it would swallow the next reply whole.
+        """
+        if self._log.reply_pending or self._model_turn_open:
             self._suppress_output = True
         if not self._cfg.server_vad:
             self.activity_start()
@@ -687,7 +706,8 @@ class LiveSession:
                 return _End.CLOSE
             timeout = None
             if conn.go_away_deadline is not None:
-                if self._log.settled or loop.time() >= conn.go_away_deadline:
+                quiet = self._log.settled and not self._model_turn_open
+                if quiet or loop.time() >= conn.go_away_deadline:
                     return _End.HANDOVER
                 timeout = conn.go_away_deadline - loop.time()
             with contextlib.suppress(TimeoutError):
@@ -822,7 +842,40 @@ class LiveSession:
         self._log.handle_received()
         self._control.set()
         logger.debug("new resumption handle")
-        await self._in_store_thread(self._store.save, handle, stored.model, stored.issued_at)
+        self._save_handle_soon(stored)
+
+    def _save_handle_soon(self, stored: StoredHandle) -> None:
+        """Persist a handle without waiting: an fsync on a slow SD card must not hold up
+        the receive loop. The single store worker keeps writes in order, and a save that
+        a newer write has superseded by the time it runs is skipped."""
+        executor = self._store_executor
+        if executor is None:  # not started (direct use in tests)
+            try:
+                self._store.save(stored.handle, stored.model, stored.issued_at)
+            except OSError as exc:
+                logger.warning("resumption handle store: %s", exc)
+            return
+        self._store_generation += 1
+        future = asyncio.get_running_loop().run_in_executor(
+            executor, self._save_if_latest, self._store_generation, stored
+        )
+        self._store_futures.add(future)
+        future.add_done_callback(self._store_write_done)
+
+    def _save_if_latest(self, generation: int, stored: StoredHandle) -> None:
+        """Runs on the store worker thread."""
+        if generation == self._store_generation:
+            self._store.save(stored.handle, stored.model, stored.issued_at)
+
+    def _store_write_done(self, future: asyncio.Future[Any]) -> None:
+        self._store_futures.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, OSError):
+            logger.warning("resumption handle store: %s", exc)
+        elif exc is not None:
+            logger.error("resumption handle store failed", exc_info=exc)
 
     # ---- tools ---------------------------------------------------------------------------
 
@@ -881,7 +934,18 @@ class LiveSession:
     async def _failed(self, failure: Failure, conn: _Connection) -> None:
         decision = self._policy.failed(failure, self._clock())
         reason = redact(decision.reason)
-        if decision.drop_handle:
+        abandon = decision.verdict is Verdict.ABANDON_HANDLE
+        if abandon:
+            # One clear line, instead of the usual "connection lost" warning.
+            logger.warning(
+                "Gemini Live refused to resume the session %d times in a row (%s): it still "
+                "holds the old connection. Dropping the resumption handle and starting a "
+                "fresh session now (the conversation so far is forgotten)",
+                BUSY_RESUME_LIMIT,
+                reason,
+            )
+            await self._drop_handle("resume kept being refused", quiet=True)
+        elif decision.drop_handle:
             await self._drop_handle("refused by the server")
         if decision.verdict is Verdict.HANDOVER:
             self._handovers += 1
@@ -901,7 +965,10 @@ class LiveSession:
             )
         else:
             self._set_state(SessionState.RETRY_WAIT)
-            logger.warning("Live connection lost: %s; retrying in %.1f s", reason, decision.delay_s)
+            if not abandon:
+                logger.warning(
+                    "Live connection lost: %s; retrying in %.1f s", reason, decision.delay_s
+                )
         self._emit(SessionLost(reason, decision.delay_s, decision.fatal))
 
     # ---- handle and client -------------------------------------------------------------
@@ -922,11 +989,12 @@ class LiveSession:
             return None
         return handle
 
-    async def _drop_handle(self, why: str) -> None:
-        if self._handle is not None:
+    async def _drop_handle(self, why: str, *, quiet: bool = False) -> None:
+        if self._handle is not None and not quiet:
             logger.info("dropping the resumption handle: %s; next session starts fresh", why)
         self._handle = None
         self._handle_loaded = True
+        self._store_generation += 1  # a save still queued must not bring it back
         await self._in_store_thread(self._store.clear)
 
     async def _in_store_thread(self, fn: Callable[..., Any], *args: Any) -> Any:

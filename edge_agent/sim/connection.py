@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,8 @@ class ConnectionHandler:
         # setup-derived state
         self._setup: dict[str, Any] | None = None
         self._session: SessionRecord | None = None
-        self._is_open_fn: Callable[[], bool] = self.is_open
+        self._is_open_fn: Callable[[], bool] = self._holds_session
+        self._held_until: float | None = None  # vanish: monotonic time the server notices
         self._resumption = False
         self._vad: EnergyVad | None = None  # None = server VAD disabled
         self._interrupts = True
@@ -197,6 +199,11 @@ class ConnectionHandler:
     def is_open(self) -> bool:
         return self.ws.protocol.state is State.OPEN and not self._close_started
 
+    def _holds_session(self) -> bool:
+        """What the registry asks: open, or vanished and not yet noticed (fault `vanish`)."""
+        held = self._held_until is not None and time.monotonic() < self._held_until
+        return held or self.is_open()
+
     async def run(self) -> None:
         """Serve until the connection ends; every child task is cancelled on the way out."""
         self._sender_task = self._spawn(self._sender_loop(), "sender")
@@ -207,7 +214,7 @@ class ConnectionHandler:
             # Bookkeeping first, without awaiting: stop() may cancel this task again while
             # it waits for its children below.
             children = self._cancel_children()
-            if self._session is not None:
+            if self._session is not None and not self._holds_session():
                 self.registry.detach(self._session, self._is_open_fn)
             self._finish_close_record()
             self._on_change()
@@ -821,6 +828,9 @@ class ConnectionHandler:
         elif kind == fk.CLOSE_1011:
             await self._close(proto.CLOSE_INTERNAL, str(spec.param("reason")))
         elif kind == fk.DROP_TCP:
+            self._abort()
+        elif kind == fk.VANISH:
+            self._held_until = time.monotonic() + float(spec.param("hold_s"))
             self._abort()
         elif kind == fk.GO_AWAY:
             time_left = float(spec.param("time_left_s"))

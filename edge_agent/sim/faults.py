@@ -8,12 +8,16 @@ When a fault fires:
 - `at_s`: seconds after setupComplete was sent (for `inject`: seconds from now);
 - `after_messages`: once the connection has received N client messages (setup counts;
   for `inject`: N more messages from now);
-- neither: `close_1011` and `drop_tcp` given in `connection_faults` fire mid-reply (after
-  `after_chunks` audio chunks of the next reply, default 2); every other kind fires at once
+- neither: `close_1011`, `drop_tcp` and `vanish` given in `connection_faults` fire mid-reply
+  (after `after_chunks` audio chunks of the next reply, default 2); every other kind fires at once
   (`go_away`, `bad_frame`, `unknown_message` right after setupComplete; `delay`,
   `no_pong`, `late_pong` from the first byte). `inject` without timing fires at once.
 - Connection-level kinds (`never_setup`, `bad_key`, `missing_key`, `http_status`) only make
   sense in `connection_faults` and ignore timing.
+
+`vanish` is the client disappearing without a close (a Wi-Fi roam): the TCP connection is
+dropped, but the server does not notice for `hold_s` seconds and keeps the session
+attached to the dead connection, so resuming it gets 1011 until then.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 GO_AWAY = "go_away"
 CLOSE_1011 = "close_1011"
 DROP_TCP = "drop_tcp"
+VANISH = "vanish"
 BAD_FRAME = "bad_frame"
 UNKNOWN_MESSAGE = "unknown_message"
 # Behaviours that hold from the moment they fire.
@@ -36,18 +41,19 @@ BAD_KEY = "bad_key"
 MISSING_KEY = "missing_key"
 HTTP_STATUS = "http_status"
 
-ACTION_KINDS = frozenset({GO_AWAY, CLOSE_1011, DROP_TCP, BAD_FRAME, UNKNOWN_MESSAGE})
+ACTION_KINDS = frozenset({GO_AWAY, CLOSE_1011, DROP_TCP, VANISH, BAD_FRAME, UNKNOWN_MESSAGE})
 BEHAVIOUR_KINDS = frozenset({NO_PONG, LATE_PONG, DELAY})
 CONNECTION_KINDS = frozenset({NEVER_SETUP, BAD_KEY, MISSING_KEY, HTTP_STATUS})
 ALL_KINDS = ACTION_KINDS | BEHAVIOUR_KINDS | CONNECTION_KINDS
 # Kinds that default to "mid-reply" when listed in connection_faults without timing.
-MID_REPLY_DEFAULT_KINDS = frozenset({CLOSE_1011, DROP_TCP})
+MID_REPLY_DEFAULT_KINDS = frozenset({CLOSE_1011, DROP_TCP, VANISH})
 
 # Parameters each kind understands (and their defaults).
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     GO_AWAY: {"time_left_s": 50.0},
     CLOSE_1011: {"reason": "Internal error encountered.", "after_chunks": 2},
     DROP_TCP: {"after_chunks": 2},
+    VANISH: {"after_chunks": 2, "hold_s": 3600.0},
     BAD_FRAME: {"data": None},
     UNKNOWN_MESSAGE: {},
     NO_PONG: {},
