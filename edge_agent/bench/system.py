@@ -124,14 +124,14 @@ def _phrase(text: str) -> np.ndarray:
     return speech.trim(speech.synthesize(text, voice=VOICE))
 
 
-def _active_frames(clip: np.ndarray) -> np.ndarray:
+def active_frames(clip: np.ndarray) -> np.ndarray:
     """Per 10 ms frame: does it hold speech (a sample above ACTIVE_THRESHOLD)?"""
     n = clip.size // FRAME
     frames = np.abs(clip[: n * FRAME].astype(np.int32)).reshape(n, FRAME)
     return frames.max(axis=1) > ACTIVE_THRESHOLD
 
 
-def _locate_blocks(received: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def locate_blocks(received: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Which samples of `reference` (what the mic was fed) appear in `received`.
 
     `received` is what reached the emulator: VAD-gated segments of the mic signal, after
@@ -178,7 +178,7 @@ def _locate_blocks(received: np.ndarray, reference: np.ndarray) -> np.ndarray:
 # ---- daemon runs -----------------------------------------------------------------------
 
 
-def _consumed(record: dict[str, Any]) -> tuple[bytes, list[dict[str, Any]]]:
+def consumed_audio(record: dict[str, Any]) -> tuple[bytes, list[dict[str, Any]]]:
     sessions = record.get("sessions") or []
     if not sessions:
         raise RuntimeError("the emulator recorded no session")
@@ -285,7 +285,7 @@ def _daemon_conversation(workdir: Path, report: PartReport, quick: bool) -> None
         "VmHWM (peak resident set, MiB) of the `edge-agent run` process at the end of the "
         "whole conversation incl. barge-ins; the emulator subprocess is not counted",
     )
-    consumed, turns = _consumed(record)
+    consumed, turns = consumed_audio(record)
     # -- wake to uplink: question speech (10 ms frames) missing from the first turn.
     connect_ms = _connect_ms(transitions)
     report.guard(
@@ -386,8 +386,8 @@ def _wake_to_uplink(
     if not turns:
         raise RuntimeError("the emulator recorded no user turn")
     first = np.frombuffer(consumed[: int(turns[0]["audio_bytes"])], dtype="<i2")
-    covered = _locate_blocks(first, clip)
-    active = _active_frames(clip[q_offset : q_offset + q_len])
+    covered = locate_blocks(first, clip)
+    active = active_frames(clip[q_offset : q_offset + q_len])
     q_cov = covered[q_offset : q_offset + active.size * FRAME].reshape(-1, FRAME).any(axis=1)
     lost = active & ~q_cov
     lead_lost = 0

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.app.control import control_request
+from edge_agent.config import Config, load_config
 from edge_agent.testing.alsa_rig import AlsaRig, FifoFeeder, FifoRecorder
 
 API_KEY = "demo-key-0123456789"
@@ -332,14 +333,46 @@ class Appliance:
         n = self.mic.load(clip)
         return start, start + n
 
-    def output_in_flight_samples(self) -> int:
-        """Samples between the daemon's write and the rig's drain: the ALSA buffer (PortAudio
-        reports one period as its latency but primes and holds two), the rig FIFO, and one
-        rig block of drain granularity."""
-        engine = self.status().get("engine", {})
-        alsa = 2 * round(engine.get("output_latency_s", 0.0) * self.speaker.rate_hz)
-        fifo = self.speaker.pipe_bytes // 2
-        return alsa + fifo + self.speaker.block_bytes // 2
+    def daemon_config(self) -> Config:
+        """The configuration the daemon was started with, as it parses it (defaults filled)."""
+        return load_config(self.config_path)
+
+    def device_period_samples(self) -> int:
+        """One device period (PortAudio ``frames_per_buffer``, i.e. ``audio.block_ms``)."""
+        return self.speaker.rate_hz * self.daemon_config().audio.block_ms // 1000
+
+    def output_buffer_samples(self) -> int:
+        """The ALSA playback buffer of the daemon's open stream, in device samples.
+
+        PortAudio asks ALSA for a buffer of its suggested latency plus one period and
+        reports the buffer minus that period as ``output_latency_s``. The rig's ``file``
+        plugin holds exactly one buffer back (it writes to the FIFO only what exceeds it)
+        and PortAudio primes the buffer with silence at stream start, so device sample
+        ``k`` (the ``k``-th sample the daemon's callbacks produced) is recording sample
+        ``k + output_buffer_samples()``. Checked in process with the duplex rig device:
+        latency 10 ms, 160-sample periods; a marker produced at device sample ``k`` lands
+        at recording sample ``k + 320`` (+1 for the resampler), and drained + FIFO bytes
+        equal the samples produced. Valid while the stream was opened once
+        (``engine.reopen_count == 0``).
+        """
+        latency_s = self.status().get("engine", {}).get("output_latency_s") or 0.0
+        return round(latency_s * self.speaker.rate_hz) + self.device_period_samples()
+
+    def mic_samples_fed_by(self, t: float) -> int:
+        """An upper bound on the mic samples the rig had written by monotonic time ``t``.
+
+        Blocks are logged right after their write, so the blocks logged by ``t`` were
+        written by then; one more block may have been written before ``t`` and logged after
+        it, so it is counted too. Nothing can have been captured that was not yet written:
+        the daemon's capture position at ``t`` is at most this (the rig counts from its own
+        start, so it is ahead of the daemon's count by what was read before the stream).
+        """
+        end = 0
+        for block in self.mic.fed_blocks():
+            if block.time > t:
+                break
+            end = block.start_sample + block.samples
+        return end + self.mic.block_samples
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
