@@ -42,6 +42,7 @@ class Recorder:
     def __init__(self) -> None:
         self.presses = 0
         self.holds = 0
+        self.releases = 0
         self.pressed = threading.Event()
         self.held = threading.Event()
 
@@ -52,6 +53,9 @@ class Recorder:
     def hold(self) -> None:
         self.holds += 1
         self.held.set()
+
+    def release(self) -> None:
+        self.releases += 1
 
 
 class FakeClock:
@@ -86,7 +90,7 @@ def rec() -> Recorder:
 
 @pytest.fixture
 def panel(factory: MockFactory, rec: Recorder) -> Iterator[GpioPanel]:
-    p = GpioPanel(CFG, rec.press, rec.hold, factory)
+    p = GpioPanel(CFG, rec.press, rec.hold, factory, on_release=rec.release)
     p.open()
     yield p
     p.close()
@@ -109,9 +113,9 @@ def test_press_is_reported_at_press_time_not_release(
     button = pin(factory, "GPIO17")
     assert button.state  # pull-up: high when idle
     button.drive_low()
-    assert rec.presses == 1  # before any release: barge-in reacts at once
+    assert (rec.presses, rec.releases) == (1, 0)  # before any release: barge-in at once
     button.drive_high()
-    assert rec.presses == 1
+    assert (rec.presses, rec.releases) == (1, 1)  # the release (idle acts on it) follows
 
 
 def test_hold_fires_once_after_hold_time_and_follows_its_press(
@@ -123,7 +127,7 @@ def test_hold_fires_once_after_hold_time_and_follows_its_press(
     assert (rec.presses, rec.holds) == (1, 1)
     time.sleep(3 * CFG.hold_s)  # still held: hold_repeat is off
     button.drive_high()
-    assert (rec.presses, rec.holds) == (1, 1)
+    assert (rec.presses, rec.holds, rec.releases) == (1, 1, 1)
 
 
 def test_short_press_never_becomes_a_hold(
@@ -140,7 +144,7 @@ def test_software_debounce_turns_chatter_into_one_press(
     factory: MockFactory, rec: Recorder
 ) -> None:
     clock = FakeClock()
-    p = GpioPanel(CFG, rec.press, rec.hold, factory, clock=clock)
+    p = GpioPanel(CFG, rec.press, rec.hold, factory, clock=clock, on_release=rec.release)
     p.open()
     try:
         button = pin(factory, "GPIO17")
@@ -167,6 +171,8 @@ def test_software_debounce_turns_chatter_into_one_press(
         button.drive_low()
         assert rec.presses == 2
         button.drive_high()
+        # One release per counted press: the chatter's releases are not reported.
+        assert rec.releases == 2
     finally:
         p.close()
 

@@ -17,6 +17,7 @@ from edge_agent.core.state import (
     AudioDeviceRestored,
     ButtonHeld,
     ButtonPressed,
+    ButtonReleased,
     CancelTimer,
     CloseSession,
     ConfigReloaded,
@@ -101,11 +102,14 @@ def test_wake_word_in_idle_opens_session_and_starts_uplink_after_the_phrase() ->
     assert "hey_jarvis" in t.reason
 
 
-def test_button_press_in_idle_starts_a_conversation_from_the_current_sample() -> None:
+def test_short_press_in_idle_starts_a_conversation_on_release_from_the_current_sample() -> None:
     m = make()
-    actions = m.handle(ButtonPressed(), 1.0)
+    assert m.handle(ButtonPressed(), 1.0) == []  # a short press, or the start of a hold?
+    assert m.state is S.IDLE
+    actions = m.handle(ButtonReleased(), 1.15)
     assert of(actions, OpenSession) and StartUplink(None) in actions
     assert m.state is S.CONNECTING
+    assert m.handle(ButtonReleased(), 1.3) == []  # a release without its press: nothing
 
 
 def test_one_breath_command_before_the_session_is_ready_is_kept_in_order() -> None:
@@ -445,13 +449,16 @@ def test_mute_cancels_every_pending_timer() -> None:
     assert m.state is S.MUTED
 
 
-def test_press_then_hold_from_idle_ends_muted_with_no_session() -> None:
+def test_press_then_hold_from_idle_mutes_without_ever_opening_a_session() -> None:
+    """Nothing said while the button is held down for mute may reach Gemini."""
     m = make()
     first = m.handle(ButtonPressed(), 1.0)
     second = m.handle(ButtonHeld(), 2.5)
-    assert OpenSession() in first and CloseSession() in second
+    third = m.handle(ButtonReleased(), 2.8)  # the end of the hold starts nothing
+    actions = first + second + third
+    assert not of(actions, OpenSession) and not of(actions, StartUplink)
     assert m.state is S.MUTED and not m.session_open
-    assert cues(first + second) == [Cue.WAKE, Cue.MUTE_ON]
+    assert cues(actions) == [Cue.MUTE_ON]
 
 
 def test_muted_at_start() -> None:
@@ -618,6 +625,7 @@ def test_random_event_storms_keep_the_invariants(seed: int) -> None:
         WAKE,
         ButtonPressed(),
         ButtonHeld(),
+        ButtonReleased(),
         SpeechStarted(1),
         SpeechEnded(2),
         SessionReady(),

@@ -216,6 +216,7 @@ class Daemon:
             cfg.gpio,
             on_press=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonPressed()),
             on_hold=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonHeld()),
+            on_release=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonReleased()),
         )
         self.session = LiveSession(
             cfg.gemini,
@@ -688,6 +689,7 @@ class Daemon:
                 new.gpio,
                 on_press=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonPressed()),
                 on_hold=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonHeld()),
+                on_release=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonReleased()),
             )
             if self.machine is not None:
                 from edge_agent.core.leds import pattern_for

@@ -48,11 +48,12 @@ Decisions worth knowing:
   then goes IDLE but keeps the session open until ``idle_close_s`` after the last thing
   said, so a follow-up or the next wake is answered at once; then ``CloseSession``.
 - A button press reacts at press time (barge-in must be instant); a long press also
-  sends ``ButtonHeld`` ``hold_s`` later. So a hold is always "press, then held": from
-  IDLE the press starts a conversation (wake cue) and the hold then mutes, which closes
-  everything that press opened. Net effect: muted, no session; the user hears the wake
-  cue, then the mute cue. While MUTED a press does nothing and a hold unmutes.
-- Button meaning: IDLE starts listening; while listening with no speech yet, or in
+  sends ``ButtonHeld`` ``hold_s`` later, and every press ends with ``ButtonReleased``.
+  From IDLE only the release of a short press starts a conversation: a long press (mute)
+  then never opens a session or sends a word of what is said while it is held. That
+  costs the length of a short press (~0.1-0.2 s) before the wake cue. While MUTED a
+  press does nothing and a hold unmutes.
+- Button meaning: IDLE starts listening (on release); while listening with no speech yet, or in
   FOLLOW_UP, it cancels (back to IDLE); while the user is talking it ends the turn
   now; while THINKING/SPEAKING it barges in.
 - A wake word in IDLE must come with its ``end_sample`` so the wake phrase itself is
@@ -116,6 +117,11 @@ class ButtonPressed:
 
 @dataclass(frozen=True)
 class ButtonHeld:
+    pass
+
+
+@dataclass(frozen=True)
+class ButtonReleased:
     pass
 
 
@@ -203,6 +209,7 @@ Event = (
     WakeWordDetected
     | ButtonPressed
     | ButtonHeld
+    | ButtonReleased
     | SpeechStarted
     | SpeechEnded
     | SessionReady
@@ -367,6 +374,7 @@ class ConversationMachine:
         self._session_ready = False
         self._uplink_on = False
         self._activity_open = False  # SendActivityStart sent, SendActivityEnd not yet
+        self._idle_press_pending = False  # the button went down in IDLE, not up yet
         self._turn_complete = False  # the reply being waited for / played is complete
         self._drained = False  # playback has played everything received so far
         self._discard_model_audio = False  # waiting for an interrupted turn to end
@@ -437,6 +445,8 @@ class ConversationMachine:
                 self._on_button_pressed()
             case ButtonHeld():
                 self._on_button_held()
+            case ButtonReleased():
+                self._on_button_released()
             case SpeechStarted():
                 self._on_speech_started()
             case SpeechEnded():
@@ -485,7 +495,7 @@ class ConversationMachine:
 
     def _on_button_pressed(self) -> None:
         if self._state is AgentState.IDLE:
-            self._start_conversation("button pressed", from_sample=None)
+            self._idle_press_pending = True  # a short press (release) or mute (hold)?
         elif self._state in _TAKING_TURN:
             if self._activity_open:
                 self._end_turn("button pressed: end of turn")
@@ -499,7 +509,13 @@ class ConversationMachine:
             self._offline_nudge()
         # MUTED: a press does nothing (a hold unmutes). ERROR: nothing to do.
 
+    def _on_button_released(self) -> None:
+        pending, self._idle_press_pending = self._idle_press_pending, False
+        if pending and self._state is AgentState.IDLE:
+            self._start_conversation("button pressed", from_sample=None)
+
     def _on_button_held(self) -> None:
+        self._idle_press_pending = False  # this press was a hold: it mutes, nothing else
         if self._state is AgentState.MUTED:
             self._emit(SetMicMuted(False), PersistMute(False))
             self._cue(Cue.MUTE_OFF)

@@ -7,6 +7,7 @@ Use ``open_panel`` (it never raises)::
         cfg.gpio,
         on_press=lambda: loop.call_soon_threadsafe(handle, ButtonPressed()),
         on_hold=lambda: loop.call_soon_threadsafe(handle, ButtonHeld()),
+        on_release=lambda: loop.call_soon_threadsafe(handle, ButtonReleased()),
     )
     panel.show(pattern_for(state))      # from the loop, on each ShowLeds action
     ...
@@ -19,9 +20,10 @@ thread, never from the event loop. The callbacks must only hand the event over
 into gpiozero's thread.
 
 Press and hold: ``on_press`` fires at press time, so barge-in reacts at once;
-``on_hold`` fires once when the button has stayed down ``hold_s``. A hold is therefore
-always preceded by its press; the state machine makes "press, then hold" end up muted
-(see ``edge_agent.core.state``).
+``on_hold`` fires once when the button has stayed down ``hold_s``; ``on_release`` when a
+counted press ends. A hold is therefore always preceded by its press; the state machine
+starts a conversation from idle only on the release of a short press, so a long press
+(mute) never opens a session (see ``edge_agent.core.state``).
 
 Debounce: gpiozero's ``bounce_time`` is passed on (lgpio implements it on a Pi; the mock
 factory ignores it), and a software debounce on a monotonic clock is applied as well:
@@ -106,10 +108,13 @@ class GpioPanel:
         pin_factory: Any = None,
         *,
         clock: Clock = time.monotonic,
+        on_release: Callback | None = None,
     ) -> None:
         self._config = config
         self._on_press = on_press
         self._on_hold = on_hold
+        self._on_release = on_release
+        self._down = False  # a counted press whose release has not come yet
         self._pin_factory = pin_factory
         self._clock = clock
         self._bounce_s = config.button_bounce_ms / 1000.0
@@ -257,9 +262,12 @@ class GpioPanel:
             time.sleep(self._config.hold_s + 0.3 if action == "hold" else 0.05)
             drive[1]()
         elif action == "hold":
+            self._call(self._on_press, "press")
             self._call(self._on_hold, "hold")
+            self._release_callback()
         else:
             self._call(self._on_press, "press")
+            self._release_callback()
 
     def _pressed(self) -> None:
         now = self._clock()
@@ -270,11 +278,20 @@ class GpioPanel:
         if chatter:
             log.debug("button bounce ignored")
             return
+        with self._lock:
+            self._down = True
         self._call(self._on_press, "press")
 
     def _released(self) -> None:
         with self._lock:
             self._released_at = self._clock()
+            counted, self._down = self._down, False
+        if counted and not self._closed:  # the release of a bounce is not reported
+            self._release_callback()
+
+    def _release_callback(self) -> None:
+        if self._on_release is not None:
+            self._call(self._on_release, "release")
 
     def _held(self) -> None:
         if not self._closed:
@@ -312,6 +329,7 @@ def open_panel(
     *,
     pin_factory: Any = None,
     clock: Clock = time.monotonic,
+    on_release: Callback | None = None,
 ) -> GpioPanel | NullPanel:
     """A working GpioPanel, or a NullPanel (logged once) when GPIO is off or unavailable.
 
@@ -322,7 +340,7 @@ def open_panel(
     if not config.enabled:
         log.info("GPIO disabled in the config: no button, no LEDs")
         return NullPanel("disabled in the config")
-    panel = GpioPanel(config, on_press, on_hold, pin_factory, clock=clock)
+    panel = GpioPanel(config, on_press, on_hold, pin_factory, clock=clock, on_release=on_release)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
