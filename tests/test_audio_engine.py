@@ -74,6 +74,12 @@ class Source:
             self.pos += len(part)
         return out
 
+    def play(self, clip: np.ndarray) -> None:
+        """Start another clip (a new reply) from its beginning."""
+        self.armed.clear()
+        self.clip, self.pos = clip, 0
+        self.armed.set()
+
 
 @pytest.fixture
 def rig(tmp_path):
@@ -445,10 +451,10 @@ def test_duplex_across_two_different_alsa_devices(rig, engines):
 # ------------------------------------------------------------------------ device loss
 
 
-def _resilient_engine(engines, **kw) -> AudioEngine:
+def _resilient_engine(engines, backoff: ExponentialBackoff | None = None, **kw) -> AudioEngine:
     engine = AudioEngine(
         stall_timeout_s=0.5,
-        backoff=ExponentialBackoff(initial_s=0.05, max_s=0.2),
+        backoff=backoff or ExponentialBackoff(initial_s=0.05, max_s=0.2),
         **kw,
     )
     engines.append(engine)
@@ -463,6 +469,30 @@ def _advancing(engine: AudioEngine, seconds: float = 0.3) -> bool:
     before = engine.captured_samples
     time.sleep(seconds)
     return engine.captured_samples > before
+
+
+def _listens_while_degraded(engine: AudioEngine, got: Collector, retries: int = 2) -> None:
+    """While the speaker is gone: still healthy, the mic keeps delivering contiguous
+    blocks with a zero reference (the watchdog's counter moves) across several retries
+    of the full configuration, and the source is drained without reaching any device."""
+    assert wait_for(lambda: engine.state is EngineState.DEGRADED)
+    assert engine.healthy and engine.output_missing and not engine.duplex_active
+    assert engine.output_device_name is None and engine.stats()["output_missing"]
+    first_retry = engine.output_retries + 1
+    assert wait_for(lambda: engine.output_retries >= first_retry)  # full session long gone
+    played = engine.played_device_samples
+    with got.lock:
+        start = len(got.mic)
+    assert wait_for(lambda: engine.output_retries >= first_retry + retries)
+    assert wait_for(lambda: _advancing(engine))
+    assert engine.state is EngineState.DEGRADED
+    assert engine.played_device_samples == played  # nothing reached a device meanwhile
+    discarded = engine.discarded_samples_24k
+    assert wait_for(lambda: engine.discarded_samples_24k > discarded)
+    with got.lock:
+        refs, positions = got.ref[start:], got.pos
+    assert refs and all(r is not None and len(r) == 160 and not r.any() for r in refs)
+    assert positions == list(range(0, 160 * len(positions), 160))  # no gaps, no repeats
 
 
 def test_capture_device_vanishes_and_comes_back(rig, engines):
@@ -501,28 +531,162 @@ def test_start_with_missing_device_retries_until_it_appears(rig, engines):
     assert wait_for(lambda: _advancing(engine))
 
 
+def _degraded_engine(engines, **kw) -> AudioEngine:
+    """Backoff capped at 1 s: several retries of the speaker within a test, each one
+    separated by real listening time (at 0.2 s the mic would mostly be reopening)."""
+    return _resilient_engine(engines, ExponentialBackoff(initial_s=0.05, max_s=1.0), **kw)
+
+
 def test_speaker_vanishes_and_comes_back(rig, engines):
+    """Separate streams. Behaviour change (review: "losing the speaker makes the device
+    deaf"): this used to expect ``reopening`` (mic closed too) while the speaker was gone;
+    now the mic keeps running in a degraded session and only playback waits."""
     rig.add_fifo_capture("mic", 16000)
     recorder = rig.add_fifo_playback("spk", 24000)
     other = rig.add_fifo_playback("spk2", 24000)  # contains "spk": must not be picked
     rig.start()
-    source = Source(np.full(24000 * 60, 1000, np.int16))
+    source, got = Source(np.full(24000 * 60, 1000, np.int16)), Collector()
     source.armed.set()
-    engine = _resilient_engine(
-        engines, input_device="mic", output_device="spk", output_source=source, on_block=Collector()
+    engine = _degraded_engine(
+        engines, input_device="mic", output_device="spk", output_source=source, on_block=got
     )
     assert engine.start() is EngineState.RUNNING
     assert recorder.wait_samples(2400, timeout=WAIT_S)
     recorder.vanish()
-    assert wait_for(lambda: engine.state is EngineState.REOPENING)
+    _listens_while_degraded(engine, got)
+    assert engine.reopen_count >= 1
     assert wait_for(lambda: "no output device matches 'spk'" in (engine.last_error or ""))
-    assert "'spk2'" in engine.last_error and engine.state is EngineState.REOPENING
+    assert "'spk2'" in engine.last_error and "listening without playback" in engine.last_error
+    assert engine.state is EngineState.DEGRADED
     recorder.reappear()
     assert wait_for(lambda: engine.state is EngineState.RUNNING)
+    assert not engine.output_missing and engine.output_device_name == "spk"
     drained = recorder.drained_samples
     assert recorder.wait_samples(drained + 2400, timeout=WAIT_S)
     assert 1000 in recorder.samples()[drained:]
     assert not other.samples().any()
+    assert wait_for(lambda: _advancing(engine))
+
+
+def test_duplex_starts_without_its_speaker_and_gets_it_back(rig, engines):
+    """Echo cancellation on (one duplex stream) and the output missing at start: the mic
+    runs alone with a zero reference; a reply that arrives meanwhile is drained in real
+    time, not kept to burst out later; once the speaker is back the duplex stream is."""
+    rig.add_fifo_capture("mic", 24000)
+    recorder = rig.add_fifo_playback("spk", 24000)
+    rig.start()
+    recorder.vanish()  # the TV is off when the appliance boots
+    source, got = Source(), Collector()
+    engine = _degraded_engine(
+        engines,
+        input_device="mic",
+        output_device="spk",
+        duplex=True,
+        duplex_rate_hz=24000,
+        capture_rate_hz=24000,  # the mic alone opens at the rate the rig feeds it
+        output_source=source,
+        on_block=got,
+    )
+    assert engine.start() is EngineState.DEGRADED
+    assert "no output device matches 'spk'" in engine.last_error
+    _listens_while_degraded(engine, got)
+    missed = noise(12000, seed=13)  # a 0.5 s reply nobody can hear
+    source.play(missed)
+    assert wait_for(lambda: source.pos >= len(missed))  # drained, as if played
+    assert engine.state is EngineState.DEGRADED
+    recorder.reappear()
+    assert wait_for(lambda: engine.state is EngineState.RUNNING)
+    assert engine.duplex_active and not engine.output_missing
+    with got.lock:
+        back = len(got.ref)
+    clip = noise(12000, seed=14)
+    source.play(clip)
+    assert recorder.wait_samples(recorder.drained_samples + len(clip) + 4800, timeout=WAIT_S)
+    played = recorder.samples()  # everything the speaker ever got
+    lead = first_nonzero(played)
+    # Silence, then the new reply intact: the missed one never burst out.
+    assert np.array_equal(played[lead : lead + len(clip)], clip)
+    assert wait_for(lambda: len(got.ref) > back + 100)
+    with got.lock:
+        refs = got.ref[back:]
+    assert any(r is not None and r.any() for r in refs)  # the echo reference is back
+
+
+def test_duplex_speaker_vanishes_and_comes_back(rig, engines):
+    rig.add_fifo_capture("mic", 16000)
+    recorder = rig.add_fifo_playback("spk", 16000)
+    rig.start()
+    source, got = Source(np.full(24000 * 60, 1000, np.int16)), Collector()
+    source.armed.set()
+    engine = _degraded_engine(
+        engines,
+        input_device="mic",
+        output_device="spk",
+        duplex=True,
+        duplex_rate_hz=16000,
+        output_source=source,
+        on_block=got,
+    )
+    assert engine.start() is EngineState.RUNNING and engine.duplex_active
+    assert recorder.wait_samples(1600, timeout=WAIT_S)
+    recorder.vanish()
+    _listens_while_degraded(engine, got)
+    assert engine.reopen_count >= 1
+    assert wait_for(lambda: "no output device matches 'spk'" in (engine.last_error or ""))
+    assert not engine.input_stalled
+    recorder.reappear()
+    assert wait_for(lambda: engine.state is EngineState.RUNNING)
+    assert engine.duplex_active
+    drained = recorder.drained_samples
+    assert recorder.wait_samples(drained + 1600, timeout=WAIT_S)
+    assert recorder.samples()[drained:].any()  # playback reaches the speaker again
+    assert wait_for(lambda: _advancing(engine))
+
+
+def test_speaker_that_will_not_open_degrades_instead_of_deafening(rig, engines):
+    """Present but unusable (no rate we offer) is the same as missing: listen, say why."""
+    rig.add_fifo_capture("mic", 16000)
+    rig.add_fifo_playback("odd", 11025, only_rate_hz=11025)
+    rig.start()
+    got = Collector()
+    engine = _degraded_engine(
+        engines,
+        input_device="mic",
+        output_device="odd",
+        playback_rates_hz=(24000, 48000),
+        output_source=Source(),
+        on_block=got,
+    )
+    assert engine.start() is EngineState.DEGRADED
+    assert "accepts none of [24000, 48000] Hz" in engine.last_error
+    _listens_while_degraded(engine, got)
+
+
+def test_duplex_mic_loss_still_reopens_everything(rig, engines):
+    """Only the speaker degrades: a mic that goes away in duplex mode is reopened with
+    backoff as before (not healthy, counter stopped), speaker or no speaker."""
+    feeder = rig.add_fifo_capture("mic", 16000)
+    rig.add_fifo_playback("spk", 16000)
+    rig.start()
+    engine = _resilient_engine(
+        engines,
+        input_device="mic",
+        output_device="spk",
+        duplex=True,
+        duplex_rate_hz=16000,
+        output_source=Source(),
+        on_block=Collector(),
+    )
+    assert engine.start() is EngineState.RUNNING
+    assert wait_for(lambda: engine.captured_samples > 1600)
+    feeder.vanish()
+    assert wait_for(lambda: engine.state is EngineState.REOPENING)
+    assert "mic" in (engine.last_error or "") and not engine.output_missing
+    assert not _advancing(engine) and not engine.healthy
+    feeder.reappear()
+    assert wait_for(lambda: engine.state is EngineState.RUNNING)
+    assert engine.duplex_active
+    assert wait_for(lambda: _advancing(engine))
 
 
 def test_frozen_mic_stalls_counter_stop_stays_fast_and_it_recovers(rig, engines):

@@ -123,6 +123,7 @@ class Daemon:
         self._transcript_out: list[str] = []
         self._last_error: str | None = None
         self._audio_ok = True
+        self._speaker_missing = False  # engine degraded: listening without playback
         self._reload_lock = asyncio.Lock()
         self._exit_code = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -592,6 +593,10 @@ class Daemon:
             engine = self.engine
             if engine is None:
                 continue
+            speaker_missing = bool(getattr(engine, "output_missing", False))
+            if speaker_missing != self._speaker_missing:  # the mic still runs: status only
+                self._speaker_missing = speaker_missing
+                self._update_status()
             ok = engine.healthy
             if ok != self._audio_ok:
                 self._audio_ok = ok
@@ -615,6 +620,8 @@ class Daemon:
                 parts.append(f"last error: {status.last_error}")
         elif self._last_error:
             parts.append(f"last error: {self._last_error}")
+        if self._speaker_missing and self.engine is not None:
+            parts.append(f"no speaker: {self.engine.last_error or 'output device missing'}")
         self.notifier.status(redact("; ".join(parts)))
 
     # ------------------------------------------------------------------- reload

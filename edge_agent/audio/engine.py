@@ -38,6 +38,21 @@ supervisor closes everything, calls ``Pa_Terminate()`` (PortAudio only sees a re
 device after a full terminate + initialise) and tries again after ``backoff.next_delay()``.
 The backoff resets once a reopened device has run for ``stable_after_s``.
 
+A lost *speaker* must not make the device deaf (a USB speaker unplugged, an HDMI TV
+switched off). When the mic opens but the output is missing or fails to open, in duplex
+and in separate-stream mode alike, the engine runs a **degraded** capture-only session:
+state ``degraded`` (still :attr:`AudioEngine.healthy`, :attr:`AudioEngine.output_missing`
+true, ``last_error`` says why), ``ref`` is zeros (nothing plays, so nothing echoes), and the
+output source is still pulled at the mic's real-time pace and discarded, so the jitter
+buffer drains as if the reply had played: the conversation moves on, and a reply from
+minutes ago does not burst out when the speaker returns. The same happens when a running
+output stream stops or stalls (or the duplex stream stops: the mic is then reopened alone
+first, and if that fails too it is the mic and the engine reopens as above). While degraded
+the supervisor retries the full configuration after ``backoff.next_delay()`` (a brief
+teardown and reopen: the gap in capture is one stream open), and the backoff is not reset
+by a stable degraded session, so retries settle at ``reopen_max_delay_s``. A stalled input
+and a missing input device are handled as before, in every mode.
+
 ``stop()`` returns within ``stop_timeout_s`` even if a close is stuck inside the driver
 (``Pa_CloseStream`` waits for the callback thread, which PortAudio cannot cancel while it is
 inside ALSA); the supervisor then finishes closing in the background. PortAudio's device
@@ -89,8 +104,11 @@ class EngineState(StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     RUNNING = "running"
+    DEGRADED = "degraded"  # capture runs, the speaker is missing; retrying it with backoff
     REOPENING = "reopening"  # a device failed or is missing; retrying with backoff
-    FAILED = "failed"  # a retry cannot help until config or hardware change (still retried)
+    # A retry cannot help until config or hardware change (still retried): an ambiguous
+    # input name. An ambiguous output name degrades instead (the mic must keep listening).
+    FAILED = "failed"
 
 
 class BackoffPolicy(Protocol):
@@ -161,6 +179,19 @@ class _Session:
     output_latency_s: float = 0.0
     stable: bool = False
     closing: bool = False
+    # Degraded: capture only, because the configured output is missing or failing.
+    degraded: bool = False
+    output_problem: str = ""
+    discard_credit: float = 0.0  # 24 kHz samples owed to the output source (fractional)
+
+
+class _Outcome(StrEnum):
+    """Why :meth:`AudioEngine._watch` returned."""
+
+    STOP = "stop"  # stop() was called
+    INPUT = "input"  # the mic failed or stalled: reopen everything with backoff
+    OUTPUT = "output"  # the speaker failed (or the duplex stream stopped): mic alone at once
+    RETRY = "retry"  # degraded: time to try the full configuration again
 
 
 @dataclass
@@ -245,6 +276,7 @@ class AudioEngine:
         self._input_stalled = False  # see input_stalled
         self._played_24k = 0.0
         self._exact_names: dict[str, bool] = {}  # direction -> configured name matched in full
+        self._degraded_since: float | None = None  # start of the current degraded episode
         # Counters: written on the audio thread, read anywhere (int updates are atomic).
         self.captured_samples = 0
         self.played_device_samples = 0
@@ -255,6 +287,8 @@ class AudioEngine:
         self.callback_errors = 0
         self.source_errors = 0
         self.reopen_count = 0
+        self.output_retries = 0  # degraded: attempts to get the speaker back
+        self.discarded_samples_24k = 0  # pulled from the source while no speaker was open
 
     # ------------------------------------------------------------------ public API
 
@@ -264,8 +298,15 @@ class AudioEngine:
 
     @property
     def healthy(self) -> bool:
-        """True while the streams are open and running."""
-        return self._state is EngineState.RUNNING
+        """True while the mic is open and running, with or without the speaker (see
+        :attr:`output_missing`): the daemon keeps listening for the wake word then."""
+        return self._state in (EngineState.RUNNING, EngineState.DEGRADED)
+
+    @property
+    def output_missing(self) -> bool:
+        """Capture runs without playback because the speaker is missing or failing (state
+        ``degraded``; ``last_error`` says why); playback resumes by itself when it is back."""
+        return self._state is EngineState.DEGRADED
 
     @property
     def last_error(self) -> str | None:
@@ -382,6 +423,9 @@ class AudioEngine:
             "callback_errors": self.callback_errors,
             "source_errors": self.source_errors,
             "reopen_count": self.reopen_count,
+            "output_missing": self.output_missing,
+            "output_retries": self.output_retries,
+            "discarded_samples_24k": self.discarded_samples_24k,
         }
 
     # ------------------------------------------------------------------ supervisor
@@ -391,27 +435,42 @@ class AudioEngine:
 
     def _supervise(self, run: _Run) -> None:
         try:
+            # Set when the speaker just failed: reopen the mic alone at once, no backoff wait.
+            output_problem: str | None = None
             while not run.stop.is_set():
                 try:
-                    session = self._open_session(run)
+                    session = self._open_session(run, output_problem)
                 except Exception as exc:
                     self._report_failure(run, exc)
                     run.first_attempt_done.set()
+                    output_problem = None
                     if run.stop.wait(self._backoff.next_delay()):
                         break
                     continue
+                output_problem = None
                 if not self._is_current(run):
                     self._teardown(session)
                     break
                 self._session = session
                 self._report_running(session)
                 run.first_attempt_done.set()
-                reason = self._watch(run, session)
-                if reason is not None and self._is_current(run):
-                    self.reopen_count += 1
-                    self._report_failure(run, dev.AudioDeviceError(reason))
+                outcome, reason = self._watch(run, session)
+                if outcome is _Outcome.STOP or not self._is_current(run):
+                    self._teardown(session)
+                    break
+                if outcome is _Outcome.RETRY:  # planned: state stays degraded meanwhile
+                    self.output_retries += 1
+                    self._teardown(session)
+                    continue
+                self.reopen_count += 1
+                if outcome is _Outcome.OUTPUT:
+                    self._report_output_lost(run, reason)  # before a teardown that may hang
+                    self._teardown(session)
+                    output_problem = reason
+                    continue
+                self._report_failure(run, dev.AudioDeviceError(reason))
                 self._teardown(session)
-                if reason is None or run.stop.wait(self._backoff.next_delay()):
+                if run.stop.wait(self._backoff.next_delay()):
                     break
         except Exception:  # a bug here must not leave the daemon silently deaf
             logger.exception("audio supervisor crashed")
@@ -431,6 +490,7 @@ class AudioEngine:
             return
         self._session = None
         self._last_error = message
+        self._degraded_since = None  # a later degraded session is a new episode
         self._state = (
             EngineState.FAILED
             if isinstance(exc, dev.AmbiguousDeviceError)
@@ -442,7 +502,47 @@ class AudioEngine:
         else:
             logger.debug("audio device still failing: %s", message)
 
+    def _speaker_message(self, problem: str) -> str:
+        return f"speaker {self.output_device!r} unavailable: listening without playback ({problem})"
+
+    def _report_output_lost(self, run: _Run, reason: str) -> None:
+        """A running speaker failed: still healthy (the mic is reopened at once), say why."""
+        if not self._is_current(run):
+            return
+        self._session = None  # the full session is going: no stale output or duplex figures
+        self._state = EngineState.DEGRADED
+        self._last_error = self._speaker_message(reason)
+        if self._degraded_since is None:
+            self._degraded_since = self._clock()
+        logger.warning("%s", self._last_error)
+        self._logged_error = self._last_error
+
+    def _report_degraded(self, s: _Session) -> None:
+        """Once per episode a warning; a changed cause at info; a retry that changes
+        nothing at debug (retries go on for as long as the speaker is away)."""
+        message = self._speaker_message(s.output_problem)
+        self._state = EngineState.DEGRADED
+        self._last_error = message
+        if self._degraded_since is None:
+            self._degraded_since = self._clock()
+            logger.warning("%s; input %r at %d Hz", message, s.in_name, s.in_rate)
+        elif message != self._logged_error:
+            logger.info("speaker still unavailable: %s", s.output_problem)
+        else:
+            logger.debug("speaker still unavailable: %s", s.output_problem)
+        self._logged_error = message
+
     def _report_running(self, s: _Session) -> None:
+        if s.degraded:
+            self._report_degraded(s)
+            return
+        if self._degraded_since is not None:
+            logger.info(
+                "speaker %r is back after %.1f s: playback restored",
+                s.out_name,
+                self._clock() - self._degraded_since,
+            )
+            self._degraded_since = None
         self._state = EngineState.RUNNING
         self._logged_error = None
         if s.duplex:
@@ -461,35 +561,83 @@ class AudioEngine:
                 f"{s.out_name!r} at {s.out_rate} Hz" if s.out_name else "none",
             )
 
-    def _watch(self, run: _Run, s: _Session) -> str | None:
-        """Block until stop (None) or a device problem (its description)."""
+    def _watch(self, run: _Run, s: _Session) -> tuple[_Outcome, str]:
+        """Block until stop, a device problem (with its description) or, while degraded,
+        the next retry of the full configuration.
+
+        A stopped duplex stream counts as the speaker's: the mic is then reopened alone,
+        and if that fails it was the mic after all. A stall is always the mic's (in duplex
+        one callback serves both, and a wedged mic must still stop the watchdog).
+        """
+        retry_at = s.started_at + self._backoff.next_delay() if s.degraded else None
         while not run.stop.wait(self.monitor_interval_s):
             for label, stream in s.streams:
+                side = _Outcome.INPUT if label == "input" else _Outcome.OUTPUT
                 try:
                     active = stream.is_active()
                 except Exception as exc:
-                    return f"{label} stream failed: {exc}"
+                    return side, f"{label} stream failed: {exc}"
                 if not active:
-                    return f"{label} stream stopped by the device (error or unplugged)"
+                    return side, f"{label} stream stopped by the device (error or unplugged)"
             now = self._clock()
             if now - s.last_in > self.stall_timeout_s:
                 self._input_stalled = True  # cleared by the next audio from the mic
-                return f"no audio from input {s.in_name!r} for {self.stall_timeout_s:.1f} s"
+                return (
+                    _Outcome.INPUT,
+                    f"no audio from input {s.in_name!r} for {self.stall_timeout_s:.1f} s",
+                )
             if s.watch_output and now - s.last_out > self.stall_timeout_s:
-                return f"output {s.out_name!r} stalled for {self.stall_timeout_s:.1f} s"
+                return (
+                    _Outcome.OUTPUT,
+                    f"output {s.out_name!r} stalled for {self.stall_timeout_s:.1f} s",
+                )
+            if retry_at is not None and now >= retry_at:
+                return _Outcome.RETRY, ""
             if not s.stable and now - s.started_at >= self.stable_after_s:
                 s.stable = True
-                self._backoff.reset()
-        return None
+                if not s.degraded:  # a stable mic says nothing about the speaker
+                    self._backoff.reset()
+        return _Outcome.STOP, ""
 
-    def _open_session(self, run: _Run) -> _Session:
+    @property
+    def _wants_output(self) -> bool:
+        return self.output_device is not None and (self.duplex or self._output_source is not None)
+
+    def _open_session(self, run: _Run, output_problem: str | None = None) -> _Session:
+        """The full configuration, or capture only when the output is the problem.
+
+        ``output_problem`` set: the speaker just failed, open the mic alone. Otherwise try
+        everything; if that fails, the mic alone in the same PortAudio instance: when that
+        opens, the output was at fault (degraded session); when it fails too, its error
+        (the mic's) is raised. A missing input raises at once, as before.
+        """
         if not dev.PA_LOCK.acquire(timeout=2.0):
             raise dev.AudioDeviceError("PortAudio busy: an earlier stream is still closing")
         try:
             pa = dev.open_portaudio()
             session = _Session(pa=pa, stop=run.stop, duplex=self.duplex)
             try:
-                self._configure(session)
+                devices = dev.query_devices(pa)
+                in_dev = self._resolve(devices, self.input_device, "input")
+                if self._wants_output:
+                    if output_problem is None:
+                        try:
+                            assert self.output_device is not None
+                            out_dev = self._resolve(devices, self.output_device, "output")
+                            self._configure(session, in_dev, out_dev)
+                            self._open_streams(session)
+                            return session
+                        except dev.AudioDeviceError as exc:
+                            output_problem = str(exc) or type(exc).__name__
+                            self._close_streams(session)
+                    session = _Session(
+                        pa=pa,
+                        stop=run.stop,
+                        duplex=False,
+                        degraded=True,
+                        output_problem=output_problem,
+                    )
+                self._configure(session, in_dev, None)
                 self._open_streams(session)
             except BaseException:
                 self._teardown(session)
@@ -509,12 +657,9 @@ class AudioEngine:
         self._exact_names[direction] = dev.is_exact_match(found, wanted)
         return found
 
-    def _configure(self, s: _Session) -> None:
-        devices = dev.query_devices(s.pa)
-        in_dev = self._resolve(devices, self.input_device, "input")
-        out_dev = (
-            self._resolve(devices, self.output_device, "output") if self.output_device else None
-        )
+    def _configure(
+        self, s: _Session, in_dev: dev.DeviceInfo, out_dev: dev.DeviceInfo | None
+    ) -> None:
         s.in_name = in_dev.name
         if s.duplex:
             assert out_dev is not None
@@ -601,8 +746,8 @@ class AudioEngine:
                 + f"): {exc}"
             ) from exc
 
-    def _teardown(self, s: _Session) -> None:
-        """Close streams and terminate PortAudio; may block while a driver is stuck."""
+    def _close_streams(self, s: _Session) -> None:
+        """Close the session's streams (PortAudio stays initialised)."""
         s.closing = True
         with dev.PA_LOCK:
             for label, stream in s.streams:
@@ -611,6 +756,11 @@ class AudioEngine:
                 except Exception as exc:
                     logger.debug("closing %s stream: %s", label, exc)
             s.streams.clear()
+
+    def _teardown(self, s: _Session) -> None:
+        """Close streams and terminate PortAudio; may block while a driver is stuck."""
+        self._close_streams(s)
+        with dev.PA_LOCK:
             try:
                 with dev.quiet_stderr():
                     s.pa.terminate()
@@ -628,6 +778,8 @@ class AudioEngine:
                 if status & pyaudio.paInputOverflow:
                     self.input_overflows += 1
                 assert s.mic_rs is not None
+                if s.degraded:
+                    self._discard_output(s, frames)
                 mic16 = s.mic_rs.process(self._mic(s, in_data))
                 self._deliver(s, mic16, self._take_played(s, len(mic16)))
             except Exception as exc:
@@ -663,7 +815,10 @@ class AudioEngine:
             s.played16 = joined[-_PLAYED_HANDOFF_SAMPLES:]  # bounded: oldest dropped
 
     def _take_played(self, s: _Session, n: int) -> np.ndarray | None:
-        """The next ``n`` played samples for the mic side, zero-padded; None: no speaker."""
+        """The next ``n`` played samples for the mic side, zero-padded; None: no speaker
+        configured; zeros while it is missing (nothing plays, nothing echoes)."""
+        if s.degraded:
+            return np.zeros(n, dtype=np.int16)
         if s.ref_rs is None:
             return None
         with s.played_lock:
@@ -771,6 +926,18 @@ class AudioEngine:
             # Pad a short read with silence (never repeat audio); cut a long one.
             x = np.concatenate((x[:n], np.zeros(max(0, n - len(x)), dtype=np.int16)))
         return x
+
+    def _discard_output(self, s: _Session, frames: int) -> None:
+        """Degraded: pull what a speaker would have played during these mic frames, and
+        drop it. The jitter buffer then drains at real-time pace, so a reply "plays" to its
+        end (the daemon sees it drained) instead of waiting, possibly for minutes, to burst
+        out when the speaker returns; cues are consumed the same way."""
+        s.discard_credit += frames * SOURCE_RATE_HZ / s.in_rate
+        n = int(s.discard_credit)
+        if n > 0:
+            s.discard_credit -= n
+            self._pull(n)
+            self.discarded_samples_24k += n
 
     def _render(self, s: _Session, frames: int) -> np.ndarray:
         """Exactly ``frames`` device-rate samples: pulled at 24 kHz, resampled.
