@@ -28,7 +28,7 @@ def test_journal_fields_never_carry_the_key() -> None:
     fields besides MESSAGE: all of them must be redacted, not only the formatted text."""
     from edge_agent.secrets import REDACTED, register_secret
 
-    key = "AIzaJournalFieldKey-0123456789abcdefgh"
+    key = "journal-field-test-key-0123456789"
     register_secret(key)
     handler = make_handler("journal", {})
     sent: list[tuple[str, dict[str, object]]] = []

@@ -24,6 +24,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +149,14 @@ class Daemon:
         starting = asyncio.create_task(self._start_components(), name="startup")
         stop_requested = asyncio.create_task(self._stop.wait(), name="stop-wait")
         await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # SIGTERM while models load: stop now, never send READY
+        stop_requested.cancel()
+        if self._stop.is_set():  # SIGTERM while models load: stop now, never send READY
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
             self.notifier.stopping()
             await self._shutdown()
             log.info("edge-agent stopped during startup")
             return self._exit_code
-        stop_requested.cancel()
         try:
             starting.result()
         except StartupError as exc:
@@ -163,10 +164,6 @@ class Daemon:
             self.notifier.status(f"failed: {exc}")
             await self._shutdown()
             return 2
-        if self._stop.is_set():
-            self.notifier.stopping()
-            await self._shutdown()
-            return self._exit_code
         self.notifier.ready()
         self._update_status()
         log.info("edge-agent ready (state %s)", self.machine.state if self.machine else "?")
@@ -186,8 +183,8 @@ class Daemon:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         """A background task that dies says so (a silent dead watchdog would be a mystery)."""
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
             log.error("task %s failed: %s", task.get_name(), redact(repr(exc)))
 
     def _request_stop(self, sig: int) -> None:
@@ -196,7 +193,6 @@ class Daemon:
 
     async def _start_components(self) -> None:
         from edge_agent.audio.ears import Ears
-        from edge_agent.device.gpio import open_panel
         from edge_agent.live.session import LiveSession
 
         cfg = self.cfg
@@ -212,13 +208,7 @@ class Daemon:
         self.machine = st.ConversationMachine(
             cfg.conversation, barge_in_enabled=cfg.echo.voice_barge_in_active, muted_at_start=muted
         )
-        loop = asyncio.get_running_loop()
-        self.panel = open_panel(
-            cfg.gpio,
-            on_press=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonPressed()),
-            on_hold=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonHeld()),
-            on_release=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonReleased()),
-        )
+        self.panel = self._open_panel(cfg)
         self.session = LiveSession(
             cfg.gemini,
             cfg.reconnect,
@@ -243,6 +233,22 @@ class Daemon:
         except OSError as exc:
             log.warning("control socket unavailable: %s", exc)
             self.control = None
+
+    def _open_panel(self, cfg: Config) -> Any:
+        """Button and LEDs; gpiozero's threads hand button events to the event loop."""
+        from edge_agent.device.gpio import open_panel
+
+        loop = asyncio.get_running_loop()
+
+        def to_loop(event: st.Event) -> Callable[[], None]:
+            return lambda: loop.call_soon_threadsafe(self.dispatch, event)
+
+        return open_panel(
+            cfg.gpio,
+            on_press=to_loop(st.ButtonPressed()),
+            on_hold=to_loop(st.ButtonHeld()),
+            on_release=to_loop(st.ButtonReleased()),
+        )
 
     def _make_engine(self, cfg: Config) -> Any:
         from edge_agent.audio.engine import AudioEngine
@@ -593,7 +599,7 @@ class Daemon:
             engine = self.engine
             if engine is None:
                 continue
-            speaker_missing = bool(getattr(engine, "output_missing", False))
+            speaker_missing = engine.output_missing
             if speaker_missing != self._speaker_missing:  # the mic still runs: status only
                 self._speaker_missing = speaker_missing
                 self._update_status()
@@ -688,16 +694,8 @@ class Daemon:
             self.engine = self._make_engine(new)
             await asyncio.to_thread(self.engine.start)
         if old.gpio != new.gpio:
-            from edge_agent.device.gpio import open_panel
-
-            loop = asyncio.get_running_loop()
             self.panel.close()
-            self.panel = open_panel(
-                new.gpio,
-                on_press=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonPressed()),
-                on_hold=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonHeld()),
-                on_release=lambda: loop.call_soon_threadsafe(self.dispatch, st.ButtonReleased()),
-            )
+            self.panel = self._open_panel(new)
             if self.machine is not None:
                 from edge_agent.core.leds import pattern_for
 

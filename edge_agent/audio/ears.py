@@ -162,7 +162,7 @@ class EarsConfig:
                 max_utterance_s=vad.max_utterance_s,
             ),
             barge_in=BargeInConfig(min_speech_ms=echo.barge_in_speech_ms),
-            voice_barge_in=echo.enabled and echo.voice_barge_in,  # needs AEC
+            voice_barge_in=echo.voice_barge_in_active,  # off without AEC
             barge_in_by_wake_word=getattr(conversation, "barge_in_by_wake_word", True),
             aec_enabled=echo.enabled,
         )

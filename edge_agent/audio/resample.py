@@ -66,17 +66,13 @@ class StreamResampler:
         return out
 
     def flush(self) -> np.ndarray:
-        """End of stream: the samples still inside the filter. Call :meth:`reset` to reuse."""
+        """End of stream: the samples still inside the filter (a new stream needs a new object;
+        a device reopen builds new resamplers)."""
         if self._stream is None:
             return np.zeros(0, dtype=np.int16)
         out = _to_int16(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
         self.out_samples += len(out)
         return out
-
-    def reset(self) -> None:
-        """Forget all history (e.g. after a barge-in flush or a device reopen)."""
-        if self._stream is not None:
-            self._stream = self._new_stream()
 
     @property
     def delay_samples(self) -> float:

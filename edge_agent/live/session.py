@@ -938,8 +938,9 @@ class LiveSession:
         if abandon:
             # One clear line, instead of the usual "connection lost" warning.
             logger.warning(
-                "Gemini Live refused to resume the session %d times in a row (%s): it still "
-                "holds the old connection. Dropping the resumption handle and starting a "
+                "Gemini Live refused to resume the session %d times since the last good "
+                "setup (%s): it still holds the old connection. Dropping the resumption "
+                "handle and starting a "
                 "fresh session now (the conversation so far is forgotten)",
                 BUSY_RESUME_LIMIT,
                 reason,
