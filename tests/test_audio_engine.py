@@ -774,10 +774,15 @@ def test_barge_in_on_a_48k_device_fades_out_without_a_click(rig, engines):
     played = recorder.samples().astype(np.int64)
     lead = first_nonzero(played)  # PortAudio primes the device with silence first
     natural_step = 2 * np.pi * freq / 48000 * amp  # the tone's largest sample-to-sample step
-    assert np.abs(np.diff(played)).max() < 1.5 * natural_step
+    # An output xrun (a late callback on a loaded machine) makes PortAudio insert silence,
+    # a step that is not the flush's: the counters go into the messages to tell them apart.
+    xruns = f"output underflows {engine.output_underflows}"
+    steps = np.abs(np.diff(played))
+    assert steps.max() < 1.5 * natural_step, (int(steps.argmax()), lead, written, xruns)
     period = 480  # 10 ms at 48 kHz: a callback already running at the press
     fade = 48000 * fade_ms // 1000
     filter_and_leftover = 48000 * 4 // 1000  # ~2 ms soxr delay + < 1 ms leftover, rounded up
     last_loud = int(np.flatnonzero(np.abs(played) > 100)[-1])
-    assert last_loud > lead + written - period  # it really was cut mid-tone
-    assert last_loud <= lead + written + period + fade + filter_and_leftover
+    assert last_loud > lead + written - period, (last_loud, lead, written)  # cut mid-tone
+    bound = lead + written + period + fade + filter_and_leftover
+    assert last_loud <= bound, (last_loud, bound, xruns)
