@@ -1,4 +1,4 @@
-"""Command line: `edge-agent run | demo | check-config | devices | version`."""
+"""Command line: `edge-agent run | check-config | devices | status | button | version`."""
 
 from __future__ import annotations
 
@@ -102,12 +102,6 @@ def _run(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from edge_agent.app.demo import run_demo
-
-    return run_demo(workdir=args.workdir, keep=args.keep)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,11 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the voice appliance (the systemd service)")
     run.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
     run.set_defaults(func=_run)
-
-    demo = sub.add_parser("demo", help="run the whole appliance offline against the emulator")
-    demo.add_argument("--workdir", default=None, help="keep demo files here (default: temp)")
-    demo.add_argument("--keep", action="store_true", help="keep the temporary files")
-    demo.set_defaults(func=_demo)
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("path", nargs="?", default=DEFAULT_CONFIG)

@@ -19,7 +19,7 @@ from google import genai
 from google.genai import types
 from websockets.asyncio.client import ClientConnection, connect
 
-from edge_agent.sim import EmulatorOptions, LiveEmulator
+from edge_agent_devkit.emulator import EmulatorOptions, LiveEmulator
 
 KEY = "test-key"
 MODEL = "gemini-emulated-native-audio"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_agent.audio import devices as dev
-from edge_agent.testing.alsa_rig import AlsaRig, load_pcm
+from edge_agent_devkit.rig.alsa_rig import AlsaRig, load_pcm
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.audio.engine import AudioEngine, EngineState, ExponentialBackoff
 from edge_agent.audio.resample import StreamResampler, resample_all
-from edge_agent.testing.alsa_rig import AlsaRig
+from edge_agent_devkit.rig.alsa_rig import AlsaRig
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.bench import report
-from edge_agent.bench.report import PartReport
+from edge_agent_devkit.bench import report
+from edge_agent_devkit.bench.report import PartReport
 
 ISSUE_6_KEYS = {
     "idle_cpu_ratio_vs_bare_openwakeword",

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge_agent.testing.alsa_rig import AlsaRig
+from edge_agent_devkit.rig.alsa_rig import AlsaRig
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

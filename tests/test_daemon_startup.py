@@ -16,7 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from edge_agent.testing.appliance import NotifySocket
+from edge_agent_devkit.rig.appliance import NotifySocket
 
 SLOW_START = textwrap.dedent(
     """

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.bench import system as bench_system
-from edge_agent.testing import speech
-from edge_agent.testing.appliance import Appliance, ApplianceOptions, nonsilent_runs
+from edge_agent_devkit.bench import system as bench_system
+from edge_agent_devkit.rig import speech
+from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions, nonsilent_runs
 
 pytestmark = [
     pytest.mark.timeout(240),

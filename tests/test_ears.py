@@ -28,7 +28,7 @@ from edge_agent.audio.wakeword import (
 )
 from edge_agent.core.barge_in import BargeInConfig, BargeInDetector
 from edge_agent.core.vad_gate import VadGateConfig
-from edge_agent.testing import speech
+from edge_agent_devkit.rig import speech
 
 RATE = 16000
 BLOCK = 160

@@ -32,8 +32,8 @@ from edge_agent.audio.echo import (
 )
 from edge_agent.audio.vad import WebRtcVad
 from edge_agent.audio.wakeword import WakeWordDetector, load_openwakeword_model
-from edge_agent.testing import speech
-from edge_agent.testing.speech import Room
+from edge_agent_devkit.rig import speech
+from edge_agent_devkit.rig.speech import Room
 
 RATE = 16000
 BLOCK = 160

@@ -41,7 +41,7 @@ from sim_fixtures import (
 )
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from edge_agent.sim import (
+from edge_agent_devkit.emulator import (
     EmulatorOptions,
     EmulatorRecord,
     FaultSpec,
@@ -49,10 +49,10 @@ from edge_agent.sim import (
     SessionRecord,
     voice,
 )
-from edge_agent.sim import protocol as proto
-from edge_agent.sim.faults import parse_fault_arg
-from edge_agent.sim.vad import EnergyVad
-from edge_agent.testing import speech
+from edge_agent_devkit.emulator import protocol as proto
+from edge_agent_devkit.emulator.faults import parse_fault_arg
+from edge_agent_devkit.emulator.vad import EnergyVad
+from edge_agent_devkit.rig import speech
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -887,7 +887,7 @@ def test_cli_serves_until_sigterm_and_writes_the_record(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "edge_agent.sim",
+            "edge_agent_devkit.emulator",
             "--port",
             "0",
             "--ca-out",

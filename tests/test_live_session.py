@@ -43,7 +43,7 @@ from edge_agent.live.session import (
     TurnCompleted,
 )
 from edge_agent.live.tools import GET_TIME_DECLARATION, Tool, ToolRegistry, builtin_tools
-from edge_agent.sim import EmulatorOptions, FaultSpec, LiveEmulator
+from edge_agent_devkit.emulator import EmulatorOptions, FaultSpec, LiveEmulator
 
 # ---- handle store ------------------------------------------------------------------------
 
@@ -656,7 +656,9 @@ def test_bad_key_retries_slowly_with_a_clear_error_and_never_logs_the_key(
     # Client-side records only: the emulator's own websockets server logs the request
     # headers it received (a test fixture, not the appliance).
     client_records = [
-        r for r in caplog.records if not r.name.startswith(("websockets.server", "edge_agent.sim"))
+        r
+        for r in caplog.records
+        if not r.name.startswith(("websockets.server", "edge_agent_devkit.emulator"))
     ]
     for record in client_records:
         text = record.getMessage() + (record.exc_text or "") + str(record.args or "")

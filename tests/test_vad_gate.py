@@ -16,7 +16,7 @@ from edge_agent.core.vad_gate import (
     VadGate,
     VadGateConfig,
 )
-from edge_agent.testing import speech
+from edge_agent_devkit.rig import speech
 
 RATE = 16000
 

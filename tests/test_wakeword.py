@@ -25,7 +25,7 @@ from edge_agent.audio.wakeword import (
     resolve_wake_model,
     validate_model_file,
 )
-from edge_agent.testing import speech
+from edge_agent_devkit.rig import speech
 
 RATE = 16000
 

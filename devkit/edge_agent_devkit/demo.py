@@ -1,4 +1,4 @@
-"""`edge-agent demo`: the whole appliance, offline, with a scripted conversation.
+"""`scripts/demo`: the whole appliance, offline, with a scripted conversation.
 
 Runs the real daemon (`edge-agent run` in a subprocess) against the built-in Live API
 emulator, with a synthesized voice as the microphone (an ALSA FIFO fed in real time),
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.testing import speech
-from edge_agent.testing.appliance import Appliance, ApplianceOptions, nonsilent_runs
+from edge_agent_devkit.rig import speech
+from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions, nonsilent_runs
 
 QUESTION = "what time is it"
 FOLLOW_UP = "and what is the weather like in the mountains tomorrow morning"
@@ -183,3 +183,19 @@ def _write_wav(path: Path, samples: np.ndarray, rate_hz: int) -> None:
         w.setsampwidth(2)
         w.setframerate(rate_hz)
         w.writeframes(samples.astype("<i2").tobytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="edge-agent-demo", description="the whole appliance offline against the emulator"
+    )
+    parser.add_argument("--workdir", default=None, help="keep demo files here (default: temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary files")
+    args = parser.parse_args(argv)
+    return run_demo(workdir=args.workdir, keep=args.keep)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

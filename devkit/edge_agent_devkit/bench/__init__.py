@@ -1,6 +1,6 @@
 """Benchmarks of edge-agent on its real code paths (issue 6).
 
-`python -m edge_agent.bench` (or `scripts/bench`) runs the audio part (`audio.py`,
+`python -m edge_agent_devkit.bench` (or `scripts/bench`) runs the audio part (`audio.py`,
 in-process: ALSA rig + PyAudio, openWakeWord, webrtcvad, AEC3, JitterBuffer) and the
 system part (`system.py`: the daemon and the Live session layer against the emulator),
 merges them (`report.py`), prints a table and writes `bench/results.json`.

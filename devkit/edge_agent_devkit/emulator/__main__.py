@@ -1,4 +1,7 @@
-"""Run the Live API emulator standalone: `python -m edge_agent.sim --port 0 --ca-out DIR`.
+"""Run the Live API emulator standalone.
+
+    python -m edge_agent_devkit.emulator --port 0 --ca-out DIR
+
 
 Prints one JSON line `{"base_url": ..., "ca_pem": ..., "port": ..., "pid": ...}` once
 listening, serves until SIGTERM/SIGINT, and with `--record-out FILE` writes the record as
@@ -25,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edge_agent.sim", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m edge_agent_devkit.emulator", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 = pick a free port")
     p.add_argument("--ca-out", type=Path, default=None, help="directory for the CA PEM")

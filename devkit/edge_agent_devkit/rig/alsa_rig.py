@@ -777,7 +777,7 @@ class AlsaRig:
 
     def config_text(self) -> str:
         """The ALSA configuration this rig writes."""
-        lines = ["# written by edge_agent.testing.alsa_rig"]
+        lines = ["# written by edge_agent_devkit.rig.alsa_rig"]
         for name, pcm in self._entries.items():
             if all(part.present for part in self._parts.get(name, [])):
                 lines.append(f"pcm.{name} {pcm}")  # a vanished device is left out

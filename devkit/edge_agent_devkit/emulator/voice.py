@@ -4,7 +4,7 @@ Real speech (espeak-ng) makes downstream tests meaningful: the jitter buffer, th
 and the echo canceller see speech-like audio, and webrtcvad/openWakeWord react to it as
 they would to the model's voice. Without espeak-ng a tone of similar length stands in.
 Synthesis costs 50-100 ms and runs a subprocess, so it runs in a worker thread and
-results are cached in memory (and on disk by edge_agent.testing.speech).
+results are cached in memory (and on disk by edge_agent_devkit.rig.speech).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def tone_pcm(text: str, sample_rate: int = AUDIO_OUT_RATE_HZ) -> bytes:
 
 def speech_pcm(text: str, voice: str, speed_wpm: int) -> bytes:
     """espeak-ng speech at 24 kHz with its silent padding trimmed; raises when unavailable."""
-    from edge_agent.testing import speech  # heavy-ish import (soxr), only when speaking
+    from edge_agent_devkit.rig import speech  # heavy-ish import (soxr), only when speaking
 
     if not speech.espeak_available():
         raise speech.SpeechSynthesisError("espeak-ng is not installed")

@@ -3,7 +3,7 @@
 Two kinds of measurement, each on the real code path:
 
 * **Daemon runs** (`edge-agent run` as a subprocess through
-  `edge_agent.testing.appliance.Appliance`: real PyAudio over the ALSA FIFO rig, real
+  `edge_agent_devkit.rig.appliance.Appliance`: real PyAudio over the ALSA FIFO rig, real
   openwakeword/webrtcvad/AEC3, the real google-genai SDK against the emulator subprocess
   over TLS). One scripted conversation gives `startup_ready_s`, `wake_to_uplink_lost_ms`
   (emulator `--setup-delay 0.5`), the uplink bytes, `first_audio_latency_ms`,
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.bench.report import PartReport, all_keys
+from edge_agent_devkit.bench.report import PartReport, all_keys
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ SYSTEM_KEYS = tuple(all_keys("system"))
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure the system side; see the module docstring. quick=True: fewer trials."""
     report = PartReport(keys=SYSTEM_KEYS)
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     if not speech.espeak_available():
         report.fail(SYSTEM_KEYS, "espeak-ng is not installed")
@@ -119,7 +119,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _phrase(text: str) -> np.ndarray:
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     return speech.trim(speech.synthesize(text, voice=VOICE))
 
@@ -224,8 +224,8 @@ def _daemon_conversation(workdir: Path, report: PartReport, quick: bool) -> None
     """One conversation through the real daemon: wake + question (setup delayed 0.5 s),
     5 s of silence, a follow-up without the wake word, a button press mid-reply (and in
     full mode more question / press rounds for more barge-in and first-audio samples)."""
-    from edge_agent.testing import speech
-    from edge_agent.testing.appliance import Appliance, ApplianceOptions
+    from edge_agent_devkit.rig import speech
+    from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions
 
     wake, question, follow_up = _phrase(WAKE), _phrase(QUESTION), _phrase(FOLLOW_UP)
     lead, pause = speech.silence(0.5), speech.silence(0.15)
@@ -442,8 +442,8 @@ def _barge_in(report: PartReport, presses: list[_Press], samples: np.ndarray, ra
 
 def _daemon_no_prefill(workdir: Path, report: PartReport, quick: bool) -> None:
     """Same daemon and emulator, jitter buffer prefill 0 (play as it arrives)."""
-    from edge_agent.testing import speech
-    from edge_agent.testing.appliance import Appliance, ApplianceOptions
+    from edge_agent_devkit.rig import speech
+    from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions
 
     clip = speech.concat(speech.silence(0.5), _phrase(WAKE), speech.silence(0.15))
     clip = speech.concat(clip, _phrase(QUESTION))
@@ -488,8 +488,8 @@ JITTER_REPLY = (
 def _daemon_jitter(workdir: Path) -> str:
     """End-to-end underruns: the emulator's --message-jitter 0.04 on a long reply, through
     the daemon with the default prefill and with prefill 0 (one daemon each)."""
-    from edge_agent.testing import speech
-    from edge_agent.testing.appliance import Appliance, ApplianceOptions
+    from edge_agent_devkit.rig import speech
+    from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions
 
     clip = speech.concat(speech.silence(0.5), _phrase(WAKE), speech.silence(0.15))
     clip = speech.concat(clip, _phrase(QUESTION))
@@ -601,7 +601,7 @@ class _LiveRig:
         self._count = 0
 
     async def __aenter__(self) -> _LiveRig:
-        from edge_agent.sim import EmulatorOptions, LiveEmulator
+        from edge_agent_devkit.emulator import EmulatorOptions, LiveEmulator
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.emu = LiveEmulator(
@@ -677,7 +677,7 @@ async def _utterance_with_fault(
     The session must be ready and be the only one connected to `rig`'s emulator.
     """
     from edge_agent.live.session import SessionLost, SessionReady, TurnCompleted
-    from edge_agent.sim import FaultSpec
+    from edge_agent_devkit.emulator import FaultSpec
 
     record = rig.emu.record
     sessions_before, messages_before = len(record.sessions), len(record.messages)

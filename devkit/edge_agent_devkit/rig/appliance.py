@@ -3,7 +3,7 @@
 Used by the demo (`edge-agent demo`), the end-to-end tests and the benchmarks, so all
 three exercise the same real code path:
 
-- the Live API emulator (`python -m edge_agent.sim`) over TLS on loopback;
+- the Live API emulator (`python -m edge_agent_devkit.emulator`) over TLS on loopback;
 - the ALSA rig: a real-time FIFO microphone (fed with synthesized speech) and a
   real-time FIFO speaker (recorded, with the time each sample was played);
 - gpiozero's mock pin factory inside the daemon; the button is pressed through the
@@ -32,7 +32,7 @@ import numpy as np
 
 from edge_agent.app.control import control_request
 from edge_agent.config import Config, load_config
-from edge_agent.testing.alsa_rig import AlsaRig, FifoFeeder, FifoRecorder
+from edge_agent_devkit.rig.alsa_rig import AlsaRig, FifoFeeder, FifoRecorder
 
 API_KEY = "demo-key-0123456789"
 STATE_RE = re.compile(r"state (\w+) -> (\w+): (.*)$")
@@ -55,7 +55,7 @@ class ApplianceOptions:
 
 
 class Emulator:
-    """`python -m edge_agent.sim` as a subprocess."""
+    """`python -m edge_agent_devkit.emulator` as a subprocess."""
 
     def __init__(self, workdir: Path, args: list[str]) -> None:
         self.workdir = workdir
@@ -67,7 +67,7 @@ class Emulator:
 
     def start(self, timeout: float = 30.0) -> None:
         cmd = [
-            sys.executable, "-m", "edge_agent.sim", "--port", "0",
+            sys.executable, "-m", "edge_agent_devkit.emulator", "--port", "0",
             "--ca-out", str(self.workdir / "ca"), "--api-key", API_KEY,
             "--record-out", str(self.record_path), *self.args,
         ]  # fmt: skip

@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.bench.report import PartReport, all_keys
+from edge_agent_devkit.bench.report import PartReport, all_keys
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ JITTER_MS = 40
 
 
 def _rooms() -> list[Any]:
-    from edge_agent.testing.speech import Room
+    from edge_agent_devkit.rig.speech import Room
 
     # Direct path 5-30 ms at -6..-20 dB, RT60 150-300 ms, output latency 30-150 ms.
     return [
@@ -161,7 +161,7 @@ def _rooms() -> list[Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure the audio side (see the module docstring); quick=True for a smoke run."""
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     report = PartReport(keys=all_keys("audio"))
     report.guard(
@@ -261,7 +261,7 @@ def _fft_convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
 def _reply_16k(text: str, voice: str, wpm: int, level_dbfs: float) -> np.ndarray:
     """A reply as the device plays it: synthesised at 24 kHz (the Live API rate), 16 kHz
     for the reference, trimmed, at `level_dbfs`, padded to whole blocks."""
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     at_24k = speech.synthesize(text, voice=voice, speed_wpm=wpm, sample_rate=OUT_RATE)
     ref = speech.trim(speech.resample(at_24k, OUT_RATE, RATE))
@@ -414,7 +414,7 @@ class _IdlePipeline:
 
 def _idle_audio(seconds: float) -> np.ndarray:
     """Speech in six voices, pauses and -60 dBFS noise, looped to `seconds` (16 kHz)."""
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     parts: list[np.ndarray] = []
     total = 0
@@ -461,8 +461,8 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
     from edge_agent.audio.vad import WebRtcVad
     from edge_agent.audio.wakeword import WakeWordDetector
     from edge_agent.core.jitter import JitterBuffer
-    from edge_agent.testing import speech
-    from edge_agent.testing.alsa_rig import AlsaRig
+    from edge_agent_devkit.rig import speech
+    from edge_agent_devkit.rig.alsa_rig import AlsaRig
 
     cfg = _config()
     audio16 = _idle_audio(IDLE_LEAD_S + window_s + 3.0)
@@ -642,7 +642,7 @@ def measure_idle_cpu(report: PartReport, model: Any, quick: bool) -> None:
 
 def measure_wake_delay(report: PartReport, model: Any) -> None:
     from edge_agent.audio.ears import WakeWordDetected
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     logger.info("audio: wake word delay over %d voices", len(speech.WAKE_CASES))
     delays: list[float] = []
@@ -690,7 +690,7 @@ class _Track:
 def _echo_track(replies: Sequence[np.ndarray], seconds: float, offset: int) -> _Track:
     """Replies with the daemon's mode changes around them, `seconds` long (whole blocks)."""
     from edge_agent.audio.ears import EarMode
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     parts = [speech.silence(ECHO_LEAD_S)]
     pos = parts[0].size
@@ -747,7 +747,7 @@ def _play_track(ears: Any, mic: np.ndarray, track: _Track) -> list[tuple[int, An
 def _far_end_mask(echo: np.ndarray, n: int) -> np.ndarray:
     """Blocks where the echo is within 40 dB of its loudest block (far-end-only: no user)."""
     from edge_agent.audio.echo import block_energy_db
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     blocks = n // BLOCK
     db = np.array(
@@ -763,7 +763,7 @@ def measure_echo(report: PartReport, model: Any, quick: bool) -> None:
         WakeWordDetected,
     )
     from edge_agent.audio.echo import Aec3EchoCanceller
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     rooms = _rooms()[:1] if quick else _rooms()
     per_room_s = 25.0 if quick else 75.0
@@ -872,7 +872,7 @@ def _barge_case(
     """One closed-loop case: (barge-in ms to silence, detection ms) or why it failed."""
     from edge_agent.audio.ears import BargeInDetected, EarMode
     from edge_agent.core.jitter import JitterBuffer
-    from edge_agent.testing import speech
+    from edge_agent_devkit.rig import speech
 
     cfg = _config()
 

@@ -1,6 +1,6 @@
 """Local Gemini Live API emulator (TLS WebSocket) for tests, the offline demo and benchmarks.
 
-    from edge_agent.sim import LiveEmulator, EmulatorOptions, FaultSpec
+    from edge_agent_devkit.emulator import LiveEmulator, EmulatorOptions, FaultSpec
 
     emu = LiveEmulator(EmulatorOptions(pace=0.0, espeak=False))
     await emu.start()

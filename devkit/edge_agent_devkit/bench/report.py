@@ -156,11 +156,11 @@ class PartReport:
 
 
 def _load_part(name: str) -> Callable[..., dict[str, Any]]:
-    """Import `edge_agent.bench.<name>` lazily (a part may be missing or broken)."""
-    module = importlib.import_module(f"edge_agent.bench.{name}")
+    """Import `edge_agent_devkit.bench.<name>` lazily (a part may be missing or broken)."""
+    module = importlib.import_module(f"edge_agent_devkit.bench.{name}")
     run = getattr(module, "run", None)
     if not callable(run):
-        raise AttributeError(f"edge_agent.bench.{name} has no run()")
+        raise AttributeError(f"edge_agent_devkit.bench.{name} has no run()")
     return run
 
 
@@ -234,7 +234,7 @@ def _git_commit(root: Path) -> str | None:
 
 def repo_root() -> Path:
     """The checkout this package lives in (editable install), else the working directory."""
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[3]
     return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
@@ -350,7 +350,7 @@ def table(doc: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m edge_agent.bench",
+        prog="python -m edge_agent_devkit.bench",
         description="Measure edge-agent on its real code paths; print a table, write JSON.",
     )
     parser.add_argument(
@@ -376,7 +376,8 @@ def _setup_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("edge_agent.bench").setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.getLogger("edge_agent_devkit.bench").setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
