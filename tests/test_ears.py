@@ -8,17 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from edge_agent.audio.ears import (
-    BargeInDetected,
-    BargeInReason,
-    EarMode,
-    Ears,
-    EarsConfig,
-    SpeechEnded,
-    SpeechStarted,
-    UplinkAudio,
-    WakeWordDetected,
-)
+from edge_agent.audio.ears import EarMode, Ears, EarsConfig
 from edge_agent.audio.echo import Aec3EchoCanceller
 from edge_agent.audio.vad import WebRtcVad
 from edge_agent.audio.wakeword import (
@@ -27,6 +17,14 @@ from edge_agent.audio.wakeword import (
     load_openwakeword_model,
 )
 from edge_agent.core.barge_in import BargeInConfig, BargeInDetector
+from edge_agent.core.events import (
+    BargeInDetected,
+    BargeInReason,
+    SpeechEnded,
+    SpeechStarted,
+    UplinkAudio,
+    WakeWordDetected,
+)
 from edge_agent.core.vad_gate import VadGateConfig
 from edge_agent_devkit.rig import speech
 

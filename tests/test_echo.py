@@ -14,14 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from edge_agent.audio.ears import (
-    BargeInDetected,
-    EarMode,
-    Ears,
-    EarsConfig,
-    SpeechStarted,
-    WakeWordDetected,
-)
+from edge_agent.audio.ears import EarMode, Ears, EarsConfig
 from edge_agent.audio.echo import (
     REF_SILENCE_PEAK,
     Aec3EchoCanceller,
@@ -32,6 +25,7 @@ from edge_agent.audio.echo import (
 )
 from edge_agent.audio.vad import WebRtcVad
 from edge_agent.audio.wakeword import WakeWordDetector, load_openwakeword_model
+from edge_agent.core.events import BargeInDetected, SpeechStarted, WakeWordDetected
 from edge_agent_devkit.rig import speech
 from edge_agent_devkit.rig.speech import Room
 

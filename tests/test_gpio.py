@@ -16,6 +16,7 @@ from gpiozero import LED, Device
 from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin
 
 from edge_agent.config import GpioConfig
+from edge_agent.core.events import ButtonEvent, ButtonHeld, ButtonPressed, ButtonReleased
 from edge_agent.core.leds import OFF, ON, Blink, LedPattern, On, Pulse, pattern_for
 from edge_agent.core.state import AgentState
 from edge_agent.device.gpio import GpioPanel, NullPanel, open_panel
@@ -57,6 +58,16 @@ class Recorder:
     def release(self) -> None:
         self.releases += 1
 
+    def __call__(self, event: ButtonEvent) -> None:
+        """The panel's one sink: the core's own button events."""
+        match event:
+            case ButtonPressed():
+                self.press()
+            case ButtonHeld():
+                self.hold()
+            case ButtonReleased():
+                self.release()
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -90,7 +101,7 @@ def rec() -> Recorder:
 
 @pytest.fixture
 def panel(factory: MockFactory, rec: Recorder) -> Iterator[GpioPanel]:
-    p = GpioPanel(CFG, rec.press, rec.hold, factory, on_release=rec.release)
+    p = GpioPanel(CFG, rec, factory)
     p.open()
     yield p
     p.close()
@@ -144,7 +155,7 @@ def test_software_debounce_turns_chatter_into_one_press(
     factory: MockFactory, rec: Recorder
 ) -> None:
     clock = FakeClock()
-    p = GpioPanel(CFG, rec.press, rec.hold, factory, clock=clock, on_release=rec.release)
+    p = GpioPanel(CFG, rec, factory, clock=clock)
     p.open()
     try:
         button = pin(factory, "GPIO17")
@@ -179,7 +190,7 @@ def test_software_debounce_turns_chatter_into_one_press(
 
 def test_software_debounce_with_the_real_clock(factory: MockFactory, rec: Recorder) -> None:
     # A 1 s bounce window: the burst below takes far less even on a loaded machine.
-    p = GpioPanel(replace(CFG, button_bounce_ms=1000), rec.press, rec.hold, factory)
+    p = GpioPanel(replace(CFG, button_bounce_ms=1000), rec, factory)
     p.open()
     try:
         button = pin(factory, "GPIO17")
@@ -193,7 +204,7 @@ def test_software_debounce_with_the_real_clock(factory: MockFactory, rec: Record
 
 def test_zero_bounce_counts_every_press(factory: MockFactory, rec: Recorder) -> None:
     clock = FakeClock()
-    p = GpioPanel(replace(CFG, button_bounce_ms=0), rec.press, rec.hold, factory, clock=clock)
+    p = GpioPanel(replace(CFG, button_bounce_ms=0), rec, factory, clock=clock)
     p.open()
     try:
         button = pin(factory, "GPIO17")
@@ -206,7 +217,7 @@ def test_zero_bounce_counts_every_press(factory: MockFactory, rec: Recorder) -> 
 
 
 def test_pull_down_button_is_pressed_by_driving_high(factory: MockFactory, rec: Recorder) -> None:
-    p = GpioPanel(replace(CFG, button_pull_up=False), rec.press, rec.hold, factory)
+    p = GpioPanel(replace(CFG, button_pull_up=False), rec, factory)
     p.open()
     try:
         button = pin(factory, "GPIO17")
@@ -223,19 +234,21 @@ def test_a_failing_callback_is_logged_and_the_next_press_still_works(
 ) -> None:
     calls: list[int] = []
 
-    def bad_press() -> None:
+    def bad_press(event: ButtonEvent) -> None:
+        if not isinstance(event, ButtonPressed):
+            return
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("daemon bug")
 
-    p = GpioPanel(replace(CFG, button_bounce_ms=0), bad_press, lambda: None, factory)
+    p = GpioPanel(replace(CFG, button_bounce_ms=0), bad_press, factory)
     p.open()
     try:
         button = pin(factory, "GPIO17")
         with caplog.at_level(logging.ERROR, logger="edge_agent.device.gpio"):
             button.drive_low()
             button.drive_high()
-        assert "button press handler failed" in caplog.text
+        assert "button event ButtonPressed: handler failed" in caplog.text
         button.drive_low()
         button.drive_high()
         assert len(calls) == 2
@@ -251,8 +264,7 @@ def test_hold_reaches_an_asyncio_loop_through_call_soon_threadsafe(factory: Mock
         events: asyncio.Queue[str] = asyncio.Queue(maxsize=10)
         p = GpioPanel(
             CFG,
-            on_press=lambda: loop.call_soon_threadsafe(events.put_nowait, "pressed"),
-            on_hold=lambda: loop.call_soon_threadsafe(events.put_nowait, "held"),
+            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, type(event).__name__),
             pin_factory=factory,
         )
         p.open()
@@ -269,7 +281,7 @@ def test_hold_reaches_an_asyncio_loop_through_call_soon_threadsafe(factory: Mock
         finally:
             p.close()
 
-    assert asyncio.run(main()) == ["pressed", "held"]
+    assert asyncio.run(main()) == ["ButtonPressed", "ButtonHeld"]
 
 
 # --------------------------------------------------------------------- LEDs
@@ -283,7 +295,7 @@ def test_steady_patterns_set_the_pins(panel: GpioPanel, factory: MockFactory) ->
 
 
 def test_active_low_leds_are_inverted(factory: MockFactory, rec: Recorder) -> None:
-    p = GpioPanel(replace(CFG, led_active_high=False), rec.press, rec.hold, factory)
+    p = GpioPanel(replace(CFG, led_active_high=False), rec, factory)
     p.open()
     try:
         assert led_states(factory) == {"status": 1.0, "listen": 1.0, "mute": 1.0}  # all off
@@ -347,7 +359,7 @@ def test_every_state_pattern_is_applied(panel: GpioPanel, factory: MockFactory) 
 def test_no_pwm_pin_degrades_pulse_to_blink(rec: Recorder) -> None:
     plain = MockFactory(pin_class=MockPin)
     try:
-        p = GpioPanel(CFG, rec.press, rec.hold, plain)
+        p = GpioPanel(CFG, rec, plain)
         p.open()
         try:
             assert not p.status_is_pwm
@@ -366,7 +378,7 @@ def test_no_pwm_pin_degrades_pulse_to_blink(rec: Recorder) -> None:
 def test_close_turns_everything_off_and_releases_the_pins(
     factory: MockFactory, rec: Recorder
 ) -> None:
-    p = GpioPanel(CFG, rec.press, rec.hold, factory)
+    p = GpioPanel(CFG, rec, factory)
     p.open()
     p.show(LedPattern(status=Pulse(0.1, 0.1), listen=Blink(0.02, 0.02), mute=ON))
     assert wait_until(lambda: len(pin(factory, PINS["listen"]).states) >= 3)
@@ -384,7 +396,7 @@ def test_close_turns_everything_off_and_releases_the_pins(
 
 def test_empty_pin_names_mean_no_such_device(factory: MockFactory, rec: Recorder) -> None:
     cfg = replace(CFG, listen_led_pin="", mute_led_pin="", button_pin="")
-    p = GpioPanel(cfg, rec.press, rec.hold, factory)
+    p = GpioPanel(cfg, rec, factory)
     p.open()
     try:
         p.show(LedPattern(status=ON, listen=ON, mute=ON))
@@ -398,7 +410,7 @@ def test_empty_pin_names_mean_no_such_device(factory: MockFactory, rec: Recorder
 
 
 def test_disabled_in_config_gives_a_null_panel(factory: MockFactory, rec: Recorder) -> None:
-    p = open_panel(replace(CFG, enabled=False), rec.press, rec.hold, pin_factory=factory)
+    p = open_panel(replace(CFG, enabled=False), rec, pin_factory=factory)
     assert isinstance(p, NullPanel) and not p.is_hardware
     p.show(pattern_for(AgentState.MUTED))
     assert p.pattern == pattern_for(AgentState.MUTED)
@@ -428,7 +440,7 @@ def test_no_gpio_on_this_machine_falls_back_and_says_why(
         pytest.skip("this machine has real GPIO")
     monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
     with caplog.at_level(logging.INFO, logger="edge_agent.device.gpio"):
-        p = open_panel(CFG, rec.press, rec.hold)
+        p = open_panel(CFG, rec)
     assert isinstance(p, NullPanel)
     assert "BadPinFactory" in p.reason
     warnings_logged = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -439,7 +451,7 @@ def test_no_gpio_on_this_machine_falls_back_and_says_why(
 @pytest.mark.usefixtures("default_factory")
 def test_unknown_pin_factory_falls_back(monkeypatch: pytest.MonkeyPatch, rec: Recorder) -> None:
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "no_such_factory")
-    p = open_panel(CFG, rec.press, rec.hold)
+    p = open_panel(CFG, rec)
     assert isinstance(p, NullPanel) and "no_such_factory" in p.reason
 
 
@@ -447,7 +459,7 @@ def test_unknown_pin_factory_falls_back(monkeypatch: pytest.MonkeyPatch, rec: Re
 def test_env_selected_mock_factory_is_used(monkeypatch: pytest.MonkeyPatch, rec: Recorder) -> None:
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
     monkeypatch.setenv("GPIOZERO_MOCK_PIN_CLASS", "mockpwmpin")
-    p = open_panel(CFG, rec.press, rec.hold)
+    p = open_panel(CFG, rec)
     try:
         assert isinstance(p, GpioPanel) and p.status_is_pwm
         Device.pin_factory.pin("GPIO17").drive_low()
@@ -461,7 +473,7 @@ def test_pin_in_use_falls_back_and_releases_what_it_claimed(
 ) -> None:
     squatter = LED("GPIO24", pin_factory=factory)  # the mute LED's pin
     try:
-        p = open_panel(CFG, rec.press, rec.hold, pin_factory=factory)
+        p = open_panel(CFG, rec, pin_factory=factory)
         assert isinstance(p, NullPanel) and "GPIO24" in p.reason
         # The status and listen LEDs it had already claimed were given back.
         for name in ("GPIO18", "GPIO23"):
@@ -471,7 +483,7 @@ def test_pin_in_use_falls_back_and_releases_what_it_claimed(
 
 
 def test_open_panel_on_the_mock_is_a_real_panel(factory: MockFactory, rec: Recorder) -> None:
-    p = open_panel(CFG, rec.press, rec.hold, pin_factory=factory)
+    p = open_panel(CFG, rec, pin_factory=factory)
     try:
         assert isinstance(p, GpioPanel) and p.is_hardware
         p.show(LedPattern(status=On()))

@@ -20,28 +20,27 @@ from google import genai
 from google.genai import types
 
 from edge_agent.config import GeminiConfig, ReconnectConfig
+from edge_agent.core.events import (
+    GenerationCompleted,
+    GoAwayReceived,
+    InputTranscript,
+    ModelAudioReceived,
+    OutputTranscript,
+    ServerInterrupted,
+    SessionClosed,
+    SessionLost,
+    SessionReady,
+    ToolCallCancelled,
+    ToolCalled,
+    TurnCompleted,
+)
 from edge_agent.live.connect_config import (
     WS_LOGGER_NAME,
     build_http_options,
     build_live_connect_config,
 )
 from edge_agent.live.handles import FILE_NAME, HandleStore
-from edge_agent.live.session import (
-    GenerationCompleted,
-    GoAwayReceived,
-    InputTranscript,
-    Interrupted,
-    LiveSession,
-    ModelAudio,
-    OutputTranscript,
-    SessionClosed,
-    SessionLost,
-    SessionReady,
-    SessionState,
-    ToolCallCancelled,
-    ToolCalled,
-    TurnCompleted,
-)
+from edge_agent.live.session import LiveSession, SessionState
 from edge_agent.live.tools import GET_TIME_DECLARATION, Tool, ToolRegistry, builtin_tools
 from edge_agent_devkit.emulator import EmulatorOptions, FaultSpec, LiveEmulator
 
@@ -216,7 +215,7 @@ class Recorder:
                 await self._changed.wait()
 
     def model_audio(self) -> bytes:
-        return b"".join(e.pcm24k for e in self.of(ModelAudio))
+        return b"".join(e.pcm24k for e in self.of(ModelAudioReceived))
 
 
 class FakeTime:
@@ -377,12 +376,12 @@ def test_barge_in_interrupts_the_reply_and_drops_its_rest(tmp_path: Path) -> Non
             rig.session.open()
             await rig.events.wait_for(SessionReady)
             rig.session.send_text("Tell me a long story about the sea and the wind, please.")
-            await rig.events.wait_for(ModelAudio, count=2)
-            heard = len(rig.events.of(ModelAudio))
+            await rig.events.wait_for(ModelAudioReceived, count=2)
+            heard = len(rig.events.of(ModelAudioReceived))
             rig.session.interrupt()  # button: stop talking, I want to speak
-            await rig.events.wait_for(Interrupted)
+            await rig.events.wait_for(ServerInterrupted)
             await rig.events.wait_for(TurnCompleted)
-            assert len(rig.events.of(ModelAudio)) == heard  # nothing after the barge-in
+            assert len(rig.events.of(ModelAudioReceived)) == heard  # nothing after the barge-in
             assert not rig.events.of(GenerationCompleted)
             assert rig.emu.record.replies[0].interrupted
             question = pcm(2, 0.5)
@@ -391,7 +390,7 @@ def test_barge_in_interrupts_the_reply_and_drops_its_rest(tmp_path: Path) -> Non
             rig.session.activity_end()
             await rig.events.wait_for(TurnCompleted, count=2)
             await rig.events.wait_for(GenerationCompleted)
-            assert len(rig.events.of(ModelAudio)) > heard  # the new reply plays
+            assert len(rig.events.of(ModelAudioReceived)) > heard  # the new reply plays
             starts = [
                 m
                 for _, m in rig.client_messages("realtimeInput")
@@ -530,7 +529,7 @@ def test_go_away_hands_over_after_the_reply_without_a_gap(tmp_path: Path) -> Non
             # 1) goAway while the reply is streaming: the reply plays to the end first
             first = pcm(30, 0.5)
             await rig.speak_turn(first)
-            await rig.events.wait_for(ModelAudio)
+            await rig.events.wait_for(ModelAudioReceived)
             rig.emu.inject(FaultSpec("go_away", time_left_s=20.0))
             await rig.events.wait_for(GoAwayReceived)
             assert (await rig.events.wait_for(SessionReady, count=2)).resumed
@@ -893,7 +892,7 @@ def test_go_away_deadline_hands_over_mid_reply_and_the_turn_is_answered_again(
             await rig.events.wait_for(SessionReady)
             audio = pcm(90, 0.4)
             await rig.speak_turn(audio)
-            await rig.events.wait_for(ModelAudio)
+            await rig.events.wait_for(ModelAudioReceived)
             rig.emu.inject(FaultSpec("go_away", time_left_s=1.0))
             ready = await rig.events.wait_for(SessionReady, count=2)
             assert ready.resumed and not rig.events.of(SessionLost)
@@ -1013,7 +1012,7 @@ def test_reply_audio_already_in_flight_is_dropped_on_barge_in(tmp_path: Path) ->
     class BargeInOnFirstAudio(Recorder):
         def __call__(self, event: object) -> None:
             super().__call__(event)
-            if isinstance(event, ModelAudio) and len(self.of(ModelAudio)) == 1:
+            if isinstance(event, ModelAudioReceived) and len(self.of(ModelAudioReceived)) == 1:
                 time.sleep(0.3)  # a slow client: the server keeps streaming meanwhile
                 session_box[0].interrupt()
 
@@ -1028,9 +1027,9 @@ def test_reply_audio_already_in_flight_is_dropped_on_barge_in(tmp_path: Path) ->
             session.open()
             await events.wait_for(SessionReady)
             session.send_text("Tell me something long.")
-            await events.wait_for(Interrupted)
+            await events.wait_for(ServerInterrupted)
             await events.wait_for(TurnCompleted)
-            assert len(events.of(ModelAudio)) == 1  # everything after the barge-in dropped
+            assert len(events.of(ModelAudioReceived)) == 1  # everything after the barge-in dropped
             assert len(emu.record.replies[0].audio) > len(events.model_audio())  # in flight
         finally:
             await session.stop()
@@ -1076,7 +1075,7 @@ def test_server_vad_go_away_during_a_reply_plays_it_out_and_answers_the_turn_onc
             rig.session.open()
             await rig.events.wait_for(SessionReady)
             await speak_vad_turn(rig, pcm(120, 0.6))
-            await rig.events.wait_for(ModelAudio)
+            await rig.events.wait_for(ModelAudioReceived)
             # the mic is still open (no audioStreamEnd): nothing of ours is owed, only the
             # open model turn says a reply is streaming
             # 60 s: the deadline (55 s) is far beyond every wait below, so a handover at

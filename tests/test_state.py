@@ -7,8 +7,8 @@ import random
 import pytest
 
 from edge_agent.config import ConversationConfig
-from edge_agent.core.barge_in import BargeInDetected, BargeInReason
 from edge_agent.core.cues import Cue
+from edge_agent.core.events import BargeInDetected, BargeInReason
 from edge_agent.core.leds import pattern_for
 from edge_agent.core.state import (
     Action,

@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 
 from edge_agent.audio.vad import WebRtcVad
-from edge_agent.core.vad_gate import (
-    SpeechEnded,
-    SpeechEndReason,
-    SpeechStarted,
-    UplinkAudio,
-    VadGate,
-    VadGateConfig,
-)
+from edge_agent.core.events import SpeechEnded, SpeechEndReason, SpeechStarted, UplinkAudio
+from edge_agent.core.vad_gate import VadGate, VadGateConfig
 from edge_agent_devkit.rig import speech
 
 RATE = 16000

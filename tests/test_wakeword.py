@@ -17,7 +17,6 @@ from edge_agent.audio.wakeword import (
     BUILTIN_WAKE_MODELS,
     FRAME_SAMPLES,
     WakeModelError,
-    WakeWordDetected,
     WakeWordDetector,
     estimate_phrase_end,
     load_openwakeword_model,
@@ -25,6 +24,7 @@ from edge_agent.audio.wakeword import (
     resolve_wake_model,
     validate_model_file,
 )
+from edge_agent.core.events import WakeWordDetected
 from edge_agent_devkit.rig import speech
 
 RATE = 16000

@@ -24,7 +24,6 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 from edge_agent.app.checks import model_problems
 from edge_agent.app.control import ControlServer
 from edge_agent.config import Config, ConfigError, load_config, resolve_path
+from edge_agent.core import events as ev
 from edge_agent.core import state as st
 from edge_agent.core.cues import CueMixer
 from edge_agent.core.jitter import JitterBuffer
@@ -239,15 +239,8 @@ class Daemon:
         from edge_agent.device.gpio import open_panel
 
         loop = asyncio.get_running_loop()
-
-        def to_loop(event: st.Event) -> Callable[[], None]:
-            return lambda: loop.call_soon_threadsafe(self.dispatch, event)
-
         return open_panel(
-            cfg.gpio,
-            on_press=to_loop(st.ButtonPressed()),
-            on_hold=to_loop(st.ButtonHeld()),
-            on_release=to_loop(st.ButtonReleased()),
+            cfg.gpio, emit=lambda event: loop.call_soon_threadsafe(self.dispatch, event)
         )
 
     def _make_engine(self, cfg: Config) -> Any:
@@ -356,67 +349,56 @@ class Daemon:
 
     # ----------------------------------------------------------------- events in
 
-    def _on_ear_events(self, events: list[Any]) -> None:
-        from edge_agent.audio import ears
-
-        for ev in events:
-            if isinstance(ev, ears.UplinkAudio):
+    def _on_ear_events(self, events: list[ev.EarEvent]) -> None:
+        """Ears events are the machine's own vocabulary; only uplink audio goes elsewhere."""
+        for event in events:
+            if isinstance(event, ev.UplinkAudio):
                 if self.machine is not None and self.machine.uplink_active:
-                    self.session.send_audio(ev.pcm)
-            elif isinstance(ev, ears.WakeWordDetected):
-                self.dispatch(st.WakeWordDetected(ev.model, ev.score, ev.end_sample))
-            elif isinstance(ev, ears.SpeechStarted):
-                self.dispatch(st.SpeechStarted(ev.sample))
-            elif isinstance(ev, ears.SpeechEnded):
-                self.dispatch(st.SpeechEnded(ev.sample))
-            elif isinstance(ev, ears.BargeInDetected):
-                self.dispatch(ev)
+                    self.session.send_audio(event.pcm)
+            else:
+                self.dispatch(event)
 
-    def _on_live_event(self, ev: Any) -> None:
-        from edge_agent.live import session as live
-
+    def _on_live_event(self, event: ev.LiveEvent) -> None:
+        """Session events go to the machine as they are; the daemon keeps the bookkeeping
+        of playback, transcripts and status that the machine has no say in."""
         machine = self.machine
         if machine is None:
             return
-        if isinstance(ev, live.ModelAudio):
-            if machine.accepting_model_audio:
+        match event:
+            case ev.ModelAudioReceived(pcm24k=pcm):
+                if not machine.accepting_model_audio:
+                    return  # the rest of a reply the user barged into
                 if not self._reply_playing:
                     self._first_chunk_at = time.monotonic()
-                self.jitter.push(ev.pcm24k)
+                self.jitter.push(pcm)
                 self._reply_playing = True
                 self._drain_reported = False
-                self.dispatch(st.ModelAudioReceived())
-        elif isinstance(ev, live.InputTranscript):
-            _append_bounded(self._transcript_in, ev.text)
-        elif isinstance(ev, live.OutputTranscript):
-            _append_bounded(self._transcript_out, ev.text)
-        elif isinstance(ev, live.TurnCompleted):
-            self._log_transcripts()
-            self.jitter.mark_turn_complete()
-            if self.jitter.is_idle:
-                self._drain_reported = True
-            self.dispatch(st.TurnCompleted())
-            if self.jitter.is_idle:
-                self.dispatch(st.PlaybackDrained())
-        elif isinstance(ev, live.GenerationCompleted):
-            self.dispatch(st.GenerationCompleted())
-        elif isinstance(ev, live.Interrupted):
-            log.info("server: interrupted")
-            self.dispatch(st.ServerInterrupted())
-        elif isinstance(ev, live.SessionReady):
-            self._last_error = None
-            self.dispatch(st.SessionReady(resumed=ev.resumed))
-        elif isinstance(ev, live.GoAwayReceived):
-            log.info("server: goAway, %.0f s left: handing over", ev.time_left_s)
-            self.dispatch(st.GoAwayReceived())
-        elif isinstance(ev, live.SessionLost):
-            self._last_error = ev.reason
-            self.dispatch(st.SessionLost(ev.reason, ev.fatal))
-        elif isinstance(ev, live.SessionClosed):
-            self.dispatch(st.SessionClosed())
-        elif isinstance(ev, live.ToolCalled):
-            log.info("tool call: %s(%s)", ev.name, ev.args)
-        if isinstance(ev, live.SessionReady | live.SessionLost | live.SessionClosed):
+            case ev.InputTranscript(text=text):
+                _append_bounded(self._transcript_in, text)
+                return
+            case ev.OutputTranscript(text=text):
+                _append_bounded(self._transcript_out, text)
+                return
+            case ev.ToolCalled(name=name, args=args):
+                log.info("tool call: %s(%s)", name, args)
+                return
+            case ev.TurnCompleted():
+                self._log_transcripts()
+                self.jitter.mark_turn_complete()
+                if self.jitter.is_idle:
+                    self._drain_reported = True
+            case ev.ServerInterrupted():
+                log.info("server: interrupted")
+            case ev.SessionReady():
+                self._last_error = None
+            case ev.GoAwayReceived(time_left_s=left):
+                log.info("server: goAway, %.0f s left: handing over", left)
+            case ev.SessionLost(reason=reason):
+                self._last_error = reason
+        self.dispatch(event)
+        if isinstance(event, ev.TurnCompleted) and self.jitter.is_idle:
+            self.dispatch(ev.PlaybackDrained())
+        if isinstance(event, ev.SessionReady | ev.SessionLost | ev.SessionClosed):
             self._update_status()  # not per audio chunk: STATUS= is a datagram each time
 
     def _log_first_audio(self, arrived: float, written: float) -> None:
@@ -429,7 +411,7 @@ class Daemon:
 
     def _on_drained(self) -> None:
         self._reply_playing = False
-        self.dispatch(st.PlaybackDrained())
+        self.dispatch(ev.PlaybackDrained())
 
     def _log_transcripts(self) -> None:
         if self._transcript_in:
@@ -539,7 +521,7 @@ class Daemon:
 
     def _fire_timer(self, name: str) -> None:
         self._timers.pop(name, None)
-        self.dispatch(st.TimerFired(name))
+        self.dispatch(ev.TimerFired(name))
 
     # --------------------------------------------------------------- persistence
 
@@ -608,11 +590,11 @@ class Daemon:
                 self._audio_ok = ok
                 if ok:
                     log.info("audio device back")
-                    self.dispatch(st.AudioDeviceRestored())
+                    self.dispatch(ev.AudioDeviceRestored())
                 else:
                     reason = engine.last_error or "audio device error"
                     self._last_error = reason
-                    self.dispatch(st.AudioDeviceLost(reason))
+                    self.dispatch(ev.AudioDeviceLost(reason))
 
     def _update_status(self) -> None:
         machine = self.machine

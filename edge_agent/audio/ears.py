@@ -54,40 +54,17 @@ from edge_agent.audio.echo import (
     PlaybackGuard,
     reference_active,
 )
-from edge_agent.audio.wakeword import WakeWordDetected, WakeWordDetector
-from edge_agent.core.barge_in import (
-    BargeInConfig,
-    BargeInDetected,
-    BargeInDetector,
-    BargeInReason,
-)
-from edge_agent.core.vad_gate import (
-    SpeechEnded,
-    SpeechEndReason,
+from edge_agent.audio.wakeword import WakeWordDetector
+from edge_agent.core.barge_in import BargeInConfig, BargeInDetector
+from edge_agent.core.events import (
+    EarEvent,
     SpeechStarted,
     UplinkAudio,
-    VadGate,
-    VadGateConfig,
+    WakeWordDetected,
 )
+from edge_agent.core.vad_gate import VadGate, VadGateConfig
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "BargeInDetected",
-    "BargeInReason",
-    "EarEvent",
-    "EarMode",
-    "Ears",
-    "EarsConfig",
-    "EarsStats",
-    "SpeechEndReason",
-    "SpeechEnded",
-    "SpeechStarted",
-    "UplinkAudio",
-    "WakeWordDetected",
-]
-
-EarEvent = WakeWordDetected | SpeechStarted | SpeechEnded | UplinkAudio | BargeInDetected
 
 _MAX_PENDING_COMMANDS = 64
 # After the reference goes silent the echo still arrives (output latency + reverb).

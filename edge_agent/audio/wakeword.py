@@ -39,11 +39,14 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from edge_agent.core.events import (
+    WakeWordDetected,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +67,6 @@ _VALIDATE_TIMEOUT_S = 60.0
 
 class WakeModelError(ValueError):
     """A wake model name is unknown, or its file is missing or unusable."""
-
-
-@dataclass(frozen=True)
-class WakeWordDetected:
-    """`model` fired with `score`; the wake phrase ended at capture sample `end_sample`."""
-
-    model: str
-    score: float
-    end_sample: int
 
 
 # -- model files --------------------------------------------------------------

@@ -14,28 +14,11 @@ starts playing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
-
-class BargeInReason(StrEnum):
-    SPEECH = "speech"
-    WAKE_WORD = "wake_word"
-
-
-@dataclass(frozen=True)
-class BargeInDetected:
-    """The user interrupted playback.
-
-    sample: where the interrupting audio begins, ready for `Ears.start_uplink`:
-        for SPEECH the onset of the speech run minus a short pre-roll, for
-        WAKE_WORD the estimated end of the wake phrase.
-    detected_sample: stream position at which the decision was made (the end
-        of the frame that crossed the threshold); None when not known.
-    """
-
-    reason: BargeInReason
-    sample: int
-    detected_sample: int | None = None
+from edge_agent.core.events import (
+    BargeInDetected,
+    BargeInReason,
+)
 
 
 @dataclass(frozen=True)

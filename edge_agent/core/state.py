@@ -76,8 +76,29 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from edge_agent.config import ConversationConfig
-from edge_agent.core.barge_in import BargeInDetected, BargeInReason
 from edge_agent.core.cues import Cue
+from edge_agent.core.events import (
+    AudioDeviceLost,
+    AudioDeviceRestored,
+    BargeInDetected,
+    BargeInReason,
+    ButtonHeld,
+    ButtonPressed,
+    ButtonReleased,
+    GenerationCompleted,
+    GoAwayReceived,
+    ModelAudioReceived,
+    PlaybackDrained,
+    ServerInterrupted,
+    SessionClosed,
+    SessionLost,
+    SessionReady,
+    SpeechEnded,
+    SpeechStarted,
+    TimerFired,
+    TurnCompleted,
+    WakeWordDetected,
+)
 from edge_agent.core.leds import LedPattern, pattern_for
 
 
@@ -101,100 +122,7 @@ class Timer(StrEnum):
 
 
 # ---------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class WakeWordDetected:
-    model: str
-    score: float
-    end_sample: int  # capture sample just after the wake phrase
-
-
-@dataclass(frozen=True)
-class ButtonPressed:
-    pass
-
-
-@dataclass(frozen=True)
-class ButtonHeld:
-    pass
-
-
-@dataclass(frozen=True)
-class ButtonReleased:
-    pass
-
-
-@dataclass(frozen=True)
-class SpeechStarted:
-    sample: int  # first sample of the speech segment (pre-roll included)
-
-
-@dataclass(frozen=True)
-class SpeechEnded:
-    sample: int
-
-
-@dataclass(frozen=True)
-class SessionReady:
-    resumed: bool = False
-
-
-@dataclass(frozen=True)
-class ModelAudioReceived:
-    pass
-
-
-@dataclass(frozen=True)
-class ServerInterrupted:
-    pass
-
-
-@dataclass(frozen=True)
-class GenerationCompleted:
-    pass
-
-
-@dataclass(frozen=True)
-class TurnCompleted:
-    pass
-
-
-@dataclass(frozen=True)
-class PlaybackDrained:
-    """The jitter buffer played everything it was given (may also happen mid-reply on a
-    network gap; more model audio simply un-drains it)."""
-
-
-@dataclass(frozen=True)
-class GoAwayReceived:
-    pass
-
-
-@dataclass(frozen=True)
-class SessionLost:
-    reason: str
-    fatal: bool = False
-
-
-@dataclass(frozen=True)
-class SessionClosed:
-    """The session is closed for good (we asked, or it ended without reconnecting)."""
-
-
-@dataclass(frozen=True)
-class TimerFired:
-    name: str
-
-
-@dataclass(frozen=True)
-class AudioDeviceLost:
-    reason: str
-
-
-@dataclass(frozen=True)
-class AudioDeviceRestored:
-    pass
+# The vocabulary lives in core.events; ConfigReloaded is the machine's own input.
 
 
 @dataclass(frozen=True)

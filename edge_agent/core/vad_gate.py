@@ -21,50 +21,19 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
+
+from edge_agent.core.events import (
+    SpeechEnded,
+    SpeechEndReason,
+    SpeechStarted,
+    UplinkAudio,
+)
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_FRAME_MS = (10, 20, 30)
-
-
-class SpeechEndReason(StrEnum):
-    """Why an utterance ended."""
-
-    SILENCE = "silence"  # `speech_end_ms` of silence after the last speech frame
-    MAX_LENGTH = "max_length"  # the utterance reached `max_utterance_s`
-
-
-@dataclass(frozen=True)
-class SpeechStarted:
-    """Speech opened the gate; `sample` is the first speech frame of the onset run."""
-
-    sample: int
-
-
-@dataclass(frozen=True)
-class SpeechEnded:
-    """The utterance ended; `sample` is where speech stopped (end of the last speech frame).
-
-    For MAX_LENGTH it is where the gate cut the utterance.
-    """
-
-    sample: int
-    reason: SpeechEndReason
-
-
-@dataclass(frozen=True)
-class UplinkAudio:
-    """Audio to send: s16le mono PCM starting at stream position `start_sample`."""
-
-    pcm: bytes
-    start_sample: int
-
-    @property
-    def end_sample(self) -> int:
-        return self.start_sample + len(self.pcm) // 2
 
 
 GateEvent = SpeechStarted | SpeechEnded | UplinkAudio

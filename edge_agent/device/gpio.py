@@ -3,24 +3,22 @@
 Use ``open_panel`` (it never raises)::
 
     loop = asyncio.get_running_loop()
-    panel = open_panel(
-        cfg.gpio,
-        on_press=lambda: loop.call_soon_threadsafe(handle, ButtonPressed()),
-        on_hold=lambda: loop.call_soon_threadsafe(handle, ButtonHeld()),
-        on_release=lambda: loop.call_soon_threadsafe(handle, ButtonReleased()),
-    )
+    panel = open_panel(cfg.gpio, emit=lambda event: loop.call_soon_threadsafe(handle, event))
     panel.show(pattern_for(state))      # from the loop, on each ShowLeds action
     ...
     panel.close()                        # all LEDs off
 
-Threads: gpiozero calls ``on_press`` from its pin-event thread (lgpio's callback thread
-on a Pi, the caller's thread with the mock factory) and ``on_hold`` from its hold
-thread, never from the event loop. The callbacks must only hand the event over
-(``loop.call_soon_threadsafe``) and return; an exception in one is logged, not raised
+The panel emits the core's own events (``ButtonPressed``, ``ButtonHeld``,
+``ButtonReleased`` from ``edge_agent.core.events``) through one ``emit`` callable.
+
+Threads: gpiozero calls back from its pin-event thread (lgpio's callback thread on a Pi,
+the caller's thread with the mock factory) for press and release and from its hold
+thread for a hold, never from the event loop. ``emit`` must only hand the event over
+(``loop.call_soon_threadsafe``) and return; an exception in it is logged, not raised
 into gpiozero's thread.
 
-Press and hold: ``on_press`` fires at press time, so barge-in reacts at once;
-``on_hold`` fires once when the button has stayed down ``hold_s``; ``on_release`` when a
+Press and hold: ``ButtonPressed`` comes at press time, so barge-in reacts at once;
+``ButtonHeld`` once when the button has stayed down ``hold_s``; ``ButtonReleased`` when a
 counted press ends. A hold is therefore always preceded by its press; the state machine
 starts a conversation from idle only on the release of a short press, so a long press
 (mute) never opens a session (see ``edge_agent.core.state``).
@@ -42,26 +40,17 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from edge_agent.config import GpioConfig
+from edge_agent.core.events import ButtonEvent, ButtonHeld, ButtonPressed, ButtonReleased
 from edge_agent.core.leds import Blink, LedMode, LedPattern, Off, On, Pulse
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[], None]
+Emit = Callable[[ButtonEvent], None]
 Clock = Callable[[], float]
-
-
-class Panel(Protocol):
-    """What the daemon needs from the button/LED board."""
-
-    @property
-    def is_hardware(self) -> bool: ...
-
-    def show(self, pattern: LedPattern) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class NullPanel:
@@ -103,17 +92,13 @@ class GpioPanel:
     def __init__(
         self,
         config: GpioConfig,
-        on_press: Callback,
-        on_hold: Callback,
+        emit: Emit,
         pin_factory: Any = None,
         *,
         clock: Clock = time.monotonic,
-        on_release: Callback | None = None,
     ) -> None:
         self._config = config
-        self._on_press = on_press
-        self._on_hold = on_hold
-        self._on_release = on_release
+        self._emit = emit
         self._down = False  # a counted press whose release has not come yet
         self._pin_factory = pin_factory
         self._clock = clock
@@ -262,12 +247,12 @@ class GpioPanel:
             time.sleep(self._config.hold_s + 0.3 if action == "hold" else 0.05)
             drive[1]()
         elif action == "hold":
-            self._call(self._on_press, "press")
-            self._call(self._on_hold, "hold")
-            self._release_callback()
+            self._send(ButtonPressed())
+            self._send(ButtonHeld())
+            self._send(ButtonReleased())
         else:
-            self._call(self._on_press, "press")
-            self._release_callback()
+            self._send(ButtonPressed())
+            self._send(ButtonReleased())
 
     def _pressed(self) -> None:
         now = self._clock()
@@ -280,28 +265,24 @@ class GpioPanel:
             return
         with self._lock:
             self._down = True
-        self._call(self._on_press, "press")
+        self._send(ButtonPressed())
 
     def _released(self) -> None:
         with self._lock:
             self._released_at = self._clock()
             counted, self._down = self._down, False
         if counted and not self._closed:  # the release of a bounce is not reported
-            self._release_callback()
-
-    def _release_callback(self) -> None:
-        if self._on_release is not None:
-            self._call(self._on_release, "release")
+            self._send(ButtonReleased())
 
     def _held(self) -> None:
         if not self._closed:
-            self._call(self._on_hold, "hold")
+            self._send(ButtonHeld())
 
-    def _call(self, callback: Callback, what: str) -> None:
+    def _send(self, event: ButtonEvent) -> None:
         try:
-            callback()
+            self._emit(event)
         except Exception:
-            log.exception("button %s handler failed", what)
+            log.exception("button event %s: handler failed", type(event).__name__)
 
     @staticmethod
     def _safe(fn: Callback, what: str) -> None:
@@ -324,12 +305,10 @@ def _describe(mode: LedMode) -> str:
 
 def open_panel(
     config: GpioConfig,
-    on_press: Callback,
-    on_hold: Callback,
+    emit: Emit,
     *,
     pin_factory: Any = None,
     clock: Clock = time.monotonic,
-    on_release: Callback | None = None,
 ) -> GpioPanel | NullPanel:
     """A working GpioPanel, or a NullPanel (logged once) when GPIO is off or unavailable.
 
@@ -340,7 +319,7 @@ def open_panel(
     if not config.enabled:
         log.info("GPIO disabled in the config: no button, no LEDs")
         return NullPanel("disabled in the config")
-    panel = GpioPanel(config, on_press, on_hold, pin_factory, clock=clock, on_release=on_release)
+    panel = GpioPanel(config, emit, pin_factory, clock=clock)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -33,7 +33,7 @@ no SDK internals are patched or wrapped. A flood of bad frames in a row (50) cou
 protocol failure and reconnects with backoff.
 
 Barge-in (``interrupt()``): the client drops the rest of the current reply at once
-(no round trip: ModelAudio/OutputTranscript events stop until that reply's turnComplete;
+(no round trip: ModelAudioReceived/OutputTranscript events stop until that reply's turnComplete;
 only when a reply is streaming or due, else the next reply would be muted whole),
 and with client-side turn marking it opens the user's turn with ``activityStart``: the
 server answers ``interrupted`` and waits for the user's words. The daemon then streams
@@ -65,7 +65,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,21 @@ from edge_agent.core.backoff import (
     FailureKind,
     ReconnectPolicy,
     Verdict,
+)
+from edge_agent.core.events import (
+    GenerationCompleted,
+    GoAwayReceived,
+    InputTranscript,
+    LiveEvent,
+    ModelAudioReceived,
+    OutputTranscript,
+    ServerInterrupted,
+    SessionClosed,
+    SessionLost,
+    SessionReady,
+    ToolCallCancelled,
+    ToolCalled,
+    TurnCompleted,
 )
 from edge_agent.core.replay import ReplayLog, ReplayStats, UplinkKind, UplinkMessage
 from edge_agent.live.connect_config import (
@@ -100,88 +115,6 @@ COALESCE_AUDIO_BYTES = 32_000  # a replayed backlog goes out in 1 s messages
 MAX_BAD_FRAMES_IN_A_ROW = 50
 HANDOVER_MARGIN_S = 5.0  # hand over at the latest this long before goAway's timeLeft
 DEFAULT_TIME_LEFT_S = 10.0  # if a goAway's timeLeft cannot be parsed
-
-# ---- events (to the daemon's sink) ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SessionReady:
-    resumed: bool  # True: the server still has the conversation (handle accepted)
-
-
-@dataclass(frozen=True)
-class InputTranscript:
-    text: str
-
-
-@dataclass(frozen=True)
-class OutputTranscript:
-    text: str
-
-
-@dataclass(frozen=True)
-class ModelAudio:
-    pcm24k: bytes = field(repr=False)  # 24 kHz mono s16le
-
-
-@dataclass(frozen=True)
-class GenerationCompleted:
-    pass
-
-
-@dataclass(frozen=True)
-class TurnCompleted:
-    pass
-
-
-@dataclass(frozen=True)
-class Interrupted:
-    pass
-
-
-@dataclass(frozen=True)
-class ToolCalled:
-    name: str
-    args: dict[str, Any]
-    call_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolCallCancelled:
-    call_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class GoAwayReceived:
-    time_left_s: float
-
-
-@dataclass(frozen=True)
-class SessionLost:
-    reason: str
-    retry_in_s: float
-    fatal: bool
-
-
-@dataclass(frozen=True)
-class SessionClosed:
-    pass
-
-
-LiveEvent = (
-    SessionReady
-    | InputTranscript
-    | OutputTranscript
-    | ModelAudio
-    | GenerationCompleted
-    | TurnCompleted
-    | Interrupted
-    | ToolCalled
-    | ToolCallCancelled
-    | GoAwayReceived
-    | SessionLost
-    | SessionClosed
-)
 
 
 class SessionState(StrEnum):
@@ -799,7 +732,7 @@ class LiveSession:
                 blob = part.inline_data
                 if blob is not None and blob.data and (blob.mime_type or "").startswith("audio/"):
                     self._check_audio_rate(blob.mime_type or "")
-                    self._emit(ModelAudio(blob.data))
+                    self._emit(ModelAudioReceived(blob.data))
         if (
             content.output_transcription is not None
             and content.output_transcription.text
@@ -807,7 +740,7 @@ class LiveSession:
         ):
             self._emit(OutputTranscript(content.output_transcription.text))
         if content.interrupted:
-            self._emit(Interrupted())
+            self._emit(ServerInterrupted())
         if content.generation_complete:
             self._emit(GenerationCompleted())
         if content.turn_complete:
@@ -970,7 +903,7 @@ class LiveSession:
                 logger.warning(
                     "Live connection lost: %s; retrying in %.1f s", reason, decision.delay_s
                 )
-        self._emit(SessionLost(reason, decision.delay_s, decision.fatal))
+        self._emit(SessionLost(reason, fatal=decision.fatal, retry_in_s=decision.delay_s))
 
     # ---- handle and client -------------------------------------------------------------
 

@@ -372,7 +372,7 @@ class _IdlePipeline:
                 pass
 
     def _work(self) -> None:
-        from edge_agent.audio.ears import WakeWordDetected
+        from edge_agent.core.events import WakeWordDetected
 
         while not self._stop.is_set():
             try:
@@ -641,7 +641,7 @@ def measure_idle_cpu(report: PartReport, model: Any, quick: bool) -> None:
 
 
 def measure_wake_delay(report: PartReport, model: Any) -> None:
-    from edge_agent.audio.ears import WakeWordDetected
+    from edge_agent.core.events import WakeWordDetected
     from edge_agent_devkit.rig import speech
 
     logger.info("audio: wake word delay over %d voices", len(speech.WAKE_CASES))
@@ -757,12 +757,8 @@ def _far_end_mask(echo: np.ndarray, n: int) -> np.ndarray:
 
 
 def measure_echo(report: PartReport, model: Any, quick: bool) -> None:
-    from edge_agent.audio.ears import (
-        BargeInDetected,
-        SpeechStarted,
-        WakeWordDetected,
-    )
     from edge_agent.audio.echo import Aec3EchoCanceller
+    from edge_agent.core.events import BargeInDetected, SpeechStarted, WakeWordDetected
     from edge_agent_devkit.rig import speech
 
     rooms = _rooms()[:1] if quick else _rooms()
@@ -870,7 +866,8 @@ def _barge_case(
     seed: int,
 ) -> tuple[float, float] | str:
     """One closed-loop case: (barge-in ms to silence, detection ms) or why it failed."""
-    from edge_agent.audio.ears import BargeInDetected, EarMode
+    from edge_agent.audio.ears import EarMode
+    from edge_agent.core.events import BargeInDetected
     from edge_agent.core.jitter import JitterBuffer
     from edge_agent_devkit.rig import speech
 

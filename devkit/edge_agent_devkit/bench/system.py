@@ -322,7 +322,7 @@ def _daemon_conversation(workdir: Path, report: PartReport, quick: bool) -> None
             "first_audio_latency_ms",
             statistics.median(firsts),
             f"median of {len(firsts)} replies ({_fmt(firsts)} ms): daemon log, "
-            "CLOCK_MONOTONIC from the first ModelAudio event on the daemon's event loop "
+            "CLOCK_MONOTONIC from the first ModelAudioReceived event on the daemon's event loop "
             "to the PortAudio output callback that first pulled reply audio from the jitter "
             "buffer (prefill 120 ms of 40 ms chunks paced in real time + callback period); "
             "the ALSA buffer and the rig FIFO after that are not included; "
@@ -656,7 +656,7 @@ async def _fault_trial(
     rig: _LiveRig, reconnect: Any, chunks: list[bytes], kind: str, **params: Any
 ) -> _Trial:
     """A fresh session (no handle from an earlier trial), one utterance, one fault."""
-    from edge_agent.live.session import SessionReady
+    from edge_agent.core.events import SessionReady
 
     events = _Events()
     session = rig.session(events, reconnect)
@@ -676,7 +676,7 @@ async def _utterance_with_fault(
 
     The session must be ready and be the only one connected to `rig`'s emulator.
     """
-    from edge_agent.live.session import SessionLost, SessionReady, TurnCompleted
+    from edge_agent.core.events import SessionLost, SessionReady, TurnCompleted
     from edge_agent_devkit.emulator import FaultSpec
 
     record = rig.emu.record
@@ -706,7 +706,7 @@ async def _utterance_with_fault(
 async def _live_faults(workdir: Path, report: PartReport, quick: bool) -> None:
     from edge_agent.config import ReconnectConfig
     from edge_agent.core.backoff import MIN_HANDOVER_UPTIME_S
-    from edge_agent.live.session import SessionReady
+    from edge_agent.core.events import SessionReady
 
     pcm = _phrase(FOLLOW_UP).astype("<i2").tobytes()
     pcm = pcm[: len(pcm) // CHUNK_BYTES * CHUNK_BYTES]
