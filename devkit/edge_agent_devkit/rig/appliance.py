@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from edge_agent.config import Config, load_config
 from edge_agent_devkit.rig.alsa_rig import AlsaRig, FifoFeeder, FifoRecorder
 
 API_KEY = "demo-key-0123456789"
+# The product as shipped: every run starts from it (devkit/edge_agent_devkit/rig/ -> root).
+SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "config.toml"
 STATE_RE = re.compile(r"state (\w+) -> (\w+): (.*)$")
 
 
@@ -197,33 +200,57 @@ class Appliance:
 
     # ---------------------------------------------------------------- set up
 
+    def forced_overrides(self) -> list[tuple[str, str, Any, str]]:
+        """What a machine without hardware forces on the shipped config: (section, key,
+        value, why). Everything else is the product as shipped."""
+        o = self.options
+        forced: list[tuple[str, str, Any, str]] = [
+            ("gemini", "base_url", self.emulator.base_url, "the local Live API emulator"),
+            ("gemini", "ca_file", self.emulator.ca_pem, "the emulator's throwaway CA"),
+            ("gemini", "api_key_file", str(self.workdir / "no-key-file"),
+             "the key comes from GEMINI_API_KEY in the environment"),
+            ("gemini", "setup_timeout_s", 5.0, "shortened: tests wait out a missing setup"),
+            ("audio", "input_device", self.input_device, "the ALSA rig's device"),
+            ("audio", "output_device", self.output_device, "the ALSA rig's device"),
+            ("audio", "duplex_rate_hz", 16000,
+             "the rig's duplex device is 16 kHz: alsa-lib's 48 -> 16 kHz capture resampling"
+             " is not bit-exact, and tests compare what was said with what was sent"),
+            ("audio", "playback_rate_hz", 16000 if o.duplex else 24000,
+             "the rig's playback device rate"),
+            ("audio", "reopen_max_delay_s", 1.0, "shortened: device-loss tests"),
+            ("reconnect", "initial_delay_s", 0.2, "shortened: reconnect tests"),
+            ("reconnect", "max_delay_s", 2.0, "shortened: reconnect tests"),
+            ("daemon", "state_dir", str(self.state_dir), "a temporary folder, not /var/lib"),
+            ("daemon", "watchdog_stall_s", 2.0, "shortened: watchdog tests"),
+            ("logging", "level", o.log_level, "what the harness asked for"),
+            ("logging", "target", "stderr", "the harness reads the daemon's stderr"),
+        ]  # fmt: skip
+        if not o.duplex:
+            forced.append(
+                ("echo", "enabled", False, "separate-stream rig: no duplex device for AEC")
+            )
+        return forced
+
     def config_text(self, **overrides: dict[str, Any]) -> str:
-        sections: dict[str, dict[str, Any]] = {
-            "gemini": {
-                "base_url": self.emulator.base_url,
-                "ca_file": self.emulator.ca_pem,
-                "api_key_file": str(self.workdir / "no-key-file"),
-                "setup_timeout_s": 5.0,
-            },
-            "audio": {
-                "input_device": self.input_device,
-                "output_device": self.output_device,
-                "duplex_rate_hz": 16000,
-                "playback_rate_hz": 16000 if self.options.duplex else 24000,
-                "reopen_max_delay_s": 1.0,
-            },
-            "echo": {"enabled": self.options.duplex},
-            "conversation": {"follow_up_s": 6.0, "idle_close_s": 20.0},
-            "reconnect": {"initial_delay_s": 0.2, "max_delay_s": 2.0},
-            "daemon": {"state_dir": str(self.state_dir), "watchdog_stall_s": 2.0},
-            "logging": {"level": self.options.log_level, "target": "stderr"},
-        }
+        """The shipped config.toml, with what this machine forces (`forced_overrides`) and
+        what the test asks for (`options.config`, then `overrides`) replaced, each marked
+        with a comment saying why."""
+        sections: dict[str, dict[str, Any]] = tomllib.loads(SHIPPED_CONFIG.read_text())
+        why: dict[tuple[str, str], str] = {}
+        for section, key, value, reason in self.forced_overrides():
+            sections.setdefault(section, {})[key] = value
+            why[(section, key)] = f"no hardware here: {reason}"
         for name, values in {**self.options.config, **overrides}.items():
-            sections.setdefault(name, {}).update(values)
-        out = []
+            for key, value in values.items():
+                sections.setdefault(name, {})[key] = value
+                why[(name, key)] = "set by the test or bench that started this run"
+        out = [f"# {SHIPPED_CONFIG.name} as shipped, with the overrides marked below"]
         for name, values in sections.items():
-            out.append(f"[{name}]")
-            out.extend(f"{k} = {_toml(v)}" for k, v in values.items())
+            out.append(f"\n[{name}]")
+            for key, value in values.items():
+                reason = why.get((name, key))
+                comment = f"  # override: {reason}" if reason else ""
+                out.append(f"{key} = {_toml(value)}{comment}")
         return "\n".join(out) + "\n"
 
     def start(self, timeout: float = 90.0) -> float:
@@ -424,6 +451,8 @@ class Appliance:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
