@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ import numpy as np
 
 from edge_agent.app.checks import model_problems
 from edge_agent.app.control import ControlServer
+from edge_agent.audio.capture import CapturePipeline
 from edge_agent.config import Config, ConfigError, load_config, resolve_path
 from edge_agent.core import events as ev
 from edge_agent.core import state as st
@@ -107,16 +107,10 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._blocks: queue.Queue[tuple[np.ndarray, np.ndarray | None, int]] = queue.Queue(
-            maxsize=cfg.audio.capture_queue_blocks
+        self.capture = CapturePipeline(
+            None, self._ear_events_to_loop, max_blocks=cfg.audio.capture_queue_blocks
         )
-        self._worker: threading.Thread | None = None
-        self._worker_stop = threading.Event()
-        self._mic_muted = False
-        self._dropped_blocks = 0
-        self._ears_failures = 0
         self._led_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leds")
-        self._capture_pos = 0
         self._reply_playing = False
         self._drain_reported = True
         self._first_chunk_at: float | None = None
@@ -224,7 +218,8 @@ class Daemon:
             self._last_error = str(exc)
             log.error("%s; the device will wake but cannot answer until a key is added", exc)
         self._run_actions(self.machine.initial_actions())
-        self._start_worker()
+        self.capture.set_ears(self.ears)
+        self.capture.start()
         self.engine = self._make_engine(cfg)
         await _in_daemon_thread(self.engine.start)
         self.control = ControlServer(self.state_dir / "control.sock", self._on_control)
@@ -255,7 +250,7 @@ class Daemon:
             duplex_rate_hz=cfg.audio.duplex_rate_hz,
             block_ms=cfg.audio.block_ms,
             output_source=self._output_source,
-            on_block=self._on_block,
+            on_block=self.capture.on_block,
             reopen_max_delay_s=cfg.audio.reopen_max_delay_s,
         )
 
@@ -284,9 +279,7 @@ class Daemon:
             for result in done:
                 if isinstance(result, Exception):
                     log.warning("while stopping: %s", redact(str(result)))
-        self._worker_stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=0.5)
+        self.capture.stop()  # bounded join
         self._led_executor.shutdown(wait=True, cancel_futures=True)
         if self.panel is not None:
             self.panel.close()
@@ -309,43 +302,11 @@ class Daemon:
                 loop.call_soon_threadsafe(self._on_drained)
         return block
 
-    def _on_block(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> None:
-        """Sound card thread: hand the block to the ears worker; never block, drop oldest."""
-        item = (mic, ref, pos)
-        try:
-            self._blocks.put_nowait(item)
-        except queue.Full:
-            with contextlib.suppress(queue.Empty):
-                self._blocks.get_nowait()
-            self._dropped_blocks += 1
-            with contextlib.suppress(queue.Full):
-                self._blocks.put_nowait(item)
-
-    def _start_worker(self) -> None:
-        self._worker = threading.Thread(target=self._ears_worker, name="ears", daemon=True)
-        self._worker.start()
-
-    def _ears_worker(self) -> None:
-        """Ears thread: AEC, wake word and VAD off the event loop."""
+    def _ear_events_to_loop(self, events: list[ev.EarEvent]) -> None:
+        """Ears worker thread (CapturePipeline): hand the events to the event loop."""
         loop = self._loop
-        assert loop is not None
-        while not self._worker_stop.is_set():
-            try:
-                mic, ref, pos = self._blocks.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self._capture_pos = pos + len(mic)
-            if self._mic_muted:
-                continue  # muted: nothing is heard, nothing is sent
-            try:
-                events = self.ears.process(mic, ref, pos)
-            except Exception:
-                self._ears_failures += 1
-                if self._ears_failures == 1:  # once; the count is in `edge-agent status`
-                    log.exception("listening pipeline failed on a block (block dropped)")
-                continue
-            if events and not loop.is_closed():
-                loop.call_soon_threadsafe(self._on_ear_events, events)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_ear_events, events)
 
     # ----------------------------------------------------------------- events in
 
@@ -450,7 +411,7 @@ class Daemon:
             case st.CloseSession():
                 self.session.close()
             case st.StartUplink(from_sample=sample):
-                self.ears.start_uplink(self._capture_pos if sample is None else sample)
+                self.ears.start_uplink(self.capture.capture_pos if sample is None else sample)
             case st.StopUplink():
                 from edge_agent.audio.ears import EarMode
 
@@ -486,7 +447,7 @@ class Daemon:
             case st.PersistMute(muted=muted):
                 self._spawn(asyncio.to_thread(self._save_mute, muted), "persist-mute")
             case st.SetMicMuted(muted=muted):
-                self._mic_muted = muted
+                self.capture.muted = muted
             case _:
                 log.debug("unhandled action %r", action)
 
@@ -670,6 +631,7 @@ class Daemon:
                 log.error("reload: cannot load the wake word models: %s", redact(str(exc)))
             else:
                 self.ears = ears
+                self.capture.set_ears(ears)
                 self._resume_ears_mode()
         if audio_changed:
             await asyncio.to_thread(self.engine.stop)
@@ -705,10 +667,10 @@ class Daemon:
         jitter = self.jitter.snapshot()
         out: dict[str, Any] = {
             "state": str(machine.state) if machine else "starting",
-            "muted": self._mic_muted,
+            "muted": self.capture.muted,
             "captured_samples": self.engine.captured_samples if self.engine else 0,
-            "dropped_blocks": self._dropped_blocks,
-            "ears_failures": self._ears_failures,
+            "dropped_blocks": self.capture.dropped_blocks,
+            "ears_failures": self.capture.ears_failures,
             "last_error": self._last_error,
             "playback": dataclasses.asdict(jitter),
             "leds": self.panel.describe() if self.panel is not None else {},
