@@ -338,7 +338,8 @@ class Daemon:
                 _append_bounded(self._transcript_in, text)
                 return
             case ev.OutputTranscript(text=text):
-                _append_bounded(self._transcript_out, text)
+                if machine.accepting_model_audio:  # else: the words of a dropped reply
+                    _append_bounded(self._transcript_out, text)
                 return
             case ev.ToolCalled(name=name, args=args):
                 log.info("tool call: %s(%s)", name, args)
