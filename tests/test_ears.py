@@ -145,7 +145,7 @@ def test_idle_runs_only_the_wake_word() -> None:
     assert sum(x.size for _, x in wake.inputs) == mic.size
 
 
-def test_start_uplink_at_wake_sends_the_request_but_not_the_wake_phrase() -> None:
+def test_uplink_window_at_wake_sends_the_request_but_not_the_wake_phrase() -> None:
     """The machine opens the uplink window at end_sample when the wake word fires, some
     300 ms after the phrase; the request that follows is uplinked from the history."""
     lead, wake_ms, gap_ms, cmd_ms = 1000, 600, 200, 700

@@ -446,8 +446,7 @@ class Ears:
         logger.debug("ears: %s -> %s", previous, orders)
         if orders.listen is Listen.TURN:
             self._barge.disarm()
-            if previous.listen is not Listen.TURN or orders.uplink != previous.uplink:
-                assert orders.uplink is not None  # a TURN policy always has its window
+            if orders.uplink is not None and orders.uplink != previous.uplink:  # a new window
                 self._begin_uplink(orders.uplink.from_sample, events)
             return
         self._gate.reset()
