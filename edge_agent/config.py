@@ -92,11 +92,8 @@ class EchoConfig:
     enabled: bool = _f(True)
     voice_barge_in: bool = _f(True)
     barge_in_speech_ms: int = _f(300, min=100, max=2000)
-
-    @property
-    def voice_barge_in_active(self) -> bool:
-        """Voice barge-in needs echo cancellation: without it the mic hears the reply."""
-        return self.enabled and self.voice_barge_in
+    # Whether voice barge-in is on is decided with the other barge-in rules, in one
+    # place: edge_agent.core.policy.BargeInRules.from_config (it needs `enabled`).
 
 
 @dataclass(frozen=True)

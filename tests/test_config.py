@@ -183,3 +183,28 @@ def test_version_cli() -> None:
     result = run_cli("version")
     assert result.returncode == 0
     assert result.stdout.startswith("edge-agent ")
+
+
+@pytest.mark.parametrize("aec", [True, False])
+@pytest.mark.parametrize("voice", [True, False])
+@pytest.mark.parametrize("wake_word", [True, False])
+def test_barge_in_rules_are_decided_from_config_once(
+    aec: bool, voice: bool, wake_word: bool
+) -> None:
+    """Voice barge-in needs echo cancellation (without it the mic hears the reply); the
+    wake word follows its own switch; the button always counts."""
+    import dataclasses
+
+    from edge_agent.core.policy import BargeInRules
+
+    base = Config()
+    cfg = dataclasses.replace(
+        base,
+        echo=dataclasses.replace(base.echo, enabled=aec, voice_barge_in=voice),
+        conversation=dataclasses.replace(base.conversation, barge_in_by_wake_word=wake_word),
+    )
+    rules = BargeInRules.from_config(cfg)
+    assert rules.voice is (aec and voice)
+    assert rules.wake_word is wake_word
+    assert rules.button
+    assert BargeInRules.from_config(Config()) == BargeInRules(wake_word=True, voice=True)

@@ -14,9 +14,10 @@ from collections import deque
 import numpy as np
 import pytest
 
-from edge_agent.audio.ears import EarMode, Ears, EarsConfig
+from edge_agent.audio.ears import Ears, EarsConfig
 from edge_agent.audio.echo import AEC3_LATENCY_SAMPLES, Aec3EchoCanceller, EchoOutput
 from edge_agent.core.events import UplinkAudio
+from edge_agent.core.policy import AgentState, BargeInRules, Uplink, decide
 
 BLOCK = 160
 RATE = 16000
@@ -150,7 +151,7 @@ def test_ears_uplink_holds_every_mic_sample_at_its_position_across_switches() ->
     rng = np.random.default_rng(5)
     mic = (rng.standard_normal(n) * 2000).astype(np.int16)
     ref = _reference(n, [(12000, 15600), (30000, 33600), (48000, 49600)])  # cue-length
-    ears.set_mode(EarMode.LISTENING)
+    ears.apply(decide(AgentState.LISTENING, BargeInRules(), uplink=Uplink(0, 1)))
     pieces: deque[UplinkAudio] = deque()
     for i in range(0, n, BLOCK):
         pieces.extend(

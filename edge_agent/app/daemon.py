@@ -36,6 +36,7 @@ from edge_agent.core import events as ev
 from edge_agent.core import state as st
 from edge_agent.core.cues import CueMixer
 from edge_agent.core.jitter import JitterBuffer
+from edge_agent.core.policy import BargeInRules
 from edge_agent.core.watchdog import WatchdogGate
 from edge_agent.logsetup import setup_logging
 from edge_agent.secrets import ApiKeyMissing, redact, resolve_api_key
@@ -200,7 +201,7 @@ class Daemon:
         except Exception as exc:
             raise StartupError(f"wake word / audio models: {redact(str(exc))}") from exc
         self.machine = st.ConversationMachine(
-            cfg.conversation, barge_in_enabled=cfg.echo.voice_barge_in_active, muted_at_start=muted
+            cfg.conversation, barge_in=BargeInRules.from_config(cfg), muted_at_start=muted
         )
         self.panel = self._open_panel(cfg)
         self.session = LiveSession(
@@ -218,6 +219,7 @@ class Daemon:
             self._last_error = str(exc)
             log.error("%s; the device will wake but cannot answer until a key is added", exc)
         self._run_actions(self.machine.initial_actions())
+        self._sync_ears()
         self.capture.set_ears(self.ears)
         self.capture.start()
         self.engine = self._make_engine(cfg)
@@ -394,7 +396,7 @@ class Daemon:
         for t in machine.last_transitions:
             log.info("state %s -> %s: %s", t.from_state, t.to_state, t.reason)
         self._run_actions(actions)
-        self._sync_ears_mode()
+        self._sync_ears()
         if machine.last_transitions:
             self._update_status()
 
@@ -411,12 +413,6 @@ class Daemon:
                 self.session.open()
             case st.CloseSession():
                 self.session.close()
-            case st.StartUplink(from_sample=sample):
-                self.ears.start_uplink(self.capture.capture_pos if sample is None else sample)
-            case st.StopUplink():
-                from edge_agent.audio.ears import EarMode
-
-                self.ears.set_mode(EarMode.IDLE)
             case st.SendActivityStart():
                 self.session.activity_start()
             case st.SendActivityEnd():
@@ -452,26 +448,11 @@ class Daemon:
             case _:
                 log.debug("unhandled action %r", action)
 
-    def _resume_ears_mode(self) -> None:
-        """New ears (after a reload) start IDLE: put them where the conversation is."""
-        from edge_agent.audio.ears import EarMode
-
-        if self.machine is not None and self.machine.uplink_active:
-            self.ears.set_mode(EarMode.LISTENING)  # the gate restarts; the turn goes on
-        else:
-            self._sync_ears_mode()
-
-    def _sync_ears_mode(self) -> None:
-        """Ears listen for barge-in while a reply is on its way or playing."""
-        from edge_agent.audio.ears import EarMode
-
-        machine = self.machine
-        if machine is None or self.ears is None or machine.uplink_active:
-            return
-        replying = machine.state in (st.AgentState.THINKING, st.AgentState.SPEAKING)
-        wanted = EarMode.PLAYING if replying else EarMode.IDLE
-        if self.ears.mode != wanted:
-            self.ears.set_mode(wanted)
+    def _sync_ears(self) -> None:
+        """Hand the machine's policy to the ears (after every event, and to new ears
+        after a reload); they carry it out from the next block on."""
+        if self.machine is not None and self.ears is not None:
+            self.ears.apply(self.machine.policy)
 
     def _set_timer(self, name: str, at: float) -> None:
         old = self._timers.pop(name, None)
@@ -617,9 +598,7 @@ class Daemon:
         self.jitter.gain = new.audio.volume_percent / 100
         self.cues.set_volume(new.audio.cue_volume_percent / 100)
         self.dispatch(
-            st.ConfigReloaded(
-                conversation=new.conversation, barge_in_enabled=new.echo.voice_barge_in_active
-            )
+            st.ConfigReloaded(conversation=new.conversation, barge_in=BargeInRules.from_config(new))
         )
         ears_changed = any(getattr(old, s) != getattr(new, s) for s in ("wake_word", "vad", "echo"))
         audio_changed = old.audio != new.audio or old.echo.enabled != new.echo.enabled
@@ -633,7 +612,7 @@ class Daemon:
             else:
                 self.ears = ears
                 self.capture.set_ears(ears)
-                self._resume_ears_mode()
+                self._sync_ears()
         if audio_changed:
             await asyncio.to_thread(self.engine.stop)
             self.engine = self._make_engine(new)
