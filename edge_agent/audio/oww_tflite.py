@@ -101,18 +101,12 @@ def import_audio_features() -> type:
             registered = importlib.util.module_from_spec(spec)  # __init__.py is not executed
             sys.modules["openwakeword"] = registered
         try:
-            utils = importlib.import_module("openwakeword.utils")
-            features = utils.AudioFeatures
-        except Exception as exc:
+            features = _audio_features_class()
+        except WakeModelError:
             if registered is not None and sys.modules.get("openwakeword") is registered:
-                del sys.modules["openwakeword"]
+                del sys.modules["openwakeword"]  # leave no package without its names behind
                 sys.modules.pop("openwakeword.utils", None)
-            raise _layout_error(
-                f"cannot import openwakeword.utils.AudioFeatures ({exc!r})"
-            ) from exc
-        for method in _AUDIO_FEATURES_METHODS:
-            if not callable(getattr(features, method, None)):
-                raise _layout_error(f"AudioFeatures has no {method}()")
+            raise
         heavy_now = sorted(m for m in HEAVY_MODULES if m in sys.modules and m not in heavy_before)
         if heavy_now:
             logger.warning(
@@ -120,6 +114,18 @@ def import_audio_features() -> type:
                 ", ".join(heavy_now),
             )
         return features
+
+
+def _audio_features_class() -> type:
+    try:
+        features = importlib.import_module("openwakeword.utils").AudioFeatures
+    except Exception as exc:
+        raise _layout_error(f"cannot import openwakeword.utils.AudioFeatures ({exc!r})") from exc
+    defined = set().union(*(vars(k) for k in features.__mro__ if k is not object))
+    for method in _AUDIO_FEATURES_METHODS:
+        if method not in defined:
+            raise _layout_error(f"AudioFeatures has no {method}()")
+    return features
 
 
 def _one_window_at_a_time(audio_features: type) -> type:
