@@ -248,7 +248,7 @@ def estimate_phrase_end(
 
 
 class WakeModel(Protocol):
-    """The slice of `openwakeword.Model` the detector uses."""
+    """What the detector needs of a model: `oww_tflite.TfliteWakeModels`, or a script in tests."""
 
     def predict(self, x: np.ndarray) -> Mapping[str, float]: ...
 
