@@ -18,6 +18,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
+import importlib
 import logging
 import os
 import signal
@@ -187,13 +189,24 @@ class Daemon:
         self._stop.set()
 
     async def _start_components(self) -> None:
+        """Everything READY promises: wake word loaded, audio running, session started.
+
+        The wake model check (a child process per model; this thread only waits) runs
+        while this process imports the Live SDK (the slowest import, its pydantic types),
+        so the two overlap on separate cores.
+        """
         from edge_agent.audio.ears import Ears
-        from edge_agent.live.session import LiveSession
 
         cfg = self.cfg
         await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
         muted = await asyncio.to_thread(self._load_mute)
-        problems = await _in_daemon_thread(model_problems, cfg)
+        checking = _in_daemon_thread(functools.partial(model_problems, cfg, builtins=True))
+        try:
+            live = await _in_daemon_thread(importlib.import_module, "edge_agent.live.session")
+        except BaseException:  # incl. cancellation (SIGTERM): do not wait for the check
+            checking.cancel()
+            raise
+        problems = await checking
         if problems:
             raise StartupError("; ".join(problems))
         try:
@@ -204,7 +217,7 @@ class Daemon:
             cfg.conversation, barge_in=BargeInRules.from_config(cfg), muted_at_start=muted
         )
         self.panel = self._open_panel(cfg)
-        self.session = LiveSession(
+        self.session = live.LiveSession(
             cfg.gemini,
             cfg.reconnect,
             ApiKeyProvider(cfg.gemini.api_key_file),
