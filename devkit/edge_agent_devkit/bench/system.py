@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent_devkit.bench.report import PartReport, all_keys
+from edge_agent_devkit.emulator.voice import TONE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +232,9 @@ def _daemon_conversation(workdir: Path, report: PartReport, quick: bool) -> None
     lead, pause = speech.silence(0.5), speech.silence(0.15)
     clip = speech.concat(lead, wake, pause, question)
     q_offset = lead.size + wake.size + pause.size
-    options = ApplianceOptions(
-        emulator_args=[*EMULATOR_ARGS, "--setup-delay", str(SETUP_DELAY_S)],
-        # Cues off: the speaker recording then holds only reply audio (barge-in figure).
-        config={"conversation": {"cues": False}},
-    )
+    # The product as shipped (cues on): the reply is a 440 Hz tone and the barge-in
+    # figure follows that pitch only (`reply_tone_level`), so the cues do not count.
+    options = ApplianceOptions(emulator_args=[*EMULATOR_ARGS, "--setup-delay", str(SETUP_DELAY_S)])
     workdir.mkdir(parents=True, exist_ok=True)
     presses: list[_Press] = []
     with Appliance(workdir, options) as app:
@@ -409,15 +408,30 @@ def _wake_to_uplink(
     )
 
 
+def reply_tone_level(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Per sample, the amplitude of the emulator's reply tone (TONE_HZ) in `samples`.
+
+    Complex demodulation then two centred 5 ms moving averages: the wake cue's notes
+    (659 Hz and up) fall 40+ dB, so a cue played at a barge-in is not taken for reply
+    audio; a tone's end shows at most 5 ms late.
+    """
+    t = np.arange(samples.size) / rate
+    base = samples.astype(np.float64) * np.exp(-2j * np.pi * TONE_HZ * t)
+    width = max(1, rate // 200)
+    box = np.ones(width) / width
+    smooth = np.convolve(np.convolve(base, box, mode="same"), box, mode="same")
+    return 2.0 * np.abs(smooth)
+
+
 def _barge_in(report: PartReport, presses: list[_Press], samples: np.ndarray, rate: int) -> None:
     tails, flushes, in_flight = [], [], []
+    level = reply_tone_level(samples, rate)
     for i, press in enumerate(presses):
         end = presses[i + 1].played_at if i + 1 < len(presses) else samples.size
-        before = samples[max(0, press.played_at - rate // 20) : press.played_at]
-        if before.size == 0 or np.abs(before.astype(np.int32)).max() <= SILENCE_THRESHOLD:
+        before = level[max(0, press.played_at - rate // 20) : press.played_at]
+        if before.size == 0 or before.max() <= SILENCE_THRESHOLD:
             raise RuntimeError(f"press {i} did not land during audible reply audio")
-        after = np.abs(samples[press.played_at : end].astype(np.int32))
-        loud = np.flatnonzero(after > SILENCE_THRESHOLD)
+        loud = np.flatnonzero(level[press.played_at : end] > SILENCE_THRESHOLD)
         # Only the reply audio that ran on from the press (the next reply, in a later
         # round, starts after a long silence: cut at the first gap over 300 ms).
         gaps = np.flatnonzero(np.diff(loud) > rate * 3 // 10) if loud.size > 1 else []
@@ -430,8 +444,10 @@ def _barge_in(report: PartReport, presses: list[_Press], samples: np.ndarray, ra
         "barge_in_ms",
         statistics.median(tails),
         f"median of {len(tails)} presses ({_fmt(tails)} ms): button press (control socket "
-        "-> mock GPIO pin, cues off) during a reply (a continuous tone, so the cut is not "
-        "hidden in a pause between words) to the last reply sample above "
+        "-> mock GPIO pin, cues on as shipped) during a reply (a continuous 440 Hz tone, so "
+        "the cut is not hidden in a pause between words) to the last sample where the "
+        "reply tone's amplitude (demodulated, so the wake cue after the press is left out) "
+        "is above "
         f"{SILENCE_THRESHOLD} drained by the speaker rig, counted in samples after the "
         f"press position; press -> daemon flush (its log time): "
         f"{_fmt([f for f in flushes if f is not None])} ms; written to the device but not "
@@ -449,7 +465,7 @@ def _daemon_no_prefill(workdir: Path, report: PartReport, quick: bool) -> None:
     clip = speech.concat(clip, _phrase(QUESTION))
     options = ApplianceOptions(
         emulator_args=EMULATOR_ARGS,
-        config={"conversation": {"cues": False}, "playback": {"prefill_ms": 0}},
+        config={"playback": {"prefill_ms": 0}},  # the baseline: no jitter buffer
     )
     workdir.mkdir(parents=True, exist_ok=True)
     with Appliance(workdir, options) as app:
@@ -498,7 +514,7 @@ def _daemon_jitter(workdir: Path) -> str:
     ]  # fmt: skip
     parts = []
     for prefill_ms in (None, 0):
-        config: dict[str, dict[str, Any]] = {"conversation": {"cues": False}}
+        config: dict[str, dict[str, Any]] = {}
         if prefill_ms is not None:
             config["playback"] = {"prefill_ms": prefill_ms}
         run_dir = workdir / f"prefill-{'default' if prefill_ms is None else prefill_ms}"

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 BYTES_PER_SAMPLE = 2
 _CACHE_ENTRIES = 64  # replies are short sentences; LRU beyond that
-_TONE_HZ = 440.0
+TONE_HZ = 440.0  # the reply tone (public: the bench tells it from the cues by pitch)
 _TONE_LEVEL = 0.25  # of full scale, about -15 dBFS RMS
 _TONE_S_PER_CHAR = 0.06
 _TONE_MIN_S = 0.3
@@ -41,7 +41,7 @@ def tone_pcm(text: str, sample_rate: int = AUDIO_OUT_RATE_HZ) -> bytes:
     seconds = max(_TONE_MIN_S, len(text) * _TONE_S_PER_CHAR)
     n = round(seconds * sample_rate)
     t = np.arange(n) / sample_rate
-    signal = np.sin(2 * math.pi * _TONE_HZ * t) * (_TONE_LEVEL * 32767)
+    signal = np.sin(2 * math.pi * TONE_HZ * t) * (_TONE_LEVEL * 32767)
     fade = min(n // 2, round(_FADE_S * sample_rate))
     if fade:
         ramp = np.linspace(0.0, 1.0, fade, endpoint=False)
