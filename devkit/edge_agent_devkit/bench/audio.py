@@ -721,15 +721,17 @@ class _TapEcho:
 
     def __init__(self) -> None:
         self.inner: Any = None
+        self.latency_samples = 0
         self.out: list[np.ndarray] = []
 
     def wrap(self, inner: Any) -> _TapEcho:
         self.inner = inner
+        self.latency_samples = inner.latency_samples
         return self
 
-    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
+    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> Any:
         y = self.inner.process(mic, ref)
-        self.out.append(np.array(y, dtype=np.int16, copy=True))
+        self.out.append(np.array(y.cleaned, dtype=np.int16, copy=True))
         return y
 
 
@@ -790,7 +792,7 @@ def measure_echo(report: PartReport, model: Any, quick: bool) -> None:
         aec = Aec3EchoCanceller.create()
         cleaned = np.concatenate(
             [
-                aec.process(quiet_mic[i : i + BLOCK], track.played[i : i + BLOCK])
+                aec.process(quiet_mic[i : i + BLOCK], track.played[i : i + BLOCK]).cleaned
                 for i in range(0, n, BLOCK)
             ]
         )
