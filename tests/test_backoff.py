@@ -13,6 +13,7 @@ from edge_agent.core.backoff import (
     FailureKind,
     ReconnectPolicy,
     Verdict,
+    capped_exponential,
     classify,
 )
 
@@ -47,6 +48,19 @@ def test_full_jitter_is_uniform_below_the_exponential_base() -> None:
 def test_multiplier_one_keeps_the_initial_delay() -> None:
     b = Backoff(cfg(multiplier=1.0, jitter=0.0), random=lambda: 0.3)
     assert b.delay(0) == b.delay(50) == 0.5
+
+
+def test_capped_exponential_is_the_device_reopen_delay() -> None:
+    """The audio supervisor's reopen delays: no jitter, attempt 0 again after a reset."""
+    assert [capped_exponential(n, 0.5, 3.0, 2.0) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert capped_exponential(10**9, 0.05, 0.2, 2.0) == 0.2  # no overflow
+    assert capped_exponential(7, 0.5, 3.0, 1.0) == 0.5  # multiplier 1: flat
+    assert capped_exponential(0, 5.0, 3.0, 2.0) == 3.0  # initial above the cap: the cap
+
+
+def test_backoff_without_jitter_is_capped_exponential() -> None:
+    b = Backoff(cfg(jitter=0.0), random=lambda: 0.9)
+    assert all(b.delay(n) == capped_exponential(n, 0.5, 30.0, 2.0) for n in range(12))
 
 
 @pytest.mark.parametrize(

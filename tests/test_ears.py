@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_agent.audio.ears import EarMode, Ears, EarsConfig
-from edge_agent.audio.echo import Aec3EchoCanceller
+from edge_agent.audio.echo import Aec3EchoCanceller, EchoOutput
 from edge_agent.audio.vad import WebRtcVad
 from edge_agent.audio.wakeword import (
     FRAME_SAMPLES,
@@ -70,12 +70,14 @@ class FakeWake:
 class PassThroughEcho:
     """An 'echo canceller' that removes nothing (keeps the AEC code path, no guard)."""
 
+    latency_samples = 0
+
     def __init__(self) -> None:
         self.calls = 0
 
-    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
+    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> EchoOutput:
         self.calls += 1
-        return mic
+        return EchoOutput(mic, mic, settled=True)
 
 
 GATE = VadGateConfig(frame_ms=30, pre_roll_ms=300, speech_start_ms=90, speech_end_ms=300)

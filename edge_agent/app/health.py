@@ -127,10 +127,10 @@ class Health:
         jitter = runtime.playback.jitter.snapshot()
         out: dict[str, Any] = {
             "state": str(machine.state) if machine else "starting",
-            "muted": runtime.mic_muted,
+            "muted": runtime.capture.muted,
             "captured_samples": engine.captured_samples if engine else 0,
-            "dropped_blocks": runtime.dropped_blocks,
-            "ears_failures": runtime.ears_failures,
+            "dropped_blocks": runtime.capture.dropped_blocks,
+            "ears_failures": runtime.capture.ears_failures,
             "last_error": runtime.last_error,
             "playback": dataclasses.asdict(jitter),
             "leds": runtime.panel.describe() if runtime.panel is not None else {},

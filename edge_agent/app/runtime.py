@@ -2,7 +2,7 @@
 
 Data flow::
 
-    sound card thread --on_block--> bounded queue --> ears worker thread
+    sound card thread --on_block--> CapturePipeline: bounded queue --> ears worker thread
         (AEC, wake word, VAD gate, barge-in) --call_soon_threadsafe--> event loop
     event loop: ConversationMachine.handle(event) -> actions -> session / ears / LEDs / cues
     LiveSession events: model audio -> JitterBuffer <--pull-- sound card thread
@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from edge_agent.app.playback import ReplyPlayback
+from edge_agent.audio.capture import CapturePipeline
 from edge_agent.config import Config
 from edge_agent.core import events as ev
 from edge_agent.core import state as st
@@ -80,16 +76,9 @@ class Runtime:
         self._timers = Timers(self._fire_timer)
         self._transcript = TurnTranscript()
         self._led_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leds")
-        # capture hand-off: sound card thread -> bounded queue -> ears worker thread
-        self._blocks: queue.Queue[tuple[np.ndarray, np.ndarray | None, int]] = queue.Queue(
-            maxsize=cfg.audio.capture_queue_blocks
+        self.capture = CapturePipeline(
+            None, self._ear_events_to_loop, max_blocks=cfg.audio.capture_queue_blocks
         )
-        self._worker: threading.Thread | None = None
-        self._worker_stop = threading.Event()
-        self.mic_muted = False
-        self.dropped_blocks = 0
-        self.ears_failures = 0
-        self._capture_pos = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop that device threads hand their events to."""
@@ -98,9 +87,7 @@ class Runtime:
 
     def close(self) -> None:
         """Shutdown, after the session and the audio engine stopped: LEDs end dark."""
-        self._worker_stop.set()
-        if self._worker is not None:
-            self._worker.join(timeout=0.5)
+        self.capture.stop()  # bounded join
         self._led_executor.shutdown(wait=True, cancel_futures=True)
         if self.panel is not None:
             self.panel.close()
@@ -117,47 +104,21 @@ class Runtime:
     def use_ears(self, ears: Ears) -> None:
         """New ears (a reload built them) take over from the next block on."""
         self.ears = ears
+        self.capture.set_ears(ears)
         self._resume_ears_mode()
 
     # --------------------------------------------------------------- device edge
 
-    def on_block(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> None:
-        """Sound card thread: hand the block to the ears worker; never block, drop oldest."""
-        item = (mic, ref, pos)
-        try:
-            self._blocks.put_nowait(item)
-        except queue.Full:
-            with contextlib.suppress(queue.Empty):
-                self._blocks.get_nowait()
-            self.dropped_blocks += 1
-            with contextlib.suppress(queue.Full):
-                self._blocks.put_nowait(item)
-
     def start_capture(self) -> None:
-        self._worker = threading.Thread(target=self._ears_worker, name="ears", daemon=True)
-        self._worker.start()
+        """The ears worker thread starts listening to what the engine captures."""
+        self.capture.set_ears(require(self.ears, "ears"))
+        self.capture.start()
 
-    def _ears_worker(self) -> None:
-        """Ears thread: AEC, wake word and VAD off the event loop."""
+    def _ear_events_to_loop(self, events: list[ev.EarEvent]) -> None:
+        """Ears worker thread (CapturePipeline): hand the events to the event loop."""
         loop = self._loop
-        assert loop is not None
-        while not self._worker_stop.is_set():
-            try:
-                mic, ref, pos = self._blocks.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self._capture_pos = pos + len(mic)
-            if self.mic_muted:
-                continue  # muted: nothing is heard, nothing is sent
-            try:
-                events = require(self.ears, "ears").process(mic, ref, pos)
-            except Exception:
-                self.ears_failures += 1
-                if self.ears_failures == 1:  # once; the count is in `edge-agent status`
-                    log.exception("listening pipeline failed on a block (block dropped)")
-                continue
-            if events and not loop.is_closed():
-                loop.call_soon_threadsafe(self._on_ear_events, events)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_ear_events, events)
 
     # ----------------------------------------------------------------- events in
 
@@ -240,7 +201,7 @@ class Runtime:
                 require(self.session, "Live session").close()
             case st.StartUplink(from_sample=sample):
                 require(self.ears, "ears").start_uplink(
-                    self._capture_pos if sample is None else sample
+                    self.capture.capture_pos if sample is None else sample
                 )
             case st.StopUplink():
                 from edge_agent.audio.ears import EarMode
@@ -273,7 +234,7 @@ class Runtime:
             case st.PersistMute(muted=muted):
                 self._spawn(asyncio.to_thread(self.mute_file.save, muted), "persist-mute")
             case st.SetMicMuted(muted=muted):
-                self.mic_muted = muted
+                self.capture.muted = muted
             case _:
                 log.debug("unhandled action %r", action)
 

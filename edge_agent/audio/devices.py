@@ -14,8 +14,9 @@ thread writes to stderr in that window is lost (the journal handler is not affec
 
 PortAudio is not thread-safe across initialise/open/close/terminate, and its device list
 is only refreshed by a full ``Pa_Terminate()`` + ``Pa_Initialize()`` (which also only
-happens when no other PyAudio instance in the process is alive). Every call here and in
-:mod:`edge_agent.audio.engine` runs under :data:`PA_LOCK`.
+happens when no other PyAudio instance in the process is alive). Every PortAudio call
+here, in :mod:`edge_agent.audio.supervisor` and in :mod:`edge_agent.audio.streams` runs
+under :data:`PA_LOCK`.
 """
 
 from __future__ import annotations

@@ -195,6 +195,7 @@ class Ears:
         self._wake = wake
         self._is_speech = is_speech
         self._echo = echo
+        self._latency = echo.latency_samples if echo is not None else 0
         self._guard = (
             PlaybackGuard(
                 sample_rate_hz=self.config.sample_rate_hz,
@@ -324,28 +325,44 @@ class Ears:
             self.stats.blocks += 1
             self.stats.audio_samples += n
 
-            cleaned = self._echo.process(mic, ref) if self._echo is not None else mic
-            guarded = self._guard.update(ref, sample_pos, n) if self._guard is not None else False
+            # With AEC everything below runs on the canceller's output, which lags the mic
+            # by a constant `latency_samples` whether AEC3 runs or not: positions stay exact.
+            if self._echo is not None:
+                echo = self._echo.process(mic, ref)
+                cleaned, heard = echo.cleaned, echo.raw
+                uplink = cleaned if echo.settled else heard  # see EchoOutput.settled
+                start = sample_pos - self._echo.latency_samples
+            else:
+                cleaned = heard = uplink = mic
+                start = sample_pos
+            if start < 0:  # the delay line's first samples precede the stream: drop them
+                cut = min(-start, cleaned.size)
+                cleaned, heard, uplink = cleaned[cut:], heard[cut:], uplink[cut:]
+                start += cut
+                n = cleaned.size
+                if n == 0:
+                    return events
+            guarded = self._guard.update(ref, start, n) if self._guard is not None else False
             if guarded:
                 self.stats.guarded_samples += n
 
             wake_input = self._silence(n) if guarded else cleaned
-            for det in self._wake.process(wake_input, sample_pos):
+            for det in self._wake.process(wake_input, start):
                 self.stats.wake_detections += 1
                 events.append(det)
                 if self._mode is EarMode.PLAYING and self.config.barge_in_by_wake_word:
-                    barge = self._barge.on_wake_word(det.end_sample, sample_pos + n)
+                    barge = self._barge.on_wake_word(det.end_sample, start + n)
                     if barge is not None:
                         self.stats.barge_ins += 1
                         events.append(barge)
 
             playing = reference_active(ref)
             if playing:
-                self._ref_active_until = sample_pos + n + self._double_talk_tail
+                self._ref_active_until = start + n + self._double_talk_tail
             vad_input = cleaned
             if self._noise_fill is not None:
-                vad_input = self._noise_fill.process(mic, cleaned, playing)
-            for frame in self._frames(cleaned, vad_input, sample_pos, guarded):
+                vad_input = self._noise_fill.process(heard, cleaned, playing)
+            for frame in self._frames(uplink, vad_input, start, guarded):
                 self._route_frame(frame, events)
             return events
         finally:
@@ -386,17 +403,17 @@ class Ears:
         return None
 
     def _frames(
-        self, cleaned: np.ndarray, vad_input: np.ndarray, sample_pos: int, guarded: bool
+        self, uplink: np.ndarray, vad_input: np.ndarray, sample_pos: int, guarded: bool
     ) -> list[_Frame]:
-        """Cut the cleaned stream into VAD frames and classify each once."""
+        """Cut the uplink stream into VAD frames, each classified once on `vad_input`."""
         if self._pending.size == 0:
             self._pending_start = sample_pos
             self._pending_guarded = False
             # Copies: the caller may reuse its block buffers.
-            self._pending = cleaned.copy()
+            self._pending = uplink.copy()
             self._pending_vad = vad_input.copy()
         else:
-            self._pending = np.concatenate((self._pending, cleaned))
+            self._pending = np.concatenate((self._pending, uplink))
             self._pending_vad = np.concatenate((self._pending_vad, vad_input))
         # A frame counts as guarded if any block in it was.
         self._pending_guarded = self._pending_guarded or guarded
@@ -450,7 +467,8 @@ class Ears:
                 )
             return
         if mode is EarMode.PLAYING:
-            self._barge.reset(floor_sample=self._next_sample)
+            floor = None if self._next_sample is None else self._next_sample - self._latency
+            self._barge.reset(floor_sample=floor)
         self._gate.reset()
         logger.debug("ears: mode %s -> %s", self._mode, mode)
         self._mode = mode

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -60,10 +61,40 @@ def reference_active(ref: np.ndarray | None) -> bool:
     return int(np.max(np.abs(ref.astype(np.int32)))) > REF_SILENCE_PEAK
 
 
+# AEC3 (as pywebrtc-audio runs it) hands back each 10 ms block 128 samples (8 ms) late:
+# its internal framing holds that much. Measured; tests/test_echo.py pins it.
+AEC3_LATENCY_SAMPLES = 128
+
+
+@dataclass(frozen=True)
+class EchoOutput:
+    """One block out of the canceller; `cleaned` and `raw` cover the same samples.
+
+    Both lag the mic block that went in by the canceller's `latency_samples`, always,
+    whether AEC3 ran or was bypassed, so switching it on or off never inserts, drops or
+    shifts a sample: block `k` of the output starts at capture sample
+    `sample_pos - latency_samples`.
+
+    settled: AEC3 has cancelled at least `settle_ms` of audible playback since it was
+    last switched on. Until then its suppressor may gate the user's speech even where
+    no echo has reached the mic yet (measured: a wake cue over a one-breath question cut
+    up to 40 of its 10 ms frames by 5-50 dB, and even with no echo at all AEC3 alters a
+    few frames by more than 1 dB). So the uplink takes `raw` until then: a quiet cue
+    under the first words is better than lost words. A reply settles it in half a
+    second; the uplink then gets the reply's echo removed.
+    """
+
+    cleaned: np.ndarray
+    raw: np.ndarray
+    settled: bool
+
+
 class EchoCanceller(Protocol):
     """What the pipeline needs from an echo canceller."""
 
-    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> np.ndarray: ...
+    latency_samples: int
+
+    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> EchoOutput: ...
 
 
 class _AecEngine(Protocol):
@@ -71,7 +102,13 @@ class _AecEngine(Protocol):
 
 
 class Aec3EchoCanceller:
-    """AEC3 with idle bypass; blocks must be multiples of 10 ms at 16 kHz."""
+    """AEC3 with idle bypass and a constant latency; blocks must be multiples of 10 ms.
+
+    `latency_samples` is the engine's own lag (`AEC3_LATENCY_SAMPLES` for the real one);
+    while bypassed the mic goes through a delay line of the same length, and when AEC3
+    is switched back on it is first fed the block before, so its output continues the
+    stream exactly where the delay line left it.
+    """
 
     def __init__(
         self,
@@ -79,17 +116,28 @@ class Aec3EchoCanceller:
         *,
         sample_rate_hz: int = 16000,
         idle_bypass_ms: int = 1000,
+        latency_samples: int = 0,
+        settle_ms: int = 500,
     ) -> None:
         if sample_rate_hz != 16000:
             raise ValueError("Aec3EchoCanceller is set up for 16 kHz capture")
         self._engine = engine
         self._block = sample_rate_hz // 100
+        if not 0 <= latency_samples < self._block:
+            raise ValueError(f"latency of {latency_samples} samples is not under one block")
+        self.latency_samples = latency_samples
         self._idle_bypass_samples = idle_bypass_ms * sample_rate_hz // 1000
+        self._settle_samples = settle_ms * sample_rate_hz // 1000
         # Start *processing*: AEC3 whose first call coincides with the start of
         # playback removes 10-20 dB less echo for its first ~2 s (measured); half a
         # second of silent warm-up is enough. So the first `idle_bypass_ms` of the
         # run go through the engine, then the idle bypass takes over.
         self._quiet_samples = 0
+        # The engine saw the block just before this one (a fresh engine holds zeros, as
+        # the delay line does).
+        self._engine_fed = True
+        self._played_samples = 0  # audible reference cancelled since AEC3 came on
+        self._recent = np.zeros(self._block, dtype=np.int16)  # the last raw block
         self.processed_blocks = 0
         self.bypassed_blocks = 0
         self._bad_blocks = 0
@@ -104,41 +152,74 @@ class Aec3EchoCanceller:
         engine = _PyWebrtcEchoCanceller(
             sample_rate=sample_rate_hz, num_channels=1, stream_delay_ms=stream_delay_ms
         )
-        return cls(engine, sample_rate_hz=sample_rate_hz, idle_bypass_ms=idle_bypass_ms)
+        return cls(
+            engine,
+            sample_rate_hz=sample_rate_hz,
+            idle_bypass_ms=idle_bypass_ms,
+            latency_samples=AEC3_LATENCY_SAMPLES,
+        )
 
     @property
     def bypassed(self) -> bool:
         """True while the canceller is idle (reference silent for the bypass time)."""
         return self._quiet_samples >= self._idle_bypass_samples
 
-    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
-        """Return the echo-cancelled mic block (int16, same length)."""
+    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> EchoOutput:
+        """Cancel the echo in one mic block (int16); the output lags by `latency_samples`."""
         n = mic.size
         if ref is not None and ref.size != n:
             self._log_bad("reference block has %d samples, mic %d; using silence", ref.size, n)
             ref = None
-        if reference_active(ref):
+        mic16 = np.ascontiguousarray(mic, dtype=np.int16)
+        raw = self._delayed(mic16)
+        playing = reference_active(ref)
+        if playing:
             self._quiet_samples = 0
         else:
             self._quiet_samples = min(self._quiet_samples + n, self._idle_bypass_samples)
-            if self.bypassed:
-                self.bypassed_blocks += 1
-                return mic
-        if n % self._block:
-            self._log_bad("mic block of %d samples is not a multiple of 10 ms; not cancelled", n)
-            return mic
+        if (self.bypassed and not playing) or n % self._block:
+            if n % self._block:
+                self._log_bad("mic block of %d samples is not a multiple of 10 ms: bypassed", n)
+            self.bypassed_blocks += 1
+            self._engine_fed = False
+            self._played_samples = 0
+            self._remember(mic16)
+            return EchoOutput(raw, raw, settled=False)
+        if not self._engine_fed:
+            # Coming out of bypass: the engine still holds `latency_samples` of audio from
+            # its last active period. Feeding it the block before this one replaces them
+            # with the samples the delay line has not output yet.
+            self._engine.process(self._recent, np.zeros(self._block, dtype=np.int16))
+            self._engine_fed = True
+        if playing:
+            self._played_samples += n
         far = ref if ref is not None else np.zeros(n, dtype=np.int16)
-        mic16 = np.ascontiguousarray(mic, dtype=np.int16)
         far16 = np.ascontiguousarray(far, dtype=np.int16)
         self.processed_blocks += 1
         if n == self._block:
-            return np.asarray(self._engine.process(mic16, far16), dtype=np.int16)
-        out = np.empty(n, dtype=np.int16)
-        for i in range(0, n, self._block):
-            out[i : i + self._block] = self._engine.process(
-                mic16[i : i + self._block], far16[i : i + self._block]
-            )
-        return out
+            cleaned = np.asarray(self._engine.process(mic16, far16), dtype=np.int16)
+        else:
+            cleaned = np.empty(n, dtype=np.int16)
+            for i in range(0, n, self._block):
+                cleaned[i : i + self._block] = self._engine.process(
+                    mic16[i : i + self._block], far16[i : i + self._block]
+                )
+        self._remember(mic16)
+        return EchoOutput(cleaned, raw, settled=self._played_samples >= self._settle_samples)
+
+    def _delayed(self, mic: np.ndarray) -> np.ndarray:
+        """The mic block as the engine's output lags it: the last `latency_samples` of
+        what came before, then all but the last `latency_samples` of this block."""
+        lag = self.latency_samples
+        if lag == 0:
+            return mic
+        return np.concatenate((self._recent[self._block - lag :], mic))[: mic.size]
+
+    def _remember(self, mic: np.ndarray) -> None:
+        if mic.size >= self._block:
+            self._recent = mic[mic.size - self._block :].copy()
+        else:
+            self._recent = np.concatenate((self._recent[mic.size :], mic))
 
     def _log_bad(self, msg: str, *args: object) -> None:
         self._bad_blocks += 1

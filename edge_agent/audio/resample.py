@@ -42,16 +42,8 @@ class StreamResampler:
         self.out_samples = 0
         self._stream: soxr.ResampleStream | None = None
         if not self.passthrough:
-            self._stream = self._new_stream()
-
-    def _new_stream(self) -> soxr.ResampleStream:
-        try:
-            return soxr.ResampleStream(
-                self.in_rate_hz, self.out_rate_hz, 1, dtype="float32", quality=self.quality, vr=True
-            )
-        except TypeError:  # soxr < 0.5 has no vr: bursty, but still correct
-            return soxr.ResampleStream(
-                self.in_rate_hz, self.out_rate_hz, 1, dtype="float32", quality=self.quality
+            self._stream = soxr.ResampleStream(
+                self.in_rate_hz, self.out_rate_hz, 1, dtype="float32", quality=quality, vr=True
             )
 
     def process(self, samples: np.ndarray) -> np.ndarray:
@@ -73,15 +65,6 @@ class StreamResampler:
         out = _to_int16(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
         self.out_samples += len(out)
         return out
-
-    @property
-    def delay_samples(self) -> float:
-        """Filter delay in output samples (0 for passthrough)."""
-        return 0.0 if self._stream is None else float(self._stream.delay())
-
-    def expected_output(self, in_samples: int) -> float:
-        """Output samples that ``in_samples`` of input correspond to, before delay."""
-        return in_samples * self.out_rate_hz / self.in_rate_hz
 
 
 def resample_all(samples: np.ndarray, in_rate_hz: int, out_rate_hz: int) -> np.ndarray:

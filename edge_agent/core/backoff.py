@@ -141,6 +141,23 @@ class Decision:
     reason: str
 
 
+def capped_exponential(attempt: int, initial_s: float, max_s: float, multiplier: float) -> float:
+    """``min(max_s, initial_s * multiplier**attempt)``, without jitter.
+
+    The one exponential shape: :class:`Backoff` adds jitter on top for the network (a fleet
+    must not reconnect in step); a local sound device reopens on it as is (one device, one
+    client, nothing to spread). Large attempt counts never overflow a float.
+    """
+    if multiplier <= 1.0:
+        return min(max_s, initial_s)
+    if max_s <= initial_s:
+        return max_s
+    steps_to_cap = math.log(max_s / initial_s) / math.log(multiplier)  # compare exponents
+    if attempt >= steps_to_cap:
+        return max_s
+    return min(max_s, initial_s * multiplier**attempt)
+
+
 class Backoff:
     """Exponential backoff with full jitter and a cap.
 
@@ -154,15 +171,7 @@ class Backoff:
 
     def base_delay(self, attempt: int) -> float:
         cfg = self._cfg
-        if cfg.multiplier <= 1.0:
-            return min(cfg.max_delay_s, cfg.initial_delay_s)
-        # Compare exponents so a large attempt count never overflows a float.
-        if cfg.max_delay_s <= cfg.initial_delay_s:
-            return cfg.max_delay_s
-        steps_to_cap = math.log(cfg.max_delay_s / cfg.initial_delay_s) / math.log(cfg.multiplier)
-        if attempt >= steps_to_cap:
-            return cfg.max_delay_s
-        return min(cfg.max_delay_s, cfg.initial_delay_s * cfg.multiplier**attempt)
+        return capped_exponential(attempt, cfg.initial_delay_s, cfg.max_delay_s, cfg.multiplier)
 
     def delay(self, attempt: int) -> float:
         r = min(max(self._random(), 0.0), 1.0)

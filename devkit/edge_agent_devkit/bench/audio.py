@@ -7,15 +7,16 @@ What each figure counts (all measured in this run; a failed step gives None + an
   ``audio.duplex_rate_hz`` (48 kHz by default; echo cancellation on means one full-duplex
   stream) is fed espeak-ng speech, silence and -60 dBFS noise in real time; the real
   ``AudioEngine`` (PyAudio) resamples the mic to 16 kHz, renders the (silent) output from a
-  real ``JitterBuffer`` and hands 10 ms blocks through a bounded drop-oldest queue to a
-  worker thread that runs ``Ears`` (built by ``Ears.create`` from the default config: AEC3
-  with idle bypass, openWakeWord, webrtcvad), as the daemon's ears worker does. Counted
-  over a window of whole blocks (60 s; quick: 8 s) after a 1.5 s lead-in:
-  the PortAudio callback thread (``time.thread_time()`` read inside the block callback,
-  exact), the ears worker thread (``thread_time()`` in the worker, exact, including its
-  queue waits) and every other thread of the process except the bench's main thread and
-  the rig's FIFO feeder/recorder threads (which stand in for the sound card), read from
-  ``/proc/self/task/*/stat`` (10 ms ticks): in practice the engine's supervisor thread.
+  real ``JitterBuffer`` and hands 10 ms blocks to the daemon's own ``CapturePipeline``
+  (bounded drop-oldest queue, ears worker thread) running ``Ears`` (built as
+  ``Ears.create`` builds it from the default config: AEC3 with idle bypass, openWakeWord,
+  webrtcvad). Counted over a window of whole blocks (60 s; quick: 8 s) after a 1.5 s
+  lead-in: the PortAudio callback thread (``time.thread_time()`` read inside the block
+  callback, exact), the ears worker thread (``thread_time()`` in the worker, read as each
+  block reaches the listener, exact, including its queue waits) and every other thread of
+  the process except the bench's main thread and the rig's FIFO feeder/recorder threads
+  (which stand in for the sound card), read from ``/proc/self/task/*/stat`` (10 ms ticks):
+  in practice the engine's supervisor thread.
   The baseline is a bare ``openwakeword.Model.predict`` loop (its own model instance, 80 ms
   frames) running in another thread on exactly the same 16 kHz blocks in the same window,
   counted with ``thread_time()`` (openWakeWord's TFLite interpreters run single-threaded).
@@ -323,78 +324,74 @@ class _Marks:
 
 
 class _IdlePipeline:
-    """The daemon's always-on path: engine callback -> bounded queue -> ears worker; plus a
-    bare openWakeWord loop on the same blocks for the baseline."""
+    """The daemon's always-on path, run by the daemon's own ``CapturePipeline`` (engine
+    callback -> bounded drop-oldest queue -> ears worker), with marks at the window's edges
+    on both threads; plus a bare openWakeWord loop on the same blocks for the baseline.
+
+    It stands between the pipeline and the real ``Ears`` (it is the pipeline's listener):
+    on the worker thread it marks the CPU clock and tees each block to the baseline thread,
+    then runs ``Ears.process``.
+    """
 
     def __init__(self, ears: Any, bare_model: Any, start: int, end: int, maxsize: int) -> None:
+        from edge_agent.audio.capture import CapturePipeline
+        from edge_agent.core.events import WakeWordDetected
+
         self.ears = ears
         self.bare_model = bare_model
-        self.blocks: queue.Queue[tuple[np.ndarray, np.ndarray | None, int]] = queue.Queue(maxsize)
         self.bare_blocks: queue.Queue[tuple[np.ndarray, int]] = queue.Queue(maxsize)
         self.callback = _Marks(start, end)
         self.worker = _Marks(start, end)
         self.bare = _Marks(start, end)
-        self.dropped = 0
         self.bare_dropped = 0
         self.wake_events = 0
-        self.failures: list[str] = []
         self.ears_cpu_at: dict[str, float] = {}
+        self._wake_type = WakeWordDetected
+        self.capture = CapturePipeline(
+            self,
+            self._count_events,
+            max_blocks=maxsize,
+            join_timeout_s=5.0,
+            thread_name="bench-ears",
+        )
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._work, name="bench-ears", daemon=True),
-            threading.Thread(target=self._bare, name="bench-bare-oww", daemon=True),
-        ]
+        self._bare_thread = threading.Thread(target=self._bare, name="bench-bare-oww", daemon=True)
 
     def start(self) -> None:
-        for t in self._threads:
-            t.start()
+        self.capture.start()
+        self._bare_thread.start()
 
     def stop(self) -> None:
+        self.capture.stop()
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout=5.0)
+        self._bare_thread.join(timeout=5.0)
 
     @property
     def thread_ids(self) -> set[int]:
-        return {t.native_id for t in self._threads if t.native_id is not None}
+        ids = {self.capture.worker_thread_id, self._bare_thread.native_id}
+        return {tid for tid in ids if tid is not None}
 
     def on_block(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> None:
-        """PortAudio callback thread: never blocks; drop-oldest like the daemon."""
+        """PortAudio callback thread: mark, then the pipeline's own (non-blocking) hand-off."""
         self.callback.see(pos)
+        self.capture.on_block(mic, ref, pos)
+
+    def process(self, mic: np.ndarray, ref: np.ndarray | None, sample_pos: int) -> list[Any]:
+        """The pipeline's worker thread: mark, tee to the baseline, then the real Ears."""
+        had_first = self.worker.first is not None
+        self.worker.see(sample_pos)
+        if not had_first and self.worker.first is not None:
+            self.ears_cpu_at["first"] = self.ears.stats.cpu_s
+        if self.worker.done and "last" not in self.ears_cpu_at:
+            self.ears_cpu_at["last"] = self.ears.stats.cpu_s
         try:
-            self.blocks.put_nowait((mic, ref, pos))
+            self.bare_blocks.put_nowait((mic, sample_pos))
         except queue.Full:
-            self.dropped += 1
-            try:
-                self.blocks.get_nowait()
-                self.blocks.put_nowait((mic, ref, pos))
-            except (queue.Empty, queue.Full):
-                pass
+            self.bare_dropped += 1
+        return self.ears.process(mic, ref, sample_pos)
 
-    def _work(self) -> None:
-        from edge_agent.core.events import WakeWordDetected
-
-        while not self._stop.is_set():
-            try:
-                mic, ref, pos = self.blocks.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            had_first = self.worker.first is not None
-            self.worker.see(pos)
-            if not had_first and self.worker.first is not None:
-                self.ears_cpu_at["first"] = self.ears.stats.cpu_s
-            if self.worker.done and "last" not in self.ears_cpu_at:
-                self.ears_cpu_at["last"] = self.ears.stats.cpu_s
-            try:
-                self.bare_blocks.put_nowait((mic, pos))
-            except queue.Full:
-                self.bare_dropped += 1
-            try:
-                events = self.ears.process(mic, ref, pos)
-            except Exception as exc:  # the daemon logs and drops the block; so do we
-                self.failures.append(repr(exc))
-                continue
-            self.wake_events += sum(isinstance(e, WakeWordDetected) for e in events)
+    def _count_events(self, events: list[Any]) -> None:
+        self.wake_events += sum(isinstance(e, self._wake_type) for e in events)
 
     def _bare(self) -> None:
         from edge_agent.audio.wakeword import FRAME_SAMPLES
@@ -542,12 +539,13 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
             pipe.stop()
             rig.stop()
 
-    if pipe.failures:
-        raise RuntimeError(f"Ears.process failed {len(pipe.failures)} times: {pipe.failures[0]}")
-    if stats["reopen_count"] or pipe.dropped or pipe.bare_dropped:
+    failures, dropped = pipe.capture.ears_failures, pipe.capture.dropped_blocks
+    if failures:
+        raise RuntimeError(f"Ears.process failed {failures} times (the first is in the log)")
+    if stats["reopen_count"] or dropped or pipe.bare_dropped:
         raise RuntimeError(
             f"capture was not clean (reopens {stats['reopen_count']}, dropped blocks "
-            f"{pipe.dropped}, baseline dropped {pipe.bare_dropped})"
+            f"{dropped}, baseline dropped {pipe.bare_dropped})"
         )
     audio_samples = pipe.worker.audio_samples()
     if pipe.bare.audio_samples() != audio_samples:
