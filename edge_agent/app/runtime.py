@@ -48,8 +48,8 @@ _Part = TypeVar("_Part")
 class Runtime:
     """Carries out what the conversation machine decides, on the event loop thread.
 
-    The components are None until the lifecycle has started them (and between a reload's
-    stop and start of one); an action that needs a missing one fails and is logged.
+    The components are None until the lifecycle has started them; an action that needs
+    a missing one fails and is logged, as any failed action is.
     """
 
     def __init__(
