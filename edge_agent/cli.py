@@ -1,4 +1,4 @@
-"""Command line: `edge-agent run | check-config | devices | status | button | version`."""
+"""Command line: `edge-agent run | check-config | probe | devices | status | button | version`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,29 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.path}: OK")
     return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """One Live session with the configured key, model and endpoint; exit codes: ProbeExit."""
+    import asyncio
+
+    from edge_agent.live.probe import ProbeExit, run_probe
+    from edge_agent.secrets import ApiKeyMissing, resolve_api_key
+
+    try:
+        cfg = load_config(args.config)
+        key = resolve_api_key(cfg.gemini.api_key_file)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(redact(line), file=sys.stderr)
+        return int(ProbeExit.CONFIG)
+    except ApiKeyMissing as exc:
+        print(redact(str(exc)), file=sys.stderr)
+        return int(ProbeExit.CONFIG)
+    report = asyncio.run(run_probe(cfg.gemini, key.value))
+    for line in report.lines():
+        print(line)
+    return int(report.exit)
 
 
 def _devices(args: argparse.Namespace) -> int:
@@ -113,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
     check.set_defaults(func=_check_config)
+
+    probe = sub.add_parser(
+        "probe",
+        help="try one Live session step by step (exit 0 ok, 2 config, 3 network, 4 TLS, "
+        "5 key, 6 model, 7 setup, 8 no answer)",
+    )
+    probe.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
+    probe.set_defaults(func=_probe)
 
     devices = sub.add_parser("devices", help="list audio devices by ALSA name")
     devices.set_defaults(func=_devices)

@@ -12,12 +12,18 @@ import dataclasses
 import difflib
 import re
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from edge_agent.live.profiles import DEFAULT_MODEL, Support, ThinkingForm, choose_profile
+
 BUILTIN_WAKE_MODELS = ("hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy", "okay_nabu")
 BUILTIN_TOOLS = ("get_time",)
+# A model name as the API spells it, with or without the "models/" prefix.
+MODEL_NAME_PATTERN = r"^(models/)?[a-z0-9][a-z0-9.\-]*$"
+THINKING_LEVELS = ("minimal", "low", "medium", "high")
 
 
 def _f(default: Any, doc: str = "", **rules: Any) -> Any:
@@ -27,7 +33,9 @@ def _f(default: Any, doc: str = "", **rules: Any) -> Any:
 
 @dataclass(frozen=True)
 class GeminiConfig:
-    model: str = _f("gemini-2.5-flash-native-audio-preview-09-2025", nonempty=True)
+    model: str = _f(DEFAULT_MODEL, pattern=MODEL_NAME_PATTERN)
+    # Tried in order when the service says `model` is gone (retired); used by the session.
+    fallback_models: tuple[str, ...] = _f((), model_names=True)
     voice: str = _f("Puck", nonempty=True)
     language_code: str = _f("en-US", pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$")
     system_instruction: str = _f(
@@ -36,6 +44,13 @@ class GeminiConfig:
     )
     input_transcription: bool = _f(True)
     output_transcription: bool = _f(True)
+    # BCP-47 hints for the input transcript (empty: the service detects the language).
+    transcription_language_codes: tuple[str, ...] = _f((), language_codes=True)
+    # Per-family settings (edge_agent/live/profiles.py); None: absent, the model's default.
+    proactive_audio: bool | None = _f(None)
+    affective_dialog: bool | None = _f(None)
+    thinking_level: str = _f("", choices=("", *THINKING_LEVELS))
+    thinking_budget: int | None = _f(None, min=-1, max=32_768)
     server_vad: bool = _f(False)
     server_vad_start_sensitivity: str = _f("low", choices=("low", "high"))
     server_vad_end_sensitivity: str = _f("low", choices=("low", "high"))
@@ -92,11 +107,8 @@ class EchoConfig:
     enabled: bool = _f(True)
     voice_barge_in: bool = _f(True)
     barge_in_speech_ms: int = _f(300, min=100, max=2000)
-
-    @property
-    def voice_barge_in_active(self) -> bool:
-        """Voice barge-in needs echo cancellation: without it the mic hears the reply."""
-        return self.enabled and self.voice_barge_in
+    # Whether voice barge-in is on is decided with the other barge-in rules, in one
+    # place: edge_agent.core.policy.BargeInRules.from_config (it needs `enabled`).
 
 
 @dataclass(frozen=True)
@@ -206,7 +218,15 @@ def builtin_wake_model_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
+def _optional_inner(t: Any) -> Any:
+    """``X | None`` -> X (TOML has no null: an absent key is the None)."""
+    if get_origin(t) is types.UnionType:
+        return next(a for a in get_args(t) if a is not type(None))
+    return t
+
+
 def _type_name(t: Any) -> str:
+    t = _optional_inner(t)
     origin = get_origin(t)
     if origin in (list, tuple):
         return f"a list of {_type_name(get_args(t)[0])}s"
@@ -217,6 +237,7 @@ def _type_name(t: Any) -> str:
 
 def _coerce(value: Any, t: Any) -> tuple[bool, Any]:
     """Check a TOML value against a field type; ints are accepted where floats are."""
+    t = _optional_inner(t)
     origin = get_origin(t)
     if origin is tuple:
         item_t = get_args(t)[0]
@@ -302,6 +323,14 @@ class _Checker:
             )
         if meta.get("wake_models"):
             self.wake_models(key, value)
+        if meta.get("model_names"):
+            for name in value:
+                if not re.match(MODEL_NAME_PATTERN, name):
+                    self.problem(key, f"not a model name (got {name!r})")
+        if meta.get("language_codes"):
+            for code in value:
+                if not re.match(r"^[a-z]{2,3}(-[A-Z]{2})?$", code):
+                    self.problem(key, f"not a BCP-47 language code (got {code!r})")
         return len(self.problems) == before
 
     def resolve(self, value: str) -> Path:
@@ -339,6 +368,7 @@ class _Checker:
                 "gemini.keepalive_ping_timeout_s",
                 "must be at least gemini.keepalive_ping_interval_s (the service's pongs are slow)",
             )
+        self.model_settings(g)
         r = cfg.reconnect
         if r.max_delay_s < r.initial_delay_s:
             self.problem("reconnect.max_delay_s", "must be at least reconnect.initial_delay_s")
@@ -347,6 +377,47 @@ class _Checker:
                 self.problem(f"wake_word.thresholds.{name}", "not one of wake_word.models")
         if cfg.gpio.enabled:
             self.pin_conflicts(cfg.gpio)
+
+    def model_settings(self, g: GeminiConfig) -> None:
+        """Settings the configured model's family does not take (see live/profiles.py)."""
+        profile, _ = choose_profile(g.model)
+        model = g.model.removeprefix("models/")
+        unsupported = f"not supported by {model}"
+        if g.affective_dialog is not None and profile.affective_dialog is Support.NONE:
+            self.problem("gemini.affective_dialog", f"{unsupported} (remove the key)")
+        if g.proactive_audio is not None:
+            if profile.proactive_audio is Support.NONE:
+                self.problem("gemini.proactive_audio", f"{unsupported} (remove the key)")
+            elif profile.proactive_audio is Support.ALWAYS and not g.proactive_audio:
+                self.problem(
+                    "gemini.proactive_audio",
+                    f"false {unsupported} (proactive audio is always on; remove the key)",
+                )
+        if g.thinking_level and profile.thinking is not ThinkingForm.LEVEL:
+            hint = (
+                "use gemini.thinking_budget"
+                if profile.thinking is ThinkingForm.BUDGET
+                else "it takes no thinking setting"
+            )
+            self.problem("gemini.thinking_level", f"{unsupported} ({hint})")
+        elif g.thinking_level and g.thinking_level not in profile.thinking_levels:
+            levels = ", ".join(profile.thinking_levels)
+            self.problem("gemini.thinking_level", f"{model} takes one of {levels}")
+        if g.thinking_budget is not None and profile.thinking is not ThinkingForm.BUDGET:
+            hint = (
+                "use gemini.thinking_level"
+                if profile.thinking is ThinkingForm.LEVEL
+                else "it takes no thinking setting"
+            )
+            self.problem("gemini.thinking_budget", f"{unsupported} ({hint})")
+        seen = {model}
+        for name in g.fallback_models:
+            bare = name.removeprefix("models/")
+            if bare in seen:
+                self.problem(
+                    "gemini.fallback_models", f"{bare!r} is listed twice (or is gemini.model)"
+                )
+            seen.add(bare)
 
     def pin_conflicts(self, gpio: GpioConfig) -> None:
         seen: dict[int, str] = {}

@@ -7,8 +7,8 @@
 #
 # What it does, each step skipped when already done (safe to run again, e.g. after a
 # `git pull` to upgrade):
-#   1. apt packages to build PyAudio and systemd-python (espeak-ng too, best effort: the
-#      offline demo speaks with it);
+#   1. apt packages to build PyAudio and systemd-python, systemd and procps (/bin/kill,
+#      for `systemctl reload`); espeak-ng too, best effort: the offline demo speaks with it;
 #   2. the `edge-agent` system user, in the audio and gpio groups; the user who ran sudo
 #      ($SUDO_USER) joins the edge-agent group, so that `edge-agent status` and
 #      `edge-agent button` reach the daemon's control socket without sudo (after a re-login);
@@ -43,7 +43,10 @@ SERVICE_USER=edge-agent
 STATE_DIR=/var/lib/edge-agent
 UNIT_SRC="$ROOT/systemd/edge-agent.service"
 UNIT_DST="/etc/systemd/system/$SERVICE.service"
-APT_PACKAGES=(python3-venv python3-dev portaudio19-dev libsystemd-dev pkg-config gcc)
+# procps: /bin/kill, which the unit's ExecReload runs; systemd: systemctl. Both are on every
+# Pi OS, and absent from a minimal image being built in a chroot or a container.
+APT_PACKAGES=(python3-venv python3-dev portaudio19-dev libsystemd-dev pkg-config gcc procps
+              systemd)
 APT_OPTIONAL=(espeak-ng)
 
 DRY_RUN=0

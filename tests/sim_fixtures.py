@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from edge_agent_devkit.emulator import EmulatorOptions, LiveEmulator
 
 KEY = "test-key"
-MODEL = "gemini-emulated-native-audio"
+MODEL = "gemini-3.8-live"
 TEST_TIMEOUT_S = 30.0
 PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 

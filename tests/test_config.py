@@ -36,12 +36,19 @@ def test_shipped_config_documents_every_key() -> None:
     import dataclasses
     import tomllib
 
-    raw = tomllib.loads(SHIPPED.read_text())
+    text = SHIPPED.read_text()
+    raw = tomllib.loads(text)
     for section in dataclasses.fields(Config):
         if section.name == "source":
             continue
-        keys = {f.name for f in dataclasses.fields(section.default_factory())}  # type: ignore[misc]
+        fields = dataclasses.fields(section.default_factory())  # type: ignore[misc]
+        # A key whose default is "absent" (None) cannot be written in TOML: it is shown
+        # commented out instead, with an example value.
+        absent = {f.name for f in fields if f.default is None}
+        keys = {f.name for f in fields} - absent
         assert set(raw[section.name]) == keys, section.name
+        for name in absent:
+            assert f"\n# {name} = " in text, f"{section.name}.{name} is not documented"
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
@@ -183,3 +190,100 @@ def test_version_cli() -> None:
     result = run_cli("version")
     assert result.returncode == 0
     assert result.stdout.startswith("edge-agent ")
+
+
+@pytest.mark.parametrize("aec", [True, False])
+@pytest.mark.parametrize("voice", [True, False])
+@pytest.mark.parametrize("wake_word", [True, False])
+def test_barge_in_rules_are_decided_from_config_once(
+    aec: bool, voice: bool, wake_word: bool
+) -> None:
+    """Voice barge-in needs echo cancellation (without it the mic hears the reply); the
+    wake word follows its own switch; the button always counts."""
+    import dataclasses
+
+    from edge_agent.core.policy import BargeInRules
+
+    base = Config()
+    cfg = dataclasses.replace(
+        base,
+        echo=dataclasses.replace(base.echo, enabled=aec, voice_barge_in=voice),
+        conversation=dataclasses.replace(base.conversation, barge_in_by_wake_word=wake_word),
+    )
+    rules = BargeInRules.from_config(cfg)
+    assert rules.voice is (aec and voice)
+    assert rules.wake_word is wake_word
+    assert rules.button
+    assert BargeInRules.from_config(Config()) == BargeInRules(wake_word=True, voice=True)
+
+
+# ---- per-model settings (edge_agent/live/profiles.py) ----
+
+
+def test_model_settings_rejected_per_family_all_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[gemini]\naffective_dialog = true\nproactive_audio = false\n"
+        'thinking_level = "low"\nthinking_budget = 100\n[vad]\naggressiveness = 9\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lines = info.value.problems
+    assert f"{path}:gemini.affective_dialog: not supported by gemini-3.8-live (remove the key)" in (
+        lines
+    )
+    assert any(
+        line.startswith(f"{path}:gemini.proactive_audio: false not supported by gemini-3.8-live")
+        for line in lines
+    )
+    assert any(line.startswith(f"{path}:gemini.thinking_level: not supported by") for line in lines)
+    assert any(
+        line.startswith(f"{path}:gemini.thinking_budget: not supported by") for line in lines
+    )
+    assert f"{path}:vad.aggressiveness: must be at most 3 (got 9)" in lines
+    assert len(lines) == 5
+
+
+@pytest.mark.parametrize(
+    ("model", "text", "expected"),
+    [
+        ("gemini-3.1-flash-live-preview", "proactive_audio = false", "gemini.proactive_audio: not"),
+        (
+            "gemini-3.1-flash-live-preview",
+            "affective_dialog = false",
+            "gemini.affective_dialog: not",
+        ),
+        ("gemini-3.1-flash-live-preview", "thinking_budget = 0", "gemini.thinking_budget: not"),
+        ("gemini-2.5-flash-native-audio-latest", 'thinking_level = "low"', "gemini.thinking_level"),
+        ("gemini-3.8-live", 'fallback_models = ["gemini-3.8-live"]', "gemini.fallback_models"),
+        ("gemini-3.8-live", 'fallback_models = ["Not A Model"]', "gemini.fallback_models: not a"),
+        ("gemini-3.8-live", 'transcription_language_codes = ["english"]', "not a BCP-47"),
+        ("gemini 3.8", "", "gemini.model: is not valid"),
+    ],
+)
+def test_model_settings_rejected(tmp_path: Path, model: str, text: str, expected: str) -> None:
+    found = problems(tmp_path, f'[gemini]\nmodel = "{model}"\n{text}\n')
+    assert any(expected in line for line in found), found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'model = "gemini-3.8-live"\nproactive_audio = true',
+        'model = "gemini-3.8-live-extended-thinking"\nthinking_level = "high"',
+        'model = "gemini-3.1-flash-live-preview"\nthinking_level = "minimal"',
+        'model = "gemini-2.5-flash-native-audio-latest"\nthinking_budget = -1\n'
+        "proactive_audio = true\naffective_dialog = true",
+        'model = "models/gemini-3.8-live"\nfallback_models = ["gemini-3.1-flash-live-preview"]',
+        'model = "gemini-9-live-unknown"',  # unknown: newest family's rules, not an error
+    ],
+)
+def test_model_settings_accepted(text: str) -> None:
+    parse_config(f"[gemini]\n{text}\n")
+
+
+def test_check_config_cli_names_the_model(tmp_path: Path) -> None:
+    path = write(tmp_path, "[gemini]\naffective_dialog = true\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert f"{path}:gemini.affective_dialog: not supported by gemini-3.8-live" in result.stderr

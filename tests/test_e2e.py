@@ -324,3 +324,68 @@ def test_key_problems_go_offline_with_a_clear_status(tmp_path: Path, key: str | 
         assert code == 0
     record = app.record or {}
     assert len(record.get("connections", [])) <= 2
+
+
+def _frame_gains_db(consumed: np.ndarray, clip: np.ndarray, frames: np.ndarray) -> list[float]:
+    """For each 10 ms frame start in `frames`: the level (dB) of its best copy in
+    `consumed` relative to the clip (-inf when no copy correlates >= 0.9)."""
+    frame = bench_system.FRAME
+    got = consumed.astype(np.float64)
+    size = 1 << int(np.ceil(np.log2(got.size + frame)))
+    got_fft = np.fft.rfft(got, size)
+    energy = np.concatenate(([0.0], np.cumsum(got * got)))
+    gains = []
+    for start in frames:
+        block = clip[start : start + frame].astype(np.float64)
+        corr = np.fft.irfft(got_fft * np.conj(np.fft.rfft(block, size)), size)
+        corr = corr[: got.size - frame + 1]
+        seg_energy = energy[frame:] - energy[:-frame]
+        ncc = corr / np.sqrt(np.maximum(seg_energy[: corr.size], 1e-9) * np.dot(block, block))
+        at = int(np.argmax(ncc))
+        if ncc[at] < 0.9:
+            gains.append(float("-inf"))
+            continue
+        gains.append(10 * float(np.log10(seg_energy[at] / np.dot(block, block))))
+    return gains
+
+
+@pytest.mark.parametrize("gap_ms", [0, 50, 100, 200])
+def test_one_breath_question_arrives_whole_with_the_shipped_defaults(
+    tmp_path: Path, gap_ms: int
+) -> None:
+    """The product as shipped (wake cue on, echo cancellation on, voice barge-in on):
+    'hey jarvis, what is the weather like tomorrow' with the question `gap_ms` after the
+    wake phrase. The cue plays over the question; every 10 ms speech frame of the
+    question must reach the emulator, none more than 1 dB down."""
+    lead, wake = speech.silence(0.8), phrase("hey jarvis")
+    asked = phrase("what is the weather like tomorrow")
+    clip = speech.concat(lead, wake, speech.silence(gap_ms / 1000), asked, speech.silence(0.5))
+    q_start = lead.size + wake.size + gap_ms * speech.SAMPLE_RATE_HZ // 1000
+    # --no-espeak: a tone for a reply, so the test does not wait on speech synthesis.
+    with Appliance(tmp_path, ApplianceOptions(emulator_args=["--no-espeak"])) as app:
+        app.start()
+        config = app.daemon_config()
+        assert config.conversation.cues and config.echo.enabled and config.echo.voice_barge_in
+        t0 = time.monotonic()
+        app.say(clip)
+        assert app.wait_log(r"wake word hey_jarvis", 30, t0), app.log_text()[-3000:]
+        assert app.wait_state("follow_up", 60, t0), app.log_text()[-3000:]
+        cue = app.wait_log(r"idle -> (connecting|listening)", 0, t0)
+        assert cue is not None
+        assert app.stop()[0] == 0
+    assert app.record is not None
+    consumed, turns = bench_system.consumed_audio(app.record)
+    assert turns, app.record["sessions"]
+    first = np.frombuffer(consumed[: int(turns[0]["audio_bytes"])], dtype="<i2")
+    frame = bench_system.FRAME
+    active = bench_system.active_frames(asked)
+    starts = q_start + np.flatnonzero(active) * frame
+    gains = np.array(_frame_gains_db(first, clip, starts))
+    missing = np.flatnonzero(np.isinf(gains))
+    down = np.flatnonzero(gains < -1.0)
+    print(
+        f"gap {gap_ms} ms: {starts.size} speech frames of the question, {missing.size} "
+        f"missing, {down.size} more than 1 dB down (lowest {gains.min():.1f} dB)"
+    )
+    assert missing.size == 0, f"frames missing (10 ms index in the question): {missing}"
+    assert down.size == 0, f"frames attenuated: {[(int(i), round(gains[i], 1)) for i in down]}"

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from edge_agent.audio.ears import EarMode, Ears, EarsConfig
+from edge_agent.audio.ears import Ears, EarsConfig
 from edge_agent.audio.echo import Aec3EchoCanceller, EchoOutput
 from edge_agent.audio.vad import WebRtcVad
 from edge_agent.audio.wakeword import (
@@ -24,6 +24,14 @@ from edge_agent.core.events import (
     SpeechStarted,
     UplinkAudio,
     WakeWordDetected,
+)
+from edge_agent.core.policy import (
+    AgentState,
+    BargeInRules,
+    ConversationPolicy,
+    Listen,
+    Uplink,
+    decide,
 )
 from edge_agent.core.vad_gate import VadGateConfig
 from edge_agent_devkit.rig import speech
@@ -83,6 +91,22 @@ class PassThroughEcho:
 GATE = VadGateConfig(frame_ms=30, pre_roll_ms=300, speech_start_ms=90, speech_end_ms=300)
 
 
+ALL = BargeInRules(wake_word=True, voice=True)
+
+
+def idle() -> ConversationPolicy:
+    return decide(AgentState.IDLE, ALL)
+
+
+def speaking(rules: BargeInRules = ALL) -> ConversationPolicy:
+    return decide(AgentState.SPEAKING, rules)
+
+
+def turn(from_sample: int | None, number: int = 1) -> ConversationPolicy:
+    """The user's turn with uplink window `number` from `from_sample`."""
+    return decide(AgentState.LISTENING, ALL, uplink=Uplink(from_sample, number))
+
+
 def make_ears(wake=None, echo=None, **config) -> Ears:
     cfg = EarsConfig(gate=config.pop("gate", GATE), **config)
     return Ears(wake=wake or FakeWake(), is_speech=loud_is_speech, echo=echo, config=cfg)
@@ -123,9 +147,9 @@ def test_idle_runs_only_the_wake_word() -> None:
     assert sum(x.size for _, x in wake.inputs) == mic.size
 
 
-def test_start_uplink_at_wake_sends_the_request_but_not_the_wake_phrase() -> None:
-    """The daemon calls start_uplink(end_sample) when the wake word fires, some 300 ms
-    after the phrase; the request that follows is uplinked from the history."""
+def test_uplink_window_at_wake_sends_the_request_but_not_the_wake_phrase() -> None:
+    """The machine opens the uplink window at end_sample when the wake word fires, some
+    300 ms after the phrase; the request that follows is uplinked from the history."""
     lead, wake_ms, gap_ms, cmd_ms = 1000, 600, 200, 700
     wake_end = ms(lead + wake_ms)
     cmd_start = wake_end + ms(gap_ms)
@@ -142,10 +166,10 @@ def test_start_uplink_at_wake_sends_the_request_but_not_the_wake_phrase() -> Non
         ears,
         mic,
         on_event=lambda ev: (
-            ears.start_uplink(ev.end_sample) if isinstance(ev, WakeWordDetected) else None
+            ears.apply(turn(ev.end_sample)) if isinstance(ev, WakeWordDetected) else None
         ),
     )
-    assert ears.mode is EarMode.LISTENING
+    assert ears.listening_for is Listen.TURN
     marks = [e for _, e in events if not isinstance(e, UplinkAudio)]
     assert marks == [
         det,
@@ -157,33 +181,91 @@ def test_start_uplink_at_wake_sends_the_request_but_not_the_wake_phrase() -> Non
     assert not sent[:wake_end].any()  # the wake phrase stays local
     for ev in of(events, UplinkAudio):
         assert ev.pcm == mic[ev.start_sample : ev.end_sample].tobytes()
-    # Commands apply at the next block: SpeechStarted comes out of the replayed history
+    # Policies apply at the next block: SpeechStarted comes out of the replayed history
     # at the end of the block after the one that reported the wake word.
     started_at = next(t for t, e in events if isinstance(e, SpeechStarted))
     assert started_at == wake_end + ms(300) + 2 * BLOCK
 
 
-def test_set_mode_listening_includes_the_pre_roll_from_history() -> None:
+def test_an_uplink_window_in_the_past_replays_the_history_through_the_gate() -> None:
     mic = speech.concat(speech.silence(1), voiced(900), speech.silence(1))
     ears = make_ears()
     events = run(ears, mic[: ms(1100)])  # idle: speech began 100 ms ago
     assert events == []
-    ears.set_mode(EarMode.LISTENING)
-    assert ears.mode is EarMode.LISTENING
+    window_start = frame_floor(ms(1100)) - ms(300)
+    ears.apply(turn(window_start))
+    assert ears.listening_for is Listen.TURN
     events = run(ears, mic[ms(1100) :], start=ms(1100))
     assert of(events, SpeechStarted) == [SpeechStarted(frame_floor(ms(1000)))]
-    # The replay starts one pre-roll before the switch, which covers the onset.
+    # The replay covers the onset; the gate's pre-roll stops at the window's start.
     first = of(events, UplinkAudio)[0]
-    assert first.start_sample == frame_floor(ms(1100)) - ms(300)
+    assert first.start_sample == window_start
     assert first.pcm == mic[first.start_sample : first.end_sample].tobytes()
-    ears.set_mode(EarMode.IDLE)
+    ears.apply(idle())
+    assert ears.listening_for is Listen.WAKE_WORD
     assert run(ears, voiced(500), start=mic.size) == []
+
+
+def test_the_same_policy_twice_changes_nothing_a_new_window_restarts_the_gate() -> None:
+    """The daemon hands the policy over after every event: a repeat must not replay the
+    history again (that would send audio twice); a new window number does restart it."""
+    mic = speech.concat(speech.silence(0.5), voiced(600), speech.silence(1))
+    ears = make_ears()
+    ears.apply(turn(0))
+    first = run(ears, mic[: ms(900)])
+    assert len(of(first, SpeechStarted)) == 1
+    ears.apply(turn(0))  # a repeat: no replay, the utterance goes on
+    rest = run(ears, mic[ms(900) :], start=ms(900))
+    assert of(rest, SpeechStarted) == [] and len(of(rest, SpeechEnded)) == 1
+    sent = uplink_mask(first + rest, mic.size)
+    assert sum(len(e.pcm) for e in of(first + rest, UplinkAudio)) // 2 == sent.sum()
+    # Window 2 from the same sample: the history is gated again from there.
+    ears.apply(turn(0, number=2))
+    again = run(ears, speech.silence(0.1), start=mic.size)
+    assert of(again, SpeechStarted) == [SpeechStarted(frame_floor(ms(500)))]
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+@pytest.mark.parametrize("block", [7, 160, 1000])
+def test_any_block_size_gives_frame_exact_positions(frame_ms: int, block: int) -> None:
+    """The ears cut the capture stream into VAD frames whatever the block size; the
+    gate's positions and audio are those of the stream (here starting at 5000)."""
+    gate = VadGateConfig(frame_ms=frame_ms, pre_roll_ms=120, speech_start_ms=60, speech_end_ms=240)
+    mic = speech.concat(speech.silence(0.6), voiced(480), speech.silence(0.6))
+    ears = make_ears(gate=gate)
+    ears.apply(turn(5000))
+    events = []
+    for i in range(0, mic.size, block):
+        events += ears.process(mic[i : i + block], None, 5000 + i)
+    marks = [e for e in events if not isinstance(e, UplinkAudio)]
+    assert marks == [
+        SpeechStarted(5000 + ms(600)),
+        SpeechEnded(5000 + ms(1080), marks[1].reason),
+    ]
+    audio = [e for e in events if isinstance(e, UplinkAudio)]
+    start, end = audio[0].start_sample, audio[-1].end_sample
+    assert start == 5000 + ms(600 - 120)  # the pre-roll
+    assert end - start == ms(120 + 480 + 240)  # pre-roll + speech + hangover
+    assert b"".join(e.pcm for e in audio) == mic[start - 5000 : end - 5000].tobytes()
+
+
+def test_nothing_drops_blocks_unheard_and_resuming_is_not_a_jump() -> None:
+    wake = FakeWake({ms(300): WakeWordDetected("hey_jarvis", 0.9, ms(200))})
+    ears = make_ears(wake)
+    ears.apply(decide(AgentState.MUTED, ALL))
+    assert ears.listening_for is Listen.NOTHING
+    assert run(ears, voiced(500)) == []
+    assert wake.inputs == [] and ears.stats.blocks == 0
+    ears.apply(idle())
+    run(ears, speech.silence(0.2), start=ms(10_000))
+    assert ears.stats.discontinuities == 0
+    assert [pos for pos, _ in wake.inputs][:1] == [ms(10_000)]
 
 
 def test_voice_barge_in_during_playback() -> None:
     mic = speech.concat(speech.silence(1), voiced(200), speech.silence(0.5), voiced(600))
     ears = make_ears(echo=PassThroughEcho())
-    ears.set_mode(EarMode.PLAYING)
+    ears.apply(speaking())
     events = run(ears, mic, ref=np.full(mic.size, 1000, dtype=np.int16))
     barges = of(events, BargeInDetected)
     onset = frame_floor(ms(1700))
@@ -193,9 +275,13 @@ def test_voice_barge_in_during_playback() -> None:
     # 300 ms of speech in 30 ms frames after the onset (frames aligned with the stream).
     assert barges[0].detected_sample == onset + ms(300)
     assert of(events, SpeechStarted) == []  # no uplink while playing
-    # Re-armed by a new PLAYING.
-    ears.set_mode(EarMode.PLAYING)
-    again = run(ears, voiced(400), ref=np.full(ms(400), 1000, dtype=np.int16), start=mic.size)
+    assert run(ears, voiced(400), ref=np.full(ms(400), 1000, dtype=np.int16), start=mic.size) == []
+    # Fired once per reply; re-armed when a new reply is due (after the user's turn).
+    ears.apply(turn(None))
+    ears.apply(decide(AgentState.THINKING, ALL))
+    again = run(
+        ears, voiced(400), ref=np.full(ms(400), 1000, dtype=np.int16), start=mic.size + ms(400)
+    )
     assert len(of(again, BargeInDetected)) == 1
 
 
@@ -205,17 +291,22 @@ def test_wake_word_barge_in_and_switches() -> None:
     ref = np.full(mic.size, 1000, dtype=np.int16)
 
     ears = make_ears(FakeWake({ms(1200): det}), echo=PassThroughEcho())
-    ears.set_mode(EarMode.PLAYING)
+    ears.apply(speaking())
     events = [e for _, e in run(ears, mic, ref)]
     assert events == [det, BargeInDetected(BargeInReason.WAKE_WORD, ms(900), ms(1200) + BLOCK)]
 
-    ears = make_ears(FakeWake({ms(1200): det}), echo=PassThroughEcho(), barge_in_by_wake_word=False)
-    ears.set_mode(EarMode.PLAYING)
+    ears = make_ears(FakeWake({ms(1200): det}), echo=PassThroughEcho())
+    ears.apply(speaking(BargeInRules(wake_word=False, voice=True)))
     assert [e for _, e in run(ears, mic, ref)] == [det]
 
-    ears = make_ears(echo=PassThroughEcho(), voice_barge_in=False)
-    ears.set_mode(EarMode.PLAYING)
+    ears = make_ears(echo=PassThroughEcho())
+    ears.apply(speaking(BargeInRules(wake_word=True, voice=False)))
     assert run(ears, voiced(1000), np.full(ms(1000), 1000, dtype=np.int16)) == []
+
+    # Outside a reply nothing is a barge-in: the wake word is reported, the rest is ignored.
+    ears = make_ears(FakeWake({ms(1200): det}), echo=PassThroughEcho())
+    ears.apply(idle())
+    assert [e for _, e in run(ears, speech.concat(mic, voiced(1000)))] == [det]
 
 
 def test_without_aec_playback_mutes_wake_word_and_vad_until_the_tail_ends() -> None:
@@ -227,10 +318,10 @@ def test_without_aec_playback_mutes_wake_word_and_vad_until_the_tail_ends() -> N
     )
     wake = FakeWake()
     ears = make_ears(wake)  # echo=None -> guard on
-    ears.set_mode(EarMode.PLAYING)
+    ears.apply(speaking())
     events = run(ears, mic[: ms(1800)], ref[: ms(1800)])
     assert of(events, BargeInDetected) == []  # user (or echo) over playback: ignored
-    ears.set_mode(EarMode.LISTENING)
+    ears.apply(turn(frame_floor(ms(1800)) - ms(300)))  # replays guarded history too
     events = run(ears, mic[ms(1800) :], ref[ms(1800) : mic.size], start=ms(1800))
     guard_end = ms(2000 + 500)
     fed = np.concatenate([x for _, x in wake.inputs])
@@ -255,7 +346,7 @@ def test_listening_while_the_device_plays_needs_barge_in_length_speech() -> None
         speech.silence(1.7),
     )
     ears = make_ears(echo=PassThroughEcho())
-    ears.set_mode(EarMode.LISTENING)
+    ears.apply(turn(0))
     events = run(ears, mic, ref)
     starts = of(events, SpeechStarted)
     # 150 ms burst during playback: ignored. 500 ms speech during playback: opens.
@@ -278,23 +369,35 @@ def test_barge_in_rule_bridges_short_gaps_and_fires_once() -> None:
                 out.append(ev)
         return out
 
+    # Unarmed (no reply to interrupt), it detects nothing.
+    assert feed("1" * 30) == [] and det.on_wake_word(5, 6) is None
+    det.arm(ALL)
     # 5 frames, a 300 ms gap (bridged), 5 more: fires on the 10th speech frame.
     hits = feed("11111" + "." * 10 + "11111" + "1111")
     assert len(hits) == 1
     assert hits[0].sample == 0  # onset - pre-roll, floored at 0
     assert hits[0].detected_sample == 20 * fs
-    det.reset()
+    det.arm(ALL)
     # A gap longer than 300 ms restarts the count.
     hits = feed("11111" + "." * 11 + "1111111111")
     assert len(hits) == 1
     assert hits[0].sample == 16 * fs - ms(150)
     assert hits[0].detected_sample == 26 * fs
     # The floor (playback start) bounds how far back `sample` points.
-    det.reset(floor_sample=6000)
+    det.arm(ALL, floor_sample=6000)
     assert feed("1" * 10)[0].sample == 6000
-    assert det.on_wake_word(5, 6) is None  # latched until reset
-    det.reset()
+    assert det.on_wake_word(5, 6) is None  # latched until re-armed
+    det.arm(ALL)
     assert det.on_wake_word(5, 6) == BargeInDetected(BargeInReason.WAKE_WORD, 5, 6)
+    # The policy's switches: each kind counts only when its rule says so.
+    det.arm(BargeInRules(wake_word=False, voice=True))
+    assert det.on_wake_word(5, 6) is None
+    assert len(feed("1" * 10)) == 1
+    det.arm(BargeInRules(wake_word=True, voice=False))
+    assert feed("1" * 30) == []
+    assert det.on_wake_word(5, 6) == BargeInDetected(BargeInReason.WAKE_WORD, 5, 6)
+    det.disarm()
+    assert feed("1" * 30) == [] and det.on_wake_word(5, 6) is None
 
 
 def test_bad_blocks_are_logged_once_and_survived(caplog: pytest.LogCaptureFixture) -> None:
@@ -322,13 +425,12 @@ def test_config_from_app_settings() -> None:
     assert cfg.gate.speech_end_ms == Config().vad.speech_end_ms
     assert cfg.barge_in.min_speech_ms == Config().echo.barge_in_speech_ms
     assert cfg.aec_enabled is True
-    assert cfg.voice_barge_in is True
-    # Without echo cancellation the mic hears the reply: voice barge-in is off, the
-    # playback guard is on (the button still interrupts).
+    # Without echo cancellation the mic hears the reply: voice barge-in is off (the
+    # policy's rule), the playback guard is on (the button still interrupts).
     no_aec = Config(echo=dataclasses.replace(Config().echo, enabled=False))
-    assert not no_aec.echo.voice_barge_in_active
+    assert not BargeInRules.from_config(no_aec).voice
     cfg_no_aec = EarsConfig.from_settings(no_aec)
-    assert cfg_no_aec.aec_enabled is False and cfg_no_aec.voice_barge_in is False
+    assert cfg_no_aec.aec_enabled is False
     with pytest.raises(ValueError):
         EarsConfig(sample_rate_hz=48000)
     with pytest.raises(ValueError):
@@ -396,7 +498,7 @@ def test_pipeline_detects_wherever_the_bare_model_does(jarvis_model) -> None:
             clip.audio,
             ref=np.zeros(clip.audio.size, dtype=np.int16),
             on_event=lambda ev, e=ears: (
-                e.start_uplink(ev.end_sample) if isinstance(ev, WakeWordDetected) else None
+                e.apply(turn(ev.end_sample)) if isinstance(ev, WakeWordDetected) else None
             ),
         )
         wakes = of(events, WakeWordDetected)

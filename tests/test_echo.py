@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from edge_agent.audio.ears import EarMode, Ears, EarsConfig
+from edge_agent.audio.ears import Ears, EarsConfig
 from edge_agent.audio.echo import (
     REF_SILENCE_PEAK,
     Aec3EchoCanceller,
@@ -26,6 +26,14 @@ from edge_agent.audio.echo import (
 from edge_agent.audio.vad import WebRtcVad
 from edge_agent.audio.wakeword import WakeWordDetector, load_openwakeword_model
 from edge_agent.core.events import BargeInDetected, SpeechStarted, WakeWordDetected
+from edge_agent.core.policy import (
+    AgentState,
+    BargeInRules,
+    ConversationPolicy,
+    Listen,
+    Uplink,
+    decide,
+)
 from edge_agent_devkit.rig import speech
 from edge_agent_devkit.rig.speech import Room
 
@@ -261,15 +269,23 @@ def make_ears(model, *, aec: bool, guard: bool | None = None) -> tuple[Ears, Wak
     return ears, wake
 
 
-def play(ears: Ears, sc: Scene, mode: EarMode, *, listen_after: bool = False) -> list:
-    """Run the scene: IDLE until the reply starts, then `mode`; optionally LISTENING
-    100 ms after the reply ends (the follow-up window)."""
+def policy_at(listen: Listen, i: int, window: int) -> ConversationPolicy:
+    """The policy that makes the ears do `listen` from block `i`: a reply playing, or the
+    user's turn with an uplink window that reaches one 300 ms pre-roll back."""
+    if listen is Listen.BARGE_IN:
+        return decide(AgentState.SPEAKING, BargeInRules(wake_word=True, voice=True))
+    return decide(AgentState.LISTENING, BargeInRules(), uplink=Uplink(max(0, i - ms(300)), window))
+
+
+def play(ears: Ears, sc: Scene, listen: Listen, *, listen_after: bool = False) -> list:
+    """Run the scene: wake word only until the reply starts, then `listen` (BARGE_IN or
+    TURN); optionally the user's turn 100 ms after the reply ends (the follow-up window)."""
     events = []
     for i in range(0, sc.mic.size - BLOCK + 1, BLOCK):
         if i == sc.reply_start:
-            ears.set_mode(mode)
+            ears.apply(policy_at(listen, i, 1))
         if listen_after and i == sc.reply_end + ms(100):
-            ears.set_mode(EarMode.LISTENING)
+            ears.apply(policy_at(Listen.TURN, i, 2))
         for ev in ears.process(sc.mic[i : i + BLOCK], sc.played[i : i + BLOCK], i):
             events.append((i + BLOCK, ev))
     return events
@@ -310,10 +326,10 @@ def test_aec3_removes_at_least_25_db_of_echo(room: Room) -> None:
 def test_with_aec_the_reply_saying_hey_jarvis_triggers_nothing(jarvis_model, reply) -> None:
     for k, room in enumerate(ROOMS):
         sc = scene(room, reply, seed=k)
-        for mode in (EarMode.PLAYING, EarMode.LISTENING):
+        for listen in (Listen.BARGE_IN, Listen.TURN):
             ears, wake = make_ears(jarvis_model, aec=True)
-            events = play(ears, sc, mode)
-            case = f"room {room.direct_gain_db} dB, {mode}"
+            events = play(ears, sc, listen)
+            case = f"room {room.direct_gain_db} dB, {listen}"
             assert of(events, WakeWordDetected) == [], case
             assert of(events, BargeInDetected) == [], case
             assert of(events, SpeechStarted) == [], case
@@ -327,14 +343,14 @@ def test_without_aec_the_echo_wakes_the_device_and_fools_the_vad(jarvis_model) -
     for k, room in enumerate(ROOMS):
         sc = scene(room, REPLIES[0], seed=k)
         ears, _ = make_ears(jarvis_model, aec=False, guard=False)
-        events = play(ears, sc, EarMode.PLAYING)
+        events = play(ears, sc, Listen.BARGE_IN)
         wakes = of(events, WakeWordDetected)
         barges = of(events, BargeInDetected)
         assert wakes, f"room {room.direct_gain_db} dB: the echo did not wake the raw pipeline"
         assert barges, f"room {room.direct_gain_db} dB: the echo did not trip the raw VAD"
         assert all(sc.reply_start <= t <= sc.reply_end + ms(700) for t, _ in wakes + barges)
         ears, _ = make_ears(jarvis_model, aec=False, guard=False)
-        assert of(play(ears, sc, EarMode.LISTENING), SpeechStarted), "raw VAD gate stayed shut"
+        assert of(play(ears, sc, Listen.TURN), SpeechStarted), "raw VAD gate stayed shut"
 
 
 @needs_espeak
@@ -346,7 +362,7 @@ def test_without_aec_the_guard_suppresses_echo_and_voice_barge_in(jarvis_model) 
         for user in (None, USERS[0]):
             sc = scene(room, REPLIES[0], user=user, seed=k)
             ears, _ = make_ears(jarvis_model, aec=False)  # guard on by default
-            events = play(ears, sc, EarMode.PLAYING)
+            events = play(ears, sc, Listen.BARGE_IN)
             case = f"room {room.direct_gain_db} dB, user {user is not None}"
             assert of(events, WakeWordDetected) == [], case
             assert of(events, BargeInDetected) == [], case
@@ -361,7 +377,7 @@ def test_user_talking_over_the_reply_is_a_barge_in_within_700_ms(jarvis_model) -
         for j, user in enumerate(USERS):
             sc = scene(room, REPLIES[1], user=user, user_at=0.3 + 0.15 * j, seed=10 * k + j)
             ears, _ = make_ears(jarvis_model, aec=True)
-            barges = of(play(ears, sc, EarMode.PLAYING), BargeInDetected)
+            barges = of(play(ears, sc, Listen.BARGE_IN), BargeInDetected)
             case = f"room {room.direct_gain_db} dB, user {user[0]!r}"
             assert len(barges) == 1, case
             detected_at, ev = barges[0]
@@ -392,6 +408,6 @@ def test_listening_after_the_reply_does_not_open_on_room_noise(jarvis_model, noi
         )
         sc = scene(room, REPLIES[1], seed=k, tail_s=3.0)
         ears, _ = make_ears(jarvis_model, aec=True)
-        events = play(ears, sc, EarMode.PLAYING, listen_after=True)
+        events = play(ears, sc, Listen.BARGE_IN, listen_after=True)
         assert of(events, SpeechStarted) == [], f"room {room.direct_gain_db} dB"
         assert of(events, BargeInDetected) == [], f"room {room.direct_gain_db} dB"

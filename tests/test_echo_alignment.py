@@ -14,9 +14,10 @@ from collections import deque
 import numpy as np
 import pytest
 
-from edge_agent.audio.ears import EarMode, Ears, EarsConfig
+from edge_agent.audio.ears import Ears, EarsConfig
 from edge_agent.audio.echo import AEC3_LATENCY_SAMPLES, Aec3EchoCanceller, EchoOutput
 from edge_agent.core.events import UplinkAudio
+from edge_agent.core.policy import AgentState, BargeInRules, Uplink, decide
 
 BLOCK = 160
 RATE = 16000
@@ -150,7 +151,7 @@ def test_ears_uplink_holds_every_mic_sample_at_its_position_across_switches() ->
     rng = np.random.default_rng(5)
     mic = (rng.standard_normal(n) * 2000).astype(np.int16)
     ref = _reference(n, [(12000, 15600), (30000, 33600), (48000, 49600)])  # cue-length
-    ears.set_mode(EarMode.LISTENING)
+    ears.apply(decide(AgentState.LISTENING, BargeInRules(), uplink=Uplink(0, 1)))
     pieces: deque[UplinkAudio] = deque()
     for i in range(0, n, BLOCK):
         pieces.extend(
@@ -178,3 +179,88 @@ def test_after_settling_the_uplink_is_the_cleaned_audio(settle_ms: int) -> None:
     outs = _run(aec, mic, _reference(n, [(RATE, 3 * RATE)]))
     late = outs[2 * RATE // BLOCK]
     assert late.settled and np.array_equal(late.cleaned, mic[:BLOCK] // 2)
+
+
+class Bursts:
+    """output_source stand-in: short 24 kHz bursts (cue-length), so AEC3 switches on
+    and off several times while the mic streams."""
+
+    def __init__(self, every_s: float = 0.7, length_s: float = 0.15) -> None:
+        self.every = round(every_s * 24000)
+        self.length = round(length_s * 24000)
+        self.pos = 0
+        self.rng = np.random.default_rng(9)
+
+    def __call__(self, n: int) -> np.ndarray:
+        out = np.zeros(n, np.int16)
+        phase = (self.pos + np.arange(n)) % self.every
+        on = (phase >= self.every // 2) & (phase < self.every // 2 + self.length)
+        out[on] = (self.rng.standard_normal(int(on.sum())) * 3000).astype(np.int16)
+        self.pos += n
+        return out
+
+
+@pytest.mark.timeout(120)
+def test_through_the_engine_switching_echo_cancellation_keeps_every_sample_in_place(
+    tmp_path,
+) -> None:
+    """A known signal streams through the real AudioEngine (full duplex over the ALSA
+    rig), the capture pipeline and the ears with real AEC3, while playback bursts
+    switch the canceller on and off: every uplinked sample is the one fed to the mic at
+    the position its event names."""
+    import threading
+    import time
+
+    from edge_agent.audio.capture import CapturePipeline
+    from edge_agent.audio.engine import AudioEngine
+    from edge_agent.audio.supervisor import EngineState
+    from edge_agent_devkit.rig.alsa_rig import AlsaRig
+
+    rate = 16000
+    mic = (np.random.default_rng(11).standard_normal(rate * 4) * 2000).astype(np.int16)
+    rig = AlsaRig(tmp_path / "rig")
+    rig.add_duplex("dup", rate, source=mic)
+    rig.start()
+    aec = Aec3EchoCanceller.create(idle_bypass_ms=200)
+    ears = Ears(wake=NoWake(), is_speech=lambda frame: True, echo=aec, config=EarsConfig())
+    ears.apply(decide(AgentState.LISTENING, BargeInRules(), uplink=Uplink(0, 1)))
+    pieces: list[UplinkAudio] = []
+    lock = threading.Lock()
+
+    def on_events(events: list[object]) -> None:
+        with lock:
+            pieces.extend(e for e in events if isinstance(e, UplinkAudio))
+
+    pipe = CapturePipeline(ears, on_events)
+    engine = AudioEngine(
+        input_device="dup",
+        output_device="dup",
+        duplex=True,
+        duplex_rate_hz=rate,
+        output_source=Bursts(),
+        on_block=pipe.on_block,
+    )
+    try:
+        pipe.start()
+        assert engine.start() is EngineState.RUNNING
+        deadline = time.monotonic() + 60
+        while pipe.capture_pos < mic.size - rate // 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+        pipe.stop()
+        rig.stop()
+    switched_on = aec.processed_blocks
+    assert switched_on > 0 and aec.bypassed_blocks > 0
+    with lock:
+        got = list(pieces)
+    covered = 0
+    for piece in got:
+        pcm = np.frombuffer(piece.pcm, dtype="<i2")
+        start = piece.start_sample
+        end = min(start + pcm.size, mic.size)
+        if end <= start:
+            continue
+        assert np.array_equal(pcm[: end - start], mic[start:end]), f"at sample {start}"
+        covered += end - start
+    assert covered >= mic.size - rate  # the gate was open all along: nearly all went up

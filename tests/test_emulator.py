@@ -941,3 +941,226 @@ def test_cli_serves_until_sigterm_and_writes_the_record(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- model families and lifecycle
+
+NOT_FOUND = (
+    "models/{} is not found for API version v1beta, or is not supported for bidiGenerateContent."
+    " Call ListModels to see the list of available models and their supported methods."
+)
+
+
+async def _setup_answer(emu, model: str, config: types.LiveConnectConfig) -> int | None:
+    """Connect with the SDK: None when setupComplete came, else the close code."""
+    try:
+        async with sdk_client(emu).aio.live.connect(model=model, config=config):
+            return None
+    except errors.APIError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    ("model", "config", "code"),
+    [
+        ("gemini-3.8-live", types.LiveConnectConfig(), None),
+        (
+            "gemini-3.8-live",
+            types.LiveConnectConfig(proactivity=types.ProactivityConfig(proactive_audio=False)),
+            1007,
+        ),
+        (
+            "gemini-3.8-live",
+            types.LiveConnectConfig(proactivity=types.ProactivityConfig(proactive_audio=True)),
+            None,
+        ),
+        ("gemini-3.8-live", types.LiveConnectConfig(enable_affective_dialog=False), 1007),
+        (
+            "gemini-3.8-live",
+            types.LiveConnectConfig(
+                thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel.LOW)
+            ),
+            1007,
+        ),
+        (
+            "gemini-3.8-live-extended-thinking",
+            types.LiveConnectConfig(
+                thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel.HIGH)
+            ),
+            None,
+        ),
+        (
+            "gemini-3.1-flash-live-preview",
+            types.LiveConnectConfig(
+                thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel.MINIMAL)
+            ),
+            None,
+        ),
+        (
+            "gemini-2.5-flash-native-audio-preview-12-2025",
+            types.LiveConnectConfig(
+                enable_affective_dialog=True,
+                proactivity=types.ProactivityConfig(proactive_audio=True),
+                thinking_config=types.ThinkingConfig(thinking_budget=0),
+            ),
+            None,
+        ),
+        (
+            "gemini-2.5-flash-native-audio-latest",
+            types.LiveConnectConfig(
+                thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel.LOW)
+            ),
+            1007,
+        ),
+    ],
+    ids=[
+        "3.8-plain",
+        "3.8-proactive-false",
+        "3.8-proactive-true",
+        "3.8-affective",
+        "3.8-thinking-level",
+        "3.8-extended-level",
+        "3.1-level",
+        "2.5-opt-ins",
+        "2.5-level",
+    ],
+)
+def test_each_family_enforces_its_setup_rules(
+    model: str, config: types.LiveConnectConfig, code: int | None
+) -> None:
+    async def body() -> None:
+        async with emulator() as emu:
+            assert await _setup_answer(emu, model, config) == code
+            conn = emu.record.connections[0]
+            assert conn.model == model and conn.setup_complete_sent is (code is None)
+            if code is not None:
+                assert conn.close_reason == "Request contains an invalid argument."
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        types.LiveConnectConfig(enable_affective_dialog=False),
+        types.LiveConnectConfig(proactivity=types.ProactivityConfig(proactive_audio=False)),
+    ],
+    ids=["affective", "proactivity"],
+)
+def test_3_1_with_affective_dialog_or_proactivity_never_completes_setup(config) -> None:
+    async def body() -> None:
+        async with emulator() as emu:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await _setup_answer(emu, "gemini-3.1-flash-live-preview", config)
+            assert emu.record.connections[0].setup_complete_sent is False
+
+    run(body)
+
+
+def test_media_chunks_are_1007_on_3_1_too() -> None:
+    async def body() -> None:
+        async with emulator() as emu:
+            client = sdk_client(emu)
+            model = "gemini-3.1-flash-live-preview"
+            async with client.aio.live.connect(model=model, config=live_config()) as session:
+                await session.send_realtime_input(
+                    media=types.Blob(data=b"\x00\x00", mime_type="audio/pcm;rate=16000")
+                )
+                with pytest.raises(errors.APIError) as media:
+                    while True:
+                        await collect_turn(session)
+                assert media.value.code == 1007
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    "model", ["gemini-2.0-flash-live-001", "gemini-emulated-native-audio", "gemini-2.5-flash"]
+)
+def test_unknown_retired_or_text_model_is_1008_not_found(model: str) -> None:
+    async def body() -> None:
+        async with emulator(retired_models=("gemini-2.0-flash-live-001",)) as emu:
+            with pytest.raises(errors.APIError) as refused:
+                async with sdk_client(emu).aio.live.connect(model=model):
+                    pass
+            assert refused.value.code == 1008
+            reason = emu.record.connections[0].close_reason
+            assert reason is not None
+            # the full text is longer than a close frame can carry (123 bytes): a prefix
+            assert NOT_FOUND.format(model).startswith(reason) and len(reason) > 60
+            assert emu.record.connections[0].setup_complete_sent is False
+
+    run(body)
+
+
+def test_retiring_a_model_refuses_the_next_connection_only() -> None:
+    async def body() -> None:
+        async with emulator() as emu:
+            client = sdk_client(emu)
+            async with client.aio.live.connect(model=MODEL, config=live_config()) as open_one:
+                emu.retire_model(MODEL)
+                # the open connection keeps working
+                await open_one.send_client_content(
+                    turns=types.Content(role="user", parts=[types.Part(text="hello")])
+                )
+                assert audio_of(await collect_turn(open_one))
+                with pytest.raises(errors.APIError) as refused:
+                    async with client.aio.live.connect(model=MODEL, config=live_config()):
+                        pass
+                assert refused.value.code == 1008
+                assert f"models/{MODEL} is not found" in str(refused.value)
+            other = "gemini-3.1-flash-live-preview"
+            async with client.aio.live.connect(model=other, config=live_config()):
+                pass
+
+    run(body)
+
+
+def _rest_client(emu, key: str = KEY):
+    from google import genai
+
+    ctx = emu.client_ssl_context()
+    return genai.Client(
+        api_key=key,
+        http_options=types.HttpOptions(
+            base_url=emu.base_url,
+            client_args={"verify": ctx},
+            async_client_args={"ssl": ctx, "verify": ctx},
+        ),
+    )
+
+
+def test_models_list_through_the_sdk_is_paged_and_names_live_models() -> None:
+    async def body() -> None:
+        async with emulator() as emu:
+            client = _rest_client(emu)
+
+            def sync_list() -> list[types.Model]:
+                return list(client.models.list(config={"page_size": 3}))
+
+            models = await asyncio.to_thread(sync_list)
+            live = [m.name for m in models if "bidiGenerateContent" in (m.supported_actions or [])]
+            assert "models/gemini-3.8-live" in live
+            assert "models/gemini-3.1-flash-live-preview" in live
+            assert "models/gemini-2.5-flash" not in live and len(models) == 8
+            pager = await client.aio.models.list(config={"page_size": 3})
+            assert len(pager.page) == 3  # one page at a time, then the next on demand
+            names = [m.name async for m in pager]
+            assert names == [m.name for m in models]
+
+            emu.retire_model("gemini-3.8-live")
+            after = [m.name async for m in await client.aio.models.list()]
+            assert "models/gemini-3.8-live" not in after and len(after) == 7
+            got = await client.aio.models.get(model="gemini-3.1-flash-live-preview")
+            assert got.supported_actions == ["bidiGenerateContent"]
+            with pytest.raises(errors.ClientError) as gone:
+                await client.aio.models.get(model="gemini-3.8-live")
+            assert gone.value.code == 404
+            with pytest.raises(errors.ClientError) as bad:
+                await _rest_client(emu, key="wrong").aio.models.get(model="gemini-3.8-live")
+            assert bad.value.code == 400 and "API key not valid" in str(bad.value)
+            # REST requests are not Live connections
+            assert emu.record.connections == []
+
+    run(body)

@@ -19,8 +19,10 @@ import pytest
 from google import genai
 from google.genai import types
 
-from edge_agent.config import GeminiConfig, ReconnectConfig
+from edge_agent.config import ConversationConfig, GeminiConfig, ReconnectConfig
 from edge_agent.core.events import (
+    ButtonPressed,
+    ButtonReleased,
     GenerationCompleted,
     GoAwayReceived,
     InputTranscript,
@@ -30,9 +32,20 @@ from edge_agent.core.events import (
     SessionClosed,
     SessionLost,
     SessionReady,
+    SpeechEnded,
+    SpeechStarted,
     ToolCallCancelled,
     ToolCalled,
     TurnCompleted,
+)
+from edge_agent.core.policy import BargeInRules
+from edge_agent.core.state import (
+    CloseSession,
+    ConversationMachine,
+    InterruptSession,
+    OpenSession,
+    SendActivityEnd,
+    SendActivityStart,
 )
 from edge_agent.live.connect_config import (
     WS_LOGGER_NAME,
@@ -218,6 +231,55 @@ class Recorder:
         return b"".join(e.pcm24k for e in self.of(ModelAudioReceived))
 
 
+class MiniDaemon(Recorder):
+    """The daemon's side of a conversation, with the real conversation machine: session
+    events go to the machine, a reply chunk plays only while the machine is
+    ``accepting_model_audio`` (the one place that decides what audio is stale, as in
+    ``Daemon._on_live_event``), and the machine's session actions reach the session."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.machine = ConversationMachine(ConversationConfig(), barge_in=BargeInRules())
+        self.session: LiveSession | None = None
+        self.played: list[bytes] = []
+
+    def __call__(self, event: object) -> None:
+        super().__call__(event)
+        if isinstance(event, ModelAudioReceived):
+            if not self.machine.accepting_model_audio:
+                return  # the rest of a reply the user barged into
+            self.played.append(event.pcm24k)
+        self.feed(event)
+
+    def feed(self, event: object) -> None:
+        session = self.session
+        assert session is not None
+        for action in self.machine.handle(event, time.monotonic()):
+            if isinstance(action, OpenSession):
+                session.open()
+            elif isinstance(action, CloseSession):
+                session.close()
+            elif isinstance(action, SendActivityStart):
+                session.activity_start()
+            elif isinstance(action, SendActivityEnd):
+                session.activity_end()
+            elif isinstance(action, InterruptSession):
+                session.interrupt()
+
+    def press(self) -> None:
+        self.feed(ButtonPressed())
+        self.feed(ButtonReleased())
+
+    async def say(self, audio: bytes) -> None:
+        """The ears hear a whole utterance: speech start, the audio, speech end."""
+        assert self.session is not None
+        self.feed(SpeechStarted(0))
+        for c in chunks(audio):
+            self.session.send_audio(c)
+            await asyncio.sleep(0)
+        self.feed(SpeechEnded(len(audio) // 2))
+
+
 class FakeTime:
     """Policy clock + sleep that advance instantly: hours of backoff in milliseconds.
 
@@ -271,6 +333,7 @@ class Rig:
         reconnect: ReconnectConfig = FAST_RECONNECT,
         fake_time: FakeTime | None = None,
         tools: ToolRegistry | None = None,
+        events: Recorder | None = None,
         **cfg: object,
     ) -> None:
         self.tools = tools
@@ -280,7 +343,7 @@ class Rig:
         self.fake_time = fake_time
         self.cfg_overrides = cfg
         self.state_dir = tmp_path / "state"
-        self.events = Recorder()
+        self.events = events if events is not None else Recorder()
         self.emu: LiveEmulator
         self.session: LiveSession
 
@@ -288,6 +351,8 @@ class Rig:
         self.emu = LiveEmulator(self.options)
         await self.emu.start()
         self.session = self.new_session()
+        if isinstance(self.events, MiniDaemon):
+            self.events.session = self.session
         self.session.start()
         return self
 
@@ -320,22 +385,21 @@ class Rig:
         self.session.activity_end()
 
 
-def test_text_turn_round_trip(tmp_path: Path) -> None:
+def test_turn_round_trip_and_idle_close(tmp_path: Path) -> None:
     async def body() -> None:
         async with Rig(tmp_path) as rig:
             rig.session.open()
             ready = await rig.events.wait_for(SessionReady)
             assert ready.resumed is False and rig.session.ready
-            rig.session.send_text("Hello there, how are you?")
+            await rig.speak_turn(pcm(5, 0.5))
             await rig.events.wait_for(TurnCompleted)
             kinds = [type(e) for e in rig.events.events]
             assert kinds.index(GenerationCompleted) < kinds.index(TurnCompleted)
             assert rig.events.of(OutputTranscript)
             reply = rig.emu.record.replies[0]
             assert rig.events.model_audio() == bytes(reply.audio) and reply.audio
-            (_, sent), *_ = rig.client_messages("clientContent")
-            assert sent["clientContent"]["turnComplete"] is True
-            assert "Hello there" in json.dumps(sent)
+            ends = [m for _, m in rig.client_messages("realtimeInput") if _activity_end(m)]
+            assert len(ends) == 1 and not rig.client_messages("clientContent")
             rig.session.close()
             await rig.events.wait_for(SessionClosed)
             assert rig.session.state is SessionState.IDLE
@@ -344,6 +408,16 @@ def test_text_turn_round_trip(tmp_path: Path) -> None:
             assert conn.closed_by == "client" and conn.close_code == 1000
 
     run(body)
+
+
+def _activity_end(message: dict) -> bool:
+    realtime = message["realtimeInput"]
+    return "activityEnd" in realtime or "activity_end" in realtime
+
+
+def _activity_start(message: dict) -> bool:
+    realtime = message["realtimeInput"]
+    return "activityStart" in realtime or "activity_start" in realtime
 
 
 def test_audio_turn_with_transcripts_and_24k_audio(tmp_path: Path) -> None:
@@ -369,45 +443,52 @@ def test_audio_turn_with_transcripts_and_24k_audio(tmp_path: Path) -> None:
 
 
 def test_barge_in_interrupts_the_reply_and_drops_its_rest(tmp_path: Path) -> None:
-    options = EmulatorOptions(valid_api_keys=(KEY,), pace=1.0, espeak=False)
+    """The button during a reply: the session opens the user's turn (one activityStart,
+    which the speech that follows reuses), the server interrupts, and the conversation
+    machine plays nothing more of that reply, then all of the next one."""
+    options = EmulatorOptions(
+        valid_api_keys=(KEY,),
+        pace=1.0,
+        espeak=False,
+        reply_text="Once upon a time the sea and the wind told each other a long story.",
+    )
+    daemon = MiniDaemon()
 
     async def body() -> None:
-        async with Rig(tmp_path, options) as rig:
-            rig.session.open()
+        async with Rig(tmp_path, options, events=daemon) as rig:
+            daemon.press()  # opens the session through the machine
             await rig.events.wait_for(SessionReady)
-            rig.session.send_text("Tell me a long story about the sea and the wind, please.")
-            await rig.events.wait_for(ModelAudioReceived, count=2)
-            heard = len(rig.events.of(ModelAudioReceived))
-            rig.session.interrupt()  # button: stop talking, I want to speak
+            first = pcm(2, 0.4)
+            await daemon.say(first)
+            await wait_until(lambda: len(daemon.played) >= 2)
+            heard = len(daemon.played)
+            daemon.press()  # button: stop talking, I want to speak
             await rig.events.wait_for(ServerInterrupted)
             await rig.events.wait_for(TurnCompleted)
-            assert len(rig.events.of(ModelAudioReceived)) == heard  # nothing after the barge-in
+            assert len(daemon.played) == heard  # nothing after the barge-in
             assert not rig.events.of(GenerationCompleted)
             assert rig.emu.record.replies[0].interrupted
-            question = pcm(2, 0.5)
-            for c in chunks(question):
-                rig.session.send_audio(c)
-            rig.session.activity_end()
+            question = pcm(3, 0.5)
+            await daemon.say(question)
             await rig.events.wait_for(TurnCompleted, count=2)
             await rig.events.wait_for(GenerationCompleted)
-            assert len(rig.events.of(ModelAudioReceived)) > heard  # the new reply plays
-            starts = [
-                m
-                for _, m in rig.client_messages("realtimeInput")
-                if "activityStart" in m["realtimeInput"] or "activity_start" in m["realtimeInput"]
-            ]
-            assert len(starts) == 1
-            assert rig.emu.record.sessions[-1].consumed_audio == question
+            second = rig.emu.record.replies[1]
+            assert second.completed and b"".join(daemon.played[heard:]) == bytes(second.audio)
+            starts = [m for _, m in rig.client_messages("realtimeInput") if _activity_start(m)]
+            assert len(starts) == 2  # one per user turn: the barge-in's opened the second
+            assert rig.emu.record.sessions[-1].consumed_audio == first + question
 
     run(body)
 
 
 def test_tool_call_round_trip(tmp_path: Path) -> None:
+    options = EmulatorOptions(valid_api_keys=(KEY,), pace=0.0, espeak=False, force_tool_call=True)
+
     async def body() -> None:
-        async with Rig(tmp_path) as rig:
+        async with Rig(tmp_path, options) as rig:
             rig.session.open()
             await rig.events.wait_for(SessionReady)
-            rig.session.send_text("What time is it? Use the get_time tool.")
+            await rig.speak_turn(pcm(4, 0.3))
             called = await rig.events.wait_for(ToolCalled)
             assert called.name == "get_time" and called.call_id
             await rig.events.wait_for(TurnCompleted)
@@ -424,18 +505,20 @@ def test_tool_call_round_trip(tmp_path: Path) -> None:
 def test_tool_call_cancelled_by_barge_in(tmp_path: Path) -> None:
     started = []
 
-    async def slow_get_time(_args: object) -> dict:
+    async def first_call_hangs(_args: object) -> dict:
         started.append(True)
-        await asyncio.sleep(3600)  # never answers: only a cancellation ends it
-        return {}
+        if len(started) == 1:
+            await asyncio.sleep(3600)  # never answers: only a cancellation ends it
+        return {"local_time": "12:00"}
 
-    tools = ToolRegistry([Tool(GET_TIME_DECLARATION, slow_get_time)])
+    tools = ToolRegistry([Tool(GET_TIME_DECLARATION, first_call_hangs)])
+    options = EmulatorOptions(valid_api_keys=(KEY,), pace=0.0, espeak=False, force_tool_call=True)
 
     async def body() -> None:
-        async with Rig(tmp_path, tools=tools) as rig:
+        async with Rig(tmp_path, options, tools=tools) as rig:
             rig.session.open()
             await rig.events.wait_for(SessionReady)
-            rig.session.send_text("What time is it? Use the get_time tool please")
+            await rig.speak_turn(pcm(6, 0.3))
             called = await rig.events.wait_for(ToolCalled)
             await wait_until(lambda: started)
             rig.session.interrupt()
@@ -707,7 +790,7 @@ def test_bad_frames_cost_one_message_not_the_session(tmp_path: Path) -> None:
             rig.emu.inject(FaultSpec("bad_frame"))
             rig.emu.inject(FaultSpec("unknown_message"))
             await wait_until(lambda: rig.session.status().bad_frames == 2)
-            rig.session.send_text("Still there?")
+            await rig.speak_turn(pcm(7, 0.3))
             await rig.events.wait_for(TurnCompleted)
             assert len(rig.emu.record.connections) == 1 and not rig.events.of(SessionLost)
 
@@ -763,7 +846,7 @@ def test_slow_pongs_within_the_timeout_keep_the_session(tmp_path: Path) -> None:
             await rig.events.wait_for(SessionReady)
             rig.emu.inject(FaultSpec("late_pong", delay_s=0.5))
             await asyncio.sleep(1.5)  # several pings answered late
-            rig.session.send_text("ping?")
+            await rig.speak_turn(pcm(8, 0.3))
             await rig.events.wait_for(TurnCompleted)
             assert not rig.events.of(SessionLost) and len(rig.emu.record.connections) == 1
 
@@ -1001,36 +1084,39 @@ class ThreadedEmulator:
 
 
 def test_reply_audio_already_in_flight_is_dropped_on_barge_in(tmp_path: Path) -> None:
+    """A slow client barges in while more of the reply is already on its way: the session
+    delivers that audio as it is, and the conversation machine drops all of it."""
     options = EmulatorOptions(
         valid_api_keys=(KEY,),
         pace=2.0,
         espeak=False,
         reply_text="A long reply that keeps streaming for a good few seconds after it starts.",
     )
-    session_box: list[LiveSession] = []
 
-    class BargeInOnFirstAudio(Recorder):
+    class BargeInOnFirstAudio(MiniDaemon):
         def __call__(self, event: object) -> None:
             super().__call__(event)
-            if isinstance(event, ModelAudioReceived) and len(self.of(ModelAudioReceived)) == 1:
+            first = isinstance(event, ModelAudioReceived) and len(self.played) == 1
+            if first and self.machine.accepting_model_audio:  # not yet barged in
                 time.sleep(0.3)  # a slow client: the server keeps streaming meanwhile
-                session_box[0].interrupt()
+                self.feed(ButtonPressed())  # barge-in: InterruptSession
 
     async def body(emu: LiveEmulator) -> None:
-        events = BargeInOnFirstAudio()
+        daemon = BargeInOnFirstAudio()
         session = LiveSession(
-            gemini_cfg(emu), FAST_RECONNECT, lambda: KEY, tmp_path / "state", events
+            gemini_cfg(emu), FAST_RECONNECT, lambda: KEY, tmp_path / "state", daemon
         )
-        session_box.append(session)
+        daemon.session = session
         session.start()
         try:
-            session.open()
-            await events.wait_for(SessionReady)
-            session.send_text("Tell me something long.")
-            await events.wait_for(ServerInterrupted)
-            await events.wait_for(TurnCompleted)
-            assert len(events.of(ModelAudioReceived)) == 1  # everything after the barge-in dropped
-            assert len(emu.record.replies[0].audio) > len(events.model_audio())  # in flight
+            daemon.press()
+            await daemon.wait_for(SessionReady)
+            await daemon.say(pcm(9, 0.3))
+            await daemon.wait_for(ServerInterrupted)
+            await daemon.wait_for(TurnCompleted)
+            assert len(daemon.played) == 1  # everything after the barge-in dropped
+            assert len(daemon.of(ModelAudioReceived)) > 1  # though it did arrive
+            assert len(emu.record.replies[0].audio) > len(b"".join(daemon.played))
         finally:
             await session.stop()
 
@@ -1219,7 +1305,7 @@ def test_slow_handle_store_does_not_stall_the_receive_loop(
             rig.session.open()
             await rig.events.wait_for(SessionReady)  # its handle's save blocks the worker
             for n in (1, 2):
-                rig.session.send_text(f"Question number {n}?")
+                await rig.speak_turn(pcm(150 + n, 0.3))
                 await rig.events.wait_for(TurnCompleted, count=n)
             await wait_until(lambda: rig.session.status().replay.covered == 2)
             assert written == []  # everything above happened with the store stuck

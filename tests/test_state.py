@@ -10,6 +10,7 @@ from edge_agent.config import ConversationConfig
 from edge_agent.core.cues import Cue
 from edge_agent.core.events import BargeInDetected, BargeInReason
 from edge_agent.core.leds import pattern_for
+from edge_agent.core.policy import NO_BARGE_IN, BargeInRules, Listen, Uplink, decide
 from edge_agent.core.state import (
     Action,
     AgentState,
@@ -42,8 +43,6 @@ from edge_agent.core.state import (
     ShowLeds,
     SpeechEnded,
     SpeechStarted,
-    StartUplink,
-    StopUplink,
     Timer,
     TimerFired,
     TurnCompleted,
@@ -55,9 +54,15 @@ WAKE = WakeWordDetected("hey_jarvis", 0.97, 16_000)
 S = AgentState
 
 
-def make(config: ConversationConfig = CFG, **kw: bool) -> ConversationMachine:
-    kw.setdefault("barge_in_enabled", True)
-    return ConversationMachine(config, **kw)
+ALL_BARGE_IN = BargeInRules(wake_word=True, voice=True)
+
+
+def make(
+    config: ConversationConfig = CFG,
+    barge_in: BargeInRules = ALL_BARGE_IN,
+    muted_at_start: bool = False,
+) -> ConversationMachine:
+    return ConversationMachine(config, barge_in=barge_in, muted_at_start=muted_at_start)
 
 
 def of(actions: list[Action], cls: type) -> list[Action]:
@@ -91,12 +96,12 @@ def test_wake_word_in_idle_opens_session_and_starts_uplink_after_the_phrase() ->
     actions = m.handle(WAKE, 1.0)
     assert actions == [
         OpenSession(),
-        StartUplink(16_000),
         PlayCue(Cue.WAKE),
         SetTimer(Timer.LISTEN, 7.0),
         leds(S.CONNECTING),
     ]
     assert m.state is S.CONNECTING
+    assert m.policy.listen is Listen.TURN and m.policy.uplink == Uplink(16_000, 1)
     (t,) = m.last_transitions
     assert (t.from_state, t.to_state, t.at) == (S.IDLE, S.CONNECTING, 1.0)
     assert "hey_jarvis" in t.reason
@@ -107,7 +112,7 @@ def test_short_press_in_idle_starts_a_conversation_on_release_from_the_current_s
     assert m.handle(ButtonPressed(), 1.0) == []  # a short press, or the start of a hold?
     assert m.state is S.IDLE
     actions = m.handle(ButtonReleased(), 1.15)
-    assert of(actions, OpenSession) and StartUplink(None) in actions
+    assert of(actions, OpenSession) and m.policy.uplink == Uplink(None, 1)
     assert m.state is S.CONNECTING
     assert m.handle(ButtonReleased(), 1.3) == []  # a release without its press: nothing
 
@@ -115,19 +120,18 @@ def test_short_press_in_idle_starts_a_conversation_on_release_from_the_current_s
 def test_one_breath_command_before_the_session_is_ready_is_kept_in_order() -> None:
     m = make()
     out = m.handle(WAKE, 1.0)
+    window = m.policy.uplink
+    assert window == Uplink(16_000, 1)  # the uplink opens at the wake, before any speech
     out += m.handle(SpeechStarted(16_100), 1.2)
-    assert m.state is S.CONNECTING
+    assert m.state is S.CONNECTING and m.policy.uplink == window  # the same window goes on
     out += m.handle(SpeechEnded(50_000), 3.0)
-    assert m.state is S.THINKING
+    assert m.state is S.THINKING and not m.policy.uplink_open
     ready = m.handle(SessionReady(), 3.4)
     assert m.state is S.THINKING  # the session layer sends the buffered turn now
     assert ready == [SetTimer(Timer.RESPONSE, 3.4 + ConversationMachine.RESPONSE_TIMEOUT_S)]
     out += ready
-    order = [
-        type(a) for a in out if isinstance(a, StartUplink | SendActivityStart | SendActivityEnd)
-    ]
-    assert order == [StartUplink, SendActivityStart, SendActivityEnd]
-    assert StopUplink() in out
+    order = [type(a) for a in out if isinstance(a, SendActivityStart | SendActivityEnd)]
+    assert order == [SendActivityStart, SendActivityEnd]
     assert CancelTimer(Timer.LISTEN) in out
     m.handle(ModelAudioReceived(), 4.0)
     assert m.state is S.SPEAKING
@@ -143,7 +147,7 @@ def test_session_ready_rearms_the_listen_timer_so_slow_connects_do_not_eat_the_w
     assert m.state is S.LISTENING
     actions = m.handle(TimerFired("listen"), 9.0)
     assert m.state is S.IDLE
-    assert StopUplink() in actions and cues(actions) == [Cue.END]
+    assert not m.policy.uplink_open and cues(actions) == [Cue.END]
 
 
 def test_listen_window_never_shorter_than_minimum_even_with_follow_up_off() -> None:
@@ -162,12 +166,12 @@ def test_full_conversation_follow_up_then_idle_then_session_closed_later() -> No
     assert m.state is S.SPEAKING
     actions = m.handle(PlaybackDrained(), 6.0)
     assert m.state is S.FOLLOW_UP
-    assert actions == [StartUplink(None), SetTimer(Timer.FOLLOW_UP, 12.0), leds(S.FOLLOW_UP)]
+    assert actions == [SetTimer(Timer.FOLLOW_UP, 12.0), leds(S.FOLLOW_UP)]
+    assert m.policy.uplink == Uplink(None, 2)  # a new window, from the current sample
     actions = m.handle(TimerFired("follow_up"), 12.0)
-    assert m.state is S.IDLE
+    assert m.state is S.IDLE and not m.policy.uplink_open
     # The session is kept until idle_close_s after the last thing said (reply end at 6.0).
     assert actions == [
-        StopUplink(),
         PlayCue(Cue.END),
         SetTimer(Timer.IDLE_CLOSE, 26.0),
         leds(S.IDLE),
@@ -214,9 +218,11 @@ def test_speech_in_follow_up_listens_without_wake_word_on_the_kept_session() -> 
     to_speaking(m)
     m.handle(TurnCompleted(), 5.0)
     m.handle(PlaybackDrained(), 6.0)
+    window = m.policy.uplink
     actions = m.handle(SpeechStarted(120_000), 8.0)
     assert m.state is S.LISTENING
     assert actions == [CancelTimer(Timer.FOLLOW_UP), SendActivityStart(), leds(S.LISTENING)]
+    assert m.policy.uplink == window  # the follow-up window carries the turn
     m.handle(SpeechEnded(150_000), 10.0)
     assert m.state is S.THINKING
 
@@ -228,7 +234,7 @@ def test_wake_word_in_follow_up_restarts_uplink_after_the_phrase() -> None:
     m.handle(PlaybackDrained(), 6.0)
     actions = m.handle(WakeWordDetected("hey_jarvis", 0.9, 99_000), 7.0)
     assert m.state is S.LISTENING
-    assert StartUplink(99_000) in actions and OpenSession() not in actions
+    assert m.policy.uplink == Uplink(99_000, 3) and OpenSession() not in actions
 
 
 def test_follow_up_off_goes_straight_to_idle_after_the_reply() -> None:
@@ -282,27 +288,96 @@ def test_no_reply_times_out_closes_session_and_plays_error() -> None:
     assert not of(actions, SetTimer)  # no idle timer for a closed session
 
 
+# ---------------------------------------------------------------------- policy
+
+# state -> (what the ears listen for, uplink open, a reply is due or playing)
+POLICY_TABLE = {
+    S.IDLE: (Listen.WAKE_WORD, False, False),
+    S.CONNECTING: (Listen.TURN, True, False),
+    S.LISTENING: (Listen.TURN, True, False),
+    S.THINKING: (Listen.BARGE_IN, False, True),
+    S.SPEAKING: (Listen.BARGE_IN, False, True),
+    S.FOLLOW_UP: (Listen.TURN, True, False),
+    S.MUTED: (Listen.NOTHING, False, False),
+    S.OFFLINE: (Listen.WAKE_WORD, False, False),
+    S.ERROR: (Listen.NOTHING, False, False),
+}
+
+
+@pytest.mark.parametrize("state", list(AgentState))
+def test_policy_of_every_state(state: AgentState) -> None:
+    listen, uplink_open, replying = POLICY_TABLE[state]
+    rules = BargeInRules(wake_word=True, voice=False)
+    window = Uplink(12_345, 7)
+    p = decide(state, rules, uplink=window)
+    assert p.state is state and p.listen is listen
+    assert p.uplink == (window if uplink_open else None) and p.uplink_open is uplink_open
+    # Reply audio is played only while a reply is due or playing, and not while the
+    # interrupted turn is draining.
+    assert p.reply_audio_stale is not replying
+    assert decide(state, rules, uplink=window, draining_interrupted_turn=True).reply_audio_stale
+    # What counts as barge-in: only while there is a reply to interrupt.
+    assert p.barge_in == (rules if replying else None)
+    assert p.interrupts(BargeInReason.WAKE_WORD) is replying
+    assert not p.interrupts(BargeInReason.SPEECH)  # voice is off in these rules
+    if uplink_open:
+        with pytest.raises(ValueError):
+            decide(state, rules)  # taking the user's turn needs a window
+    else:
+        assert decide(state, rules) == p
+
+
+def test_barge_in_rules_button_always_counts_the_rest_as_configured() -> None:
+    assert BargeInRules().button and BargeInRules(wake_word=False, voice=False).button
+    with pytest.raises(TypeError):
+        BargeInRules(button=False)  # type: ignore[call-arg]
+    voice_only = BargeInRules(wake_word=False, voice=True)
+    assert voice_only.counts(BargeInReason.SPEECH)
+    assert not voice_only.counts(BargeInReason.WAKE_WORD)
+    assert not NO_BARGE_IN.counts(BargeInReason.SPEECH)
+    assert not NO_BARGE_IN.counts(BargeInReason.WAKE_WORD)
+
+
+def test_machine_policy_follows_the_conversation() -> None:
+    m = make()
+    assert m.policy == decide(S.IDLE, ALL_BARGE_IN)
+    m.handle(WAKE, 1.0)
+    assert m.policy == decide(S.CONNECTING, ALL_BARGE_IN, uplink=Uplink(WAKE.end_sample, 1))
+    m.handle(SessionReady(), 1.5)
+    m.handle(SpeechStarted(17_000), 2.0)
+    m.handle(SpeechEnded(40_000), 3.5)
+    assert m.policy == decide(S.THINKING, ALL_BARGE_IN)  # the reply is due: barge-in armed
+    m.handle(ModelAudioReceived(), 4.0)
+    assert m.policy == decide(S.SPEAKING, ALL_BARGE_IN)
+    m.handle(ButtonPressed(), 5.0)
+    assert m.policy == decide(
+        S.LISTENING, ALL_BARGE_IN, uplink=Uplink(None, 2), draining_interrupted_turn=True
+    )
+
+
 # --------------------------------------------------------------------- barge-in
 
 
 def test_button_barge_in_flushes_interrupts_and_drops_stale_audio_until_turn_complete() -> None:
     m = make()
     to_speaking(m)
+    assert m.policy.barge_in is not None and m.policy.barge_in.button
     actions = m.handle(ButtonPressed(), 5.0)
     assert m.state is S.LISTENING
     assert actions[:2] == [FlushPlayback(), InterruptSession()]
-    assert StartUplink(None) in actions and cues(actions) == [Cue.WAKE]
-    assert not m.accepting_model_audio
+    assert m.policy.uplink == Uplink(None, 2) and cues(actions) == [Cue.WAKE]
+    assert m.policy.reply_audio_stale and not m.accepting_model_audio
     # Audio of the interrupted reply still in flight, then the server's acknowledgement.
     assert m.handle(ModelAudioReceived(), 5.1) == []
     assert m.handle(ServerInterrupted(), 5.2) == []
     m.handle(SpeechStarted(90_000), 5.3)
     m.handle(SpeechEnded(120_000), 6.0)
     assert m.state is S.THINKING
-    assert not m.accepting_model_audio  # old turn's turnComplete not seen yet
+    assert m.policy.reply_audio_stale  # old turn's turnComplete not seen yet
+    assert not m.accepting_model_audio
     assert m.handle(ModelAudioReceived(), 6.1) == []
     assert m.handle(TurnCompleted(), 6.2) == []  # ends the interrupted turn only
-    assert m.state is S.THINKING and m.accepting_model_audio
+    assert m.state is S.THINKING and not m.policy.reply_audio_stale and m.accepting_model_audio
     m.handle(ModelAudioReceived(), 7.0)
     assert m.state is S.SPEAKING
 
@@ -314,7 +389,7 @@ def test_barge_in_after_the_reply_was_complete_expects_no_stale_audio() -> None:
     m.handle(ButtonPressed(), 5.0)
     m.handle(SpeechStarted(90_000), 5.3)
     m.handle(SpeechEnded(120_000), 6.0)
-    assert m.accepting_model_audio
+    assert not m.policy.reply_audio_stale and m.accepting_model_audio
     m.handle(ModelAudioReceived(), 6.5)
     assert m.state is S.SPEAKING
 
@@ -322,19 +397,20 @@ def test_barge_in_after_the_reply_was_complete_expects_no_stale_audio() -> None:
 def test_voice_barge_in_starts_uplink_at_the_speech_onset_without_a_cue() -> None:
     m = make()
     to_speaking(m)
-    assert m.voice_barge_in_armed
+    assert m.policy.listen is Listen.BARGE_IN and m.policy.interrupts(BargeInReason.SPEECH)
     actions = m.handle(BargeInDetected(BargeInReason.SPEECH, 80_000, 85_000), 5.0)
     assert m.state is S.LISTENING
-    assert [FlushPlayback(), InterruptSession(), StartUplink(80_000)] == [
-        a for a in actions if isinstance(a, FlushPlayback | InterruptSession | StartUplink)
+    assert [FlushPlayback(), InterruptSession()] == [
+        a for a in actions if isinstance(a, FlushPlayback | InterruptSession)
     ]
+    assert m.policy.uplink == Uplink(80_000, 2)  # from the onset of the interrupting speech
     assert not of(actions, PlayCue)
 
 
 def test_voice_barge_in_disabled_is_ignored() -> None:
-    m = make(barge_in_enabled=False)
+    m = make(barge_in=BargeInRules(wake_word=True, voice=False))
     to_speaking(m)
-    assert not m.voice_barge_in_armed
+    assert not m.policy.interrupts(BargeInReason.SPEECH)
     assert m.handle(BargeInDetected(BargeInReason.SPEECH, 80_000), 5.0) == []
     assert m.state is S.SPEAKING
 
@@ -342,19 +418,19 @@ def test_voice_barge_in_disabled_is_ignored() -> None:
 def test_wake_word_barge_in_obeys_config() -> None:
     m = make()
     to_speaking(m)
-    assert m.listens_for_wake_word
+    assert m.policy.interrupts(BargeInReason.WAKE_WORD)
     actions = m.handle(WakeWordDetected("hey_jarvis", 0.9, 77_000), 5.0)
-    assert m.state is S.LISTENING and StartUplink(77_000) in actions
+    assert m.state is S.LISTENING and m.policy.uplink == Uplink(77_000, 2)
     assert InterruptSession() in actions
 
-    off = make(ConversationConfig(barge_in_by_wake_word=False))
+    off = make(barge_in=BargeInRules(wake_word=False, voice=True))
     to_speaking(off)
-    assert not off.listens_for_wake_word
+    assert not off.policy.interrupts(BargeInReason.WAKE_WORD)
     assert off.handle(WakeWordDetected("hey_jarvis", 0.9, 77_000), 5.0) == []
     assert off.handle(BargeInDetected(BargeInReason.WAKE_WORD, 77_000), 5.0) == []
     assert off.state is S.SPEAKING
     # The detector's wake-word barge-in counts even with voice barge-in off.
-    m2 = make(barge_in_enabled=False)
+    m2 = make(barge_in=BargeInRules(wake_word=True, voice=False))
     to_speaking(m2)
     m2.handle(BargeInDetected(BargeInReason.WAKE_WORD, 77_000), 5.0)
     assert m2.state is S.LISTENING
@@ -409,7 +485,7 @@ def test_button_in_follow_up_dismisses_it() -> None:
     m.handle(PlaybackDrained(), 6.0)
     actions = m.handle(ButtonPressed(), 7.0)
     assert m.state is S.IDLE
-    assert CancelTimer(Timer.FOLLOW_UP) in actions and StopUplink() in actions
+    assert CancelTimer(Timer.FOLLOW_UP) in actions and not m.policy.uplink_open
 
 
 # ------------------------------------------------------------------------ mute
@@ -422,7 +498,6 @@ def test_hold_mutes_from_speaking_and_stops_everything() -> None:
     assert m.state is S.MUTED
     for expected in (
         SetMicMuted(True),
-        StopUplink(),
         FlushPlayback(),
         CloseSession(),
         PersistMute(True),
@@ -430,11 +505,11 @@ def test_hold_mutes_from_speaking_and_stops_everything() -> None:
         leds(S.MUTED),
     ):
         assert expected in actions
-    assert not m.session_open and not m.uplink_active
+    assert not m.session_open and not m.policy.uplink_open
     # Nothing wakes a muted device; a hold unmutes.
     for ev in (WAKE, ButtonPressed(), SpeechStarted(1), ModelAudioReceived(), SessionReady()):
         assert m.handle(ev, 6.0) == []
-    assert not m.listens_for_wake_word
+    assert m.policy.listen is Listen.NOTHING
     actions = m.handle(ButtonHeld(), 7.0)
     assert m.state is S.IDLE
     assert actions == [SetMicMuted(False), PersistMute(False), PlayCue(Cue.MUTE_OFF), leds(S.IDLE)]
@@ -456,9 +531,12 @@ def test_press_then_hold_from_idle_mutes_without_ever_opening_a_session() -> Non
     second = m.handle(ButtonHeld(), 2.5)
     third = m.handle(ButtonReleased(), 2.8)  # the end of the hold starts nothing
     actions = first + second + third
-    assert not of(actions, OpenSession) and not of(actions, StartUplink)
+    assert not of(actions, OpenSession) and not m.policy.uplink_open
     assert m.state is S.MUTED and not m.session_open
     assert cues(actions) == [Cue.MUTE_ON]
+    m.handle(ButtonHeld(), 4.0)  # unmute, then wake: the first uplink window ever opened
+    m.handle(WAKE, 5.0)
+    assert m.policy.uplink == Uplink(WAKE.end_sample, 1)
 
 
 def test_muted_at_start() -> None:
@@ -520,7 +598,8 @@ def test_fatal_loss_goes_offline_and_session_ready_comes_back() -> None:
     to_speaking(m)
     actions = m.handle(SessionLost("1007 API key not valid", fatal=True), 5.0)
     assert m.state is S.OFFLINE
-    assert FlushPlayback() in actions and StopUplink() in actions
+    assert FlushPlayback() in actions and not m.policy.uplink_open
+    assert m.policy.listen is Listen.WAKE_WORD  # a wake word while offline plays the error cue
     assert CloseSession() not in actions  # the session layer keeps retrying, slowly
     assert cues(actions) == [Cue.ERROR] and actions[-1] == leds(S.OFFLINE)
     assert cues(m.handle(WAKE, 6.0)) == [Cue.ERROR]
@@ -564,7 +643,8 @@ def test_audio_device_lost_and_restored() -> None:
     to_speaking(m)
     actions = m.handle(AudioDeviceLost("No such device"), 5.0)
     assert m.state is S.ERROR
-    assert {type(a) for a in actions} >= {StopUplink, FlushPlayback, CloseSession, ShowLeds}
+    assert {type(a) for a in actions} >= {FlushPlayback, CloseSession, ShowLeds}
+    assert m.policy.listen is Listen.NOTHING and not m.policy.uplink_open
     assert m.handle(WAKE, 6.0) == []
     assert m.handle(AudioDeviceRestored(), 7.0) == [leds(S.IDLE)]
     assert m.state is S.IDLE
@@ -585,9 +665,10 @@ def test_cues_off_means_no_cue_ever() -> None:
 
 def test_config_reload_changes_later_decisions() -> None:
     m = make()
-    m.handle(ConfigReloaded(ConversationConfig(follow_up_s=10.0), barge_in_enabled=False), 0.5)
+    rules = BargeInRules(wake_word=True, voice=False)
+    m.handle(ConfigReloaded(ConversationConfig(follow_up_s=10.0), barge_in=rules), 0.5)
     to_speaking(m)
-    assert not m.voice_barge_in_armed
+    assert m.policy.barge_in == rules
     m.handle(TurnCompleted(), 5.0)
     assert SetTimer(Timer.FOLLOW_UP, 16.0) in m.handle(PlaybackDrained(), 6.0)
 
@@ -645,7 +726,7 @@ def test_random_event_storms_keep_the_invariants(seed: int) -> None:
         AudioDeviceRestored(),
         *[TimerFired(t.value) for t in Timer],
     ]
-    m = make(barge_in_enabled=bool(seed % 2))
+    m = make(barge_in=BargeInRules(wake_word=seed % 3 > 0, voice=bool(seed % 2)))
     now = 0.0
     session_open = False
     pending: dict[Timer, float] = {}
@@ -673,9 +754,13 @@ def test_random_event_storms_keep_the_invariants(seed: int) -> None:
         if fired in pending and now >= pending[fired] - 0.05:
             del pending[fired]
         if before is S.MUTED and m.state is S.MUTED:
-            assert not of(actions, OpenSession) and not of(actions, StartUplink)
+            assert not of(actions, OpenSession)
+        policy = m.policy  # consistent in every state reached (decide() would raise)
+        assert policy.state is m.state
+        assert policy.uplink_open == (policy.listen is Listen.TURN)
+        assert policy.reply_audio_stale or m.state in (S.THINKING, S.SPEAKING)
         if m.state is S.MUTED:
-            assert not m.session_open and not m.uplink_active and not pending
+            assert not m.session_open and not m.policy.uplink_open and not pending
         assert session_open == m.session_open
         if m.last_transitions:
             assert actions[-1] == leds(m.state)

@@ -329,6 +329,7 @@ def test_systemd_analyze_security_rating_is_2_0_or_better(runnable_unit: Path) -
 # ---------------------------------------------------------------- install.sh
 
 INSTALL = ROOT / "scripts" / "install.sh"
+UNIT_REL = "systemd/edge-agent.service"
 KEY = "AIzaSyTEST-not-a-real-key-0123456789"
 
 
@@ -345,7 +346,14 @@ def planned_commands(stdout: str) -> list[str]:
     return [line[2:] for line in stdout.splitlines() if line.startswith("+ ")]
 
 
-@pytest.mark.parametrize("script", ["install.sh", "setup", "test", "demo", "bench"])
+SCRIPTS = sorted(p.name for p in INSTALL.parent.iterdir() if p.is_file())
+
+
+def test_every_script_is_linted() -> None:
+    assert {"install.sh", "setup", "test", "demo", "bench", "check-fresh"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_are_valid_bash_and_shellcheck_clean(script: str) -> None:
     path = INSTALL.parent / script
     assert subprocess.run(["bash", "-n", str(path)], timeout=30).returncode == 0
@@ -515,19 +523,56 @@ def test_install_without_a_key_does_not_start_the_service(tmp_path: Path) -> Non
     assert not any(cmd.startswith(("systemctl start", "systemctl restart")) for cmd in plan)
 
 
-def test_install_refuses_to_run_unprivileged_without_dry_run() -> None:
+def apt_packages(script: Path) -> set[str]:
+    match = re.search(r"^APT_PACKAGES=\(([^)]*)\)", script.read_text(), re.MULTILINE)
+    assert match, script
+    return set(match.group(1).split())
+
+
+def test_the_scripts_install_what_the_unit_needs() -> None:
+    """ExecReload runs /bin/kill, from procps, which minimal Debian images and containers lack
+    (and systemd-analyze verify fails without it); install.sh ends with systemctl."""
+    assert unit_settings(UNIT.read_text())["Service.ExecReload"][0].startswith("/bin/kill ")
+    assert {"procps", "systemd"} <= apt_packages(INSTALL)
+    assert {"procps", "systemd"} <= apt_packages(INSTALL.parent / "setup")
+
+
+@pytest.fixture
+def install_readable_by_anyone() -> Iterator[Path]:
+    """install.sh and the files it checks for, in a folder every user can read: the checkout
+    itself may be in a home folder that only its owner can enter (/root is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="ea-install-", dir="/tmp"))
+    try:
+        for rel in ("scripts/install.sh", "pyproject.toml", "config.toml", UNIT_REL):
+            (folder / rel).parent.mkdir(exist_ok=True)
+            shutil.copyfile(ROOT / rel, folder / rel)
+            (folder / rel).chmod(0o644)
+        for d in (folder, folder / "scripts", folder / "systemd"):
+            d.chmod(0o755)
+        yield folder / "scripts" / "install.sh"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_install_refuses_to_run_unprivileged_without_dry_run(
+    install_readable_by_anyone: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run install.sh as another user (setpriv --reuid)")
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv (util-linux) not installed")
+    script = install_readable_by_anyone
     # As nobody it could not change anything even if the check were missing.
     result = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(INSTALL)],
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(script)],
         capture_output=True,
         text=True,
         timeout=60,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        cwd=script.parent,
     )
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     assert "run as root" in result.stderr
 
 

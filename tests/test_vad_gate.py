@@ -1,8 +1,13 @@
-"""VAD gate: pure behaviour with a fake classifier, then webrtcvad on espeak-ng speech."""
+"""VAD gate: pure behaviour with a fake classifier, then webrtcvad on espeak-ng speech.
+
+Driven as the ears drive it: the stream is cut into frames, each classified once, and
+fed with its capture sample position to `VadGate.process_frame`.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -36,10 +41,19 @@ def signal(*segments: tuple[str, float]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run(gate: VadGate, audio: np.ndarray, block: int = 160, start: int = 0) -> list:
+def run(
+    gate: VadGate,
+    audio: np.ndarray,
+    start: int = 0,
+    is_speech: Callable[[np.ndarray], bool] = loud_is_speech,
+) -> list:
+    """Frame `audio` (whose first sample is capture sample `start`), classify each frame
+    and gate it; a trailing partial frame is left out, as the ears keep it for later."""
+    fs = gate.config.frame_samples
     events = []
-    for i in range(0, audio.size, block):
-        events += gate.process(audio[i : i + block], start + i)
+    for i in range(0, audio.size - fs + 1, fs):
+        frame = audio[i : i + fs]
+        events += gate.process_frame(frame, start + i, is_speech(frame))
     return events
 
 
@@ -65,7 +79,7 @@ CFG = VadGateConfig(
 
 def test_pre_roll_start_and_end_positions_and_exact_audio() -> None:
     audio = signal(("q", 990), ("s", 600), ("q", 990))
-    gate = VadGate(loud_is_speech, CFG)
+    gate = VadGate(CFG)
     events = run(gate, audio)
     kinds = [type(e) for e in events if not isinstance(e, UplinkAudio)]
     assert kinds == [SpeechStarted, SpeechEnded]
@@ -89,7 +103,7 @@ def test_pre_roll_start_and_end_positions_and_exact_audio() -> None:
 def test_short_blips_do_not_open_the_gate() -> None:
     # 60 ms bursts (2 frames) never reach the 90 ms (3 frames) start requirement.
     audio = signal(*[seg for _ in range(10) for seg in (("q", 300), ("s", 60))], ("q", 300))
-    gate = VadGate(loud_is_speech, CFG)
+    gate = VadGate(CFG)
     assert run(gate, audio) == []
     assert gate.bytes_passed == 0
     assert gate.bytes_seen == audio.nbytes
@@ -97,7 +111,7 @@ def test_short_blips_do_not_open_the_gate() -> None:
 
 def test_pause_shorter_than_hangover_keeps_one_utterance() -> None:
     audio = signal(("q", 600), ("s", 300), ("q", 240), ("s", 300), ("q", 600))
-    events = run(VadGate(loud_is_speech, CFG), audio)
+    events = run(VadGate(CFG), audio)
     assert [type(e) for e in events if not isinstance(e, UplinkAudio)] == [
         SpeechStarted,
         SpeechEnded,
@@ -107,7 +121,7 @@ def test_pause_shorter_than_hangover_keeps_one_utterance() -> None:
 
 def test_pause_longer_than_hangover_splits_and_pre_roll_never_repeats_audio() -> None:
     audio = signal(("q", 600), ("s", 300), ("q", 450), ("s", 300), ("q", 600))
-    gate = VadGate(loud_is_speech, CFG)
+    gate = VadGate(CFG)
     events = run(gate, audio)
     marks = [e for e in events if not isinstance(e, UplinkAudio)]
     assert [type(e) for e in marks] == [SpeechStarted, SpeechEnded, SpeechStarted, SpeechEnded]
@@ -128,7 +142,7 @@ def test_max_utterance_cuts_and_rearms_only_after_silence() -> None:
         frame_ms=30, pre_roll_ms=90, speech_start_ms=90, speech_end_ms=300, max_utterance_s=1.0
     )
     audio = signal(("q", 300), ("s", 3000), ("q", 600), ("s", 300), ("q", 600))
-    events = run(VadGate(loud_is_speech, cfg), audio)
+    events = run(VadGate(cfg), audio)
     marks = [e for e in events if not isinstance(e, UplinkAudio)]
     assert [type(e) for e in marks] == [SpeechStarted, SpeechEnded, SpeechStarted, SpeechEnded]
     assert marks[0].sample == ms(300)
@@ -141,12 +155,12 @@ def test_max_utterance_cuts_and_rearms_only_after_silence() -> None:
 
 
 @pytest.mark.parametrize("frame_ms", [10, 20, 30])
-@pytest.mark.parametrize("block", [160, 7, 1000])
-def test_frame_sizes_and_block_sizes(frame_ms: int, block: int) -> None:
+def test_frame_sizes_and_positions_from_the_stream(frame_ms: int) -> None:
+    """Block sizes are the ears' business (tests/test_ears.py); the gate takes frames."""
     cfg = VadGateConfig(frame_ms=frame_ms, pre_roll_ms=120, speech_start_ms=60, speech_end_ms=240)
     audio = signal(("q", 600), ("s", 480), ("q", 600))
-    gate = VadGate(loud_is_speech, cfg)
-    events = run(gate, audio, block=block, start=5000)
+    gate = VadGate(cfg)
+    events = run(gate, audio, start=5000)
     marks = [e for e in events if not isinstance(e, UplinkAudio)]
     assert [type(e) for e in marks] == [SpeechStarted, SpeechEnded]
     assert marks[0].sample == 5000 + ms(600)
@@ -160,7 +174,7 @@ def test_frame_sizes_and_block_sizes(frame_ms: int, block: int) -> None:
 def test_stricter_start_requirement_per_frame() -> None:
     """process_frame(start_frames=...) demands a longer run (used while the device plays)."""
     audio = signal(("q", 600), ("s", 150), ("q", 600), ("s", 450), ("q", 600))
-    gate = VadGate(None, CFG, max_start_frames=10)
+    gate = VadGate(CFG, max_start_frames=10)
     fs = CFG.frame_samples
     events = []
     for i in range(0, audio.size - fs + 1, fs):
@@ -173,7 +187,7 @@ def test_stricter_start_requirement_per_frame() -> None:
     [(start, _pcm)] = uplinked(events)
     assert start == ms(600 + 150 + 600 - 300)  # the pre-roll still reaches back 300 ms
     # Overrides are capped at max_start_frames (the ring is sized for it).
-    capped = VadGate(None, CFG)
+    capped = VadGate(CFG)
     burst = [
         e
         for i in range(0, ms(300), fs)
@@ -184,13 +198,13 @@ def test_stricter_start_requirement_per_frame() -> None:
 
 def test_pre_roll_is_clipped_at_the_start_of_the_stream() -> None:
     audio = signal(("q", 90), ("s", 300), ("q", 600))
-    [(start, _pcm)] = uplinked(run(VadGate(loud_is_speech, CFG), audio))
+    [(start, _pcm)] = uplinked(run(VadGate(CFG), audio))
     assert start == 0
 
 
 def test_reset_floor_keeps_earlier_audio_out() -> None:
     audio = signal(("s", 600), ("q", 600))
-    gate = VadGate(loud_is_speech, CFG)
+    gate = VadGate(CFG)
     gate.reset(floor_sample=ms(300))
     events = run(gate, audio)
     started = next(e for e in events if isinstance(e, SpeechStarted))
@@ -199,36 +213,28 @@ def test_reset_floor_keeps_earlier_audio_out() -> None:
     assert start == ms(300)
 
 
-def test_process_frame_matches_process() -> None:
-    audio = signal(("q", 600), ("s", 450), ("q", 600))
-    a = run(VadGate(loud_is_speech, CFG), audio)
-    gate = VadGate(None, CFG)
-    fs = CFG.frame_samples
-    b = []
-    for i in range(0, audio.size - fs + 1, fs):
-        f = audio[i : i + fs]
-        b += gate.process_frame(f, i, loud_is_speech(f))
-    assert [e for e in a if not isinstance(e, UplinkAudio)] == [
-        e for e in b if not isinstance(e, UplinkAudio)
-    ]
-    assert uplinked(a) == uplinked(b)
-    with pytest.raises(ValueError):
-        gate.process_frame(audio[:100], 0, True)
-    with pytest.raises(RuntimeError):
-        gate.process(audio[:100], 0)
+def test_frames_of_the_wrong_size_are_refused() -> None:
+    gate = VadGate(CFG)
+    for n in (0, 100, CFG.frame_samples + 1):
+        with pytest.raises(ValueError):
+            gate.process_frame(np.zeros(n, np.int16), 0, True)
+    assert gate.bytes_seen == 0
 
 
-def test_discontinuity_is_logged_once_and_positions_follow_the_stream(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    gate = VadGate(loud_is_speech, CFG)
-    audio = signal(("q", 300))
-    with caplog.at_level(logging.WARNING):
-        for k in range(3):
-            gate.process(audio[:100], k * 10_000)  # jumps every call
-    assert sum("jumped" in r.getMessage() for r in caplog.records) == 1
-    events = run(gate, signal(("s", 300), ("q", 600)), start=50_000)
-    assert next(e for e in events if isinstance(e, SpeechStarted)).sample == 50_000
+def test_positions_follow_the_stream_across_a_jump() -> None:
+    """Time is the capture sample position the caller gives: after a gap in capture the
+    events carry the new positions, and an utterance in progress is cut by the silence
+    count, not by the jump."""
+    gate = VadGate(CFG)
+    events = run(gate, signal(("q", 300), ("s", 300)), start=0)
+    assert [type(e) for e in events if not isinstance(e, UplinkAudio)] == [SpeechStarted]
+    events = run(gate, signal(("q", 600)), start=50_000)
+    marks = [e for e in events if not isinstance(e, UplinkAudio)]
+    assert marks == [SpeechEnded(ms(600), SpeechEndReason.SILENCE)]
+    [(start, _pcm)] = uplinked(events)
+    assert start == 50_000  # the hangover audio is dated where it was captured
+    events = run(gate, signal(("s", 300), ("q", 600)), start=90_000)
+    assert next(e for e in events if isinstance(e, SpeechStarted)).sample == 90_000
 
 
 @pytest.mark.parametrize(
@@ -305,8 +311,8 @@ def test_webrtcvad_gate_on_speech_keeps_all_speech_and_little_silence(
     speech_start, speech_end = lead.size, lead.size + words.size
 
     cfg = VadGateConfig(frame_ms=30, pre_roll_ms=300, speech_start_ms=90, speech_end_ms=800)
-    gate = VadGate(WebRtcVad(mode=2).is_speech, cfg)
-    events = run(gate, audio)
+    gate = VadGate(cfg)
+    events = run(gate, audio, is_speech=WebRtcVad(mode=2).is_speech)
     stretches = uplinked(events)
     assert stretches, "the gate never opened on speech"
     sent = np.zeros(audio.size, dtype=bool)

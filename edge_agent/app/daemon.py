@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import importlib
 import logging
 import os
 import signal
@@ -27,6 +29,7 @@ from edge_agent.app.runtime import MuteFile, Runtime, require
 from edge_agent.config import Config, ConfigError, load_config, resolve_path
 from edge_agent.core import events as ev
 from edge_agent.core import state as st
+from edge_agent.core.policy import BargeInRules
 from edge_agent.logsetup import setup_logging
 from edge_agent.secrets import ApiKeyMissing, redact, resolve_api_key
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow pa
     from edge_agent.audio.engine import AudioEngine
     from edge_agent.device.gpio import GpioPanel, NullPanel
     from edge_agent.device.systemd import SystemdNotifier
+    from edge_agent.live.session import LiveSession
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +181,25 @@ class Daemon:
         self.health.update_status()
 
     async def _start_components(self) -> None:
+        """Everything READY promises: wake word loaded, audio running, session started.
+
+        The wake model check (a child process per model; this thread only waits) runs
+        while this process imports the Live SDK (the slowest import, its pydantic types),
+        so the two overlap on separate cores.
+        """
         from edge_agent.audio.ears import Ears
-        from edge_agent.live.session import LiveSession
 
         cfg = self.cfg
         runtime = self.runtime
         await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
         muted = await asyncio.to_thread(runtime.mute_file.load)
-        problems = await _in_daemon_thread(model_problems, cfg)
+        checking = _in_daemon_thread(functools.partial(model_problems, cfg, builtins=True))
+        try:
+            live = await _in_daemon_thread(importlib.import_module, "edge_agent.live.session")
+        except BaseException:  # incl. cancellation (SIGTERM): do not wait for the check
+            checking.cancel()
+            raise
+        problems = await checking
         if problems:
             raise StartupError("; ".join(problems))
         try:
@@ -192,11 +207,11 @@ class Daemon:
         except Exception as exc:
             raise StartupError(f"wake word / audio models: {redact(str(exc))}") from exc
         machine = st.ConversationMachine(
-            cfg.conversation, barge_in_enabled=cfg.echo.voice_barge_in_active, muted_at_start=muted
+            cfg.conversation, barge_in=BargeInRules.from_config(cfg), muted_at_start=muted
         )
         runtime.machine = machine
         runtime.panel = self._open_panel(cfg)
-        session = LiveSession(
+        session: LiveSession = live.LiveSession(
             cfg.gemini,
             cfg.reconnect,
             ApiKeyProvider(cfg.gemini.api_key_file),
@@ -212,6 +227,7 @@ class Daemon:
             runtime.last_error = str(exc)
             log.error("%s; the device will wake but cannot answer until a key is added", exc)
         runtime.run_actions(machine.initial_actions())
+        runtime.sync_ears()
         runtime.start_capture()
         engine = self._make_engine(cfg)
         runtime.engine = engine
@@ -322,9 +338,7 @@ class Daemon:
         runtime.playback.jitter.gain = new.audio.volume_percent / 100
         runtime.playback.cues.set_volume(new.audio.cue_volume_percent / 100)
         runtime.dispatch(
-            st.ConfigReloaded(
-                conversation=new.conversation, barge_in_enabled=new.echo.voice_barge_in_active
-            )
+            st.ConfigReloaded(conversation=new.conversation, barge_in=BargeInRules.from_config(new))
         )
         ears_changed = any(getattr(old, s) != getattr(new, s) for s in ("wake_word", "vad", "echo"))
         audio_changed = old.audio != new.audio or old.echo.enabled != new.echo.enabled

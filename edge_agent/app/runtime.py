@@ -105,7 +105,7 @@ class Runtime:
         """New ears (a reload built them) take over from the next block on."""
         self.ears = ears
         self.capture.set_ears(ears)
-        self._resume_ears_mode()
+        self.sync_ears()
 
     # --------------------------------------------------------------- device edge
 
@@ -146,7 +146,8 @@ class Runtime:
                 self._transcript.heard(text)
                 return
             case ev.OutputTranscript(text=text):
-                self._transcript.said(text)
+                if machine.accepting_model_audio:  # else: the words of a dropped reply
+                    self._transcript.said(text)
                 return
             case ev.ToolCalled(name=name, args=args):
                 log.info("tool call: %s(%s)", name, args)
@@ -182,7 +183,7 @@ class Runtime:
         for t in machine.last_transitions:
             log.info("state %s -> %s: %s", t.from_state, t.to_state, t.reason)
         self.run_actions(actions)
-        self._sync_ears_mode()
+        self.sync_ears()
         if machine.last_transitions:
             self._status_changed()
 
@@ -199,14 +200,6 @@ class Runtime:
                 require(self.session, "Live session").open()
             case st.CloseSession():
                 require(self.session, "Live session").close()
-            case st.StartUplink(from_sample=sample):
-                require(self.ears, "ears").start_uplink(
-                    self.capture.capture_pos if sample is None else sample
-                )
-            case st.StopUplink():
-                from edge_agent.audio.ears import EarMode
-
-                require(self.ears, "ears").set_mode(EarMode.IDLE)
             case st.SendActivityStart():
                 require(self.session, "Live session").activity_start()
             case st.SendActivityEnd():
@@ -238,26 +231,11 @@ class Runtime:
             case _:
                 log.debug("unhandled action %r", action)
 
-    def _resume_ears_mode(self) -> None:
-        """New ears (after a reload) start IDLE: put them where the conversation is."""
-        from edge_agent.audio.ears import EarMode
-
-        if self.machine is not None and self.machine.uplink_active:
-            require(self.ears, "ears").set_mode(EarMode.LISTENING)  # the gate restarts
-        else:
-            self._sync_ears_mode()
-
-    def _sync_ears_mode(self) -> None:
-        """Ears listen for barge-in while a reply is on its way or playing."""
-        from edge_agent.audio.ears import EarMode
-
-        machine = self.machine
-        if machine is None or self.ears is None or machine.uplink_active:
-            return
-        replying = machine.state in (st.AgentState.THINKING, st.AgentState.SPEAKING)
-        wanted = EarMode.PLAYING if replying else EarMode.IDLE
-        if self.ears.mode != wanted:
-            self.ears.set_mode(wanted)
+    def sync_ears(self) -> None:
+        """Hand the machine's policy to the ears (after every event, and to new ears
+        after a reload); they carry it out from the next block on."""
+        if self.machine is not None and self.ears is not None:
+            self.ears.apply(self.machine.policy)
 
     def _fire_timer(self, name: str) -> None:
         self.dispatch(ev.TimerFired(name))

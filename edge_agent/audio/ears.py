@@ -10,29 +10,31 @@ Per block, in order:
    the room), on the cleaned audio with AEC-gated blocks refilled with room
    noise (`NoiseFill`); frames + verdicts go into a bounded history ring
    (`history_ms`, oldest dropped);
-4. mode LISTENING: the VAD gate turns frames into SpeechStarted /
-   UplinkAudio / SpeechEnded; while the reference is audible (+300 ms) it
-   needs as much speech to open as a barge-in (300 ms), because residual echo
-   gives short false bursts. Mode PLAYING: the barge-in detector watches for
-   >= 300 ms of speech (short gaps allowed) or a wake word.
+4. the user's turn (`Listen.TURN`): the VAD gate turns frames into
+   SpeechStarted / UplinkAudio / SpeechEnded; while the reference is audible
+   (+300 ms) it needs as much speech to open as a barge-in (300 ms), because
+   residual echo gives short false bursts. Otherwise frames and wake words go
+   to the barge-in detector, which the policy arms while a reply is due or
+   playing (`Listen.BARGE_IN`) with what counts, and disarms otherwise.
 
-Synchronous and device-free: the daemon calls `process` from one worker
-thread (inference must stay off the asyncio loop). `set_mode` and
-`start_uplink` may be called from any thread: they are queued and take effect
-at the start of the next `process` call, so one block is always handled
-under one mode.
+The ears decide none of this: they carry out the conversation policy
+(`edge_agent.core.policy`) handed to `apply` after every event. `apply` may be
+called from any thread: the orders are queued and take effect at the start of
+the next `process` call, so one block is always handled under one policy.
+Synchronous and device-free: the daemon calls `process` from one worker thread
+(inference must stay off the asyncio loop).
 
-Typical daemon use:
-- IDLE: wake word only. On WakeWordDetected: `start_uplink(event.end_sample)`
-  (switches to LISTENING and replays the history from the end of the wake
-  phrase through the gate, so speech right after the wake word is not lost
-  while the session connects; the daemon buffers that UplinkAudio).
-- LISTENING: forward UplinkAudio; SpeechEnded ends the user turn.
-- PLAYING (reply audible): on BargeInDetected flush playback and
-  `start_uplink(event.sample)` so the interrupting words go up too. A wake
-  word while PLAYING yields both WakeWordDetected and BargeInDetected.
-Wake words are reported in every mode (the refractory time keeps one phrase
-from firing twice); the daemon decides what they mean in each state.
+What each kind of listening means here:
+- WAKE_WORD: wake word only; nothing is gated or sent.
+- TURN: the gate runs from the uplink window's `from_sample`, replaying the
+  history from there (the end of the wake phrase, the onset of a voice
+  barge-in), so speech right after the wake word is not lost while the
+  session connects; the daemon forwards (or buffers) the UplinkAudio.
+- BARGE_IN: the detector fires once per reply (a wake word over the reply
+  yields both WakeWordDetected and BargeInDetected).
+- NOTHING: blocks are dropped unheard.
+Wake words are reported whenever the ears listen (the refractory time keeps
+one phrase from firing twice); the machine decides what they mean.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
@@ -62,6 +63,7 @@ from edge_agent.core.events import (
     UplinkAudio,
     WakeWordDetected,
 )
+from edge_agent.core.policy import BargeInRules, ConversationPolicy, Listen, Uplink
 from edge_agent.core.vad_gate import VadGate, VadGateConfig
 
 logger = logging.getLogger(__name__)
@@ -75,10 +77,17 @@ def ms_to_samples(ms: int, rate_hz: int) -> int:
     return ms * rate_hz // 1000
 
 
-class EarMode(StrEnum):
-    IDLE = "idle"  # wake word only
-    LISTENING = "listening"  # VAD gate drives the uplink
-    PLAYING = "playing"  # the device is talking: barge-in detection
+@dataclass(frozen=True)
+class _Orders:
+    """The part of a conversation policy the ears carry out."""
+
+    listen: Listen = Listen.WAKE_WORD
+    uplink: Uplink | None = None
+    barge_in: BargeInRules | None = None
+
+    @classmethod
+    def of(cls, policy: ConversationPolicy) -> _Orders:
+        return cls(policy.listen, policy.uplink, policy.barge_in)
 
 
 class WakeDetector(Protocol):
@@ -98,13 +107,11 @@ class EarsConfig:
     vad_mode: int = 2
     gate: VadGateConfig = field(default_factory=VadGateConfig)
     barge_in: BargeInConfig = field(default_factory=BargeInConfig)
-    voice_barge_in: bool = True  # speech over the reply interrupts it
-    barge_in_by_wake_word: bool = True  # the wake word over the reply interrupts it
     aec_enabled: bool = True
     aec_stream_delay_ms: int = 0
     aec_idle_bypass_ms: int = 1000
     playback_guard_tail_ms: int = 500  # used only with AEC disabled
-    history_ms: int = 3000  # how far back start_uplink can reach
+    history_ms: int = 3000  # how far back an uplink window can reach
 
     def __post_init__(self) -> None:
         if self.sample_rate_hz != 16000:
@@ -118,13 +125,12 @@ class EarsConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> EarsConfig:
-        """Map the app config (sections wake_word, vad, echo, conversation) onto EarsConfig.
+        """Map the app config (sections wake_word, vad, echo) onto EarsConfig.
 
         Duck-typed so this module does not depend on `edge_agent.config`; wake
         model paths must already be resolved (relative to the config file).
         """
         ww, vad, echo = settings.wake_word, settings.vad, settings.echo
-        conversation = getattr(settings, "conversation", None)
         return cls(
             wake_models=tuple(ww.models),
             wake_threshold=ww.threshold,
@@ -139,8 +145,6 @@ class EarsConfig:
                 max_utterance_s=vad.max_utterance_s,
             ),
             barge_in=BargeInConfig(min_speech_ms=echo.barge_in_speech_ms),
-            voice_barge_in=echo.voice_barge_in_active,  # off without AEC
-            barge_in_by_wake_word=getattr(conversation, "barge_in_by_wake_word", True),
             aec_enabled=echo.enabled,
         )
 
@@ -213,7 +217,7 @@ class Ears:
         )
         self._double_talk_tail = ms_to_samples(DOUBLE_TALK_TAIL_MS, self.config.sample_rate_hz)
         self._ref_active_until: int | None = None
-        self._gate = VadGate(None, self.config.gate, max_start_frames=self._double_talk_frames)
+        self._gate = VadGate(self.config.gate, max_start_frames=self._double_talk_frames)
         self._barge = BargeInDetector(self.config.barge_in)
         self._frame_samples = self.config.gate.frame_samples
         self._pending = np.empty(0, dtype=np.int16)  # cleaned audio not yet framed
@@ -223,10 +227,9 @@ class Ears:
         self._history: deque[_Frame] = deque(
             maxlen=max(1, self.config.history_ms // self.config.gate.frame_ms)
         )
-        # EarMode = switch mode; int = start_uplink(from_sample).
-        self._commands: deque[EarMode | int] = deque()
-        self._requested_mode = EarMode.IDLE
-        self._mode = EarMode.IDLE
+        self._commands: deque[_Orders] = deque()
+        self._requested = _Orders()  # the orders last handed to `apply`
+        self._orders = _Orders()  # the orders the block path carries out
         self._next_sample: int | None = None
         self._zeros = np.zeros(160, dtype=np.int16)
         self.stats = EarsStats()
@@ -263,33 +266,26 @@ class Ears:
     # -- control (any thread) ---------------------------------------------
 
     @property
-    def mode(self) -> EarMode:
-        """The most recently requested mode."""
-        return self._requested_mode
+    def listening_for(self) -> Listen:
+        """What the most recently applied policy asked the ears to listen for."""
+        return self._requested.listen
 
-    def set_mode(self, mode: EarMode) -> None:
-        """Switch mode at the next block.
+    def apply(self, policy: ConversationPolicy) -> None:
+        """Carry out `policy` from the next block on (any thread; a repeat is a no-op).
 
-        LISTENING (without `start_uplink`) starts the gate with the last
-        pre-roll of history, so a word that began just before is not clipped.
-        PLAYING re-arms barge-in detection. IDLE stops the gate silently (no
-        SpeechEnded: the daemon asked for it).
+        A new uplink window restarts the gate at its `from_sample` (None: the next
+        block), replaying history from there; nothing before it is uplinked (the wake
+        phrase stays local), and the gate still needs speech to open, so silence is not
+        sent. The history reaches back `history_ms`. Arriving at BARGE_IN arms the
+        barge-in detector with the policy's rules from the next block on; leaving TURN
+        closes the gate silently (no SpeechEnded: the machine already moved on).
         """
-        self._queue(EarMode(mode))
-        self._requested_mode = EarMode(mode)
+        orders = _Orders.of(policy)
+        if orders != self._requested:
+            self._requested = orders
+            self._queue(orders)
 
-    def start_uplink(self, from_sample: int) -> None:
-        """Switch to LISTENING and gate the audio from `from_sample` on (replaying history).
-
-        Nothing before `from_sample` is uplinked (the wake phrase stays local);
-        the gate still needs speech to open, so silence after the wake word is
-        not sent. Reaches back at most `history_ms`. Calling it again restarts
-        the gate from the new point (audio after it may be sent a second time).
-        """
-        self._queue(int(from_sample))
-        self._requested_mode = EarMode.LISTENING
-
-    def _queue(self, command: EarMode | int) -> None:
+    def _queue(self, command: _Orders) -> None:
         # deque append/popleft are thread-safe; the bound only guards against a
         # runaway caller (oldest command dropped, logged).
         if len(self._commands) >= _MAX_PENDING_COMMANDS:
@@ -309,6 +305,9 @@ class Ears:
         events: list[EarEvent] = []
         try:
             self._apply_commands(events)
+            if self._orders.listen is Listen.NOTHING:
+                self._drop_block()
+                return events
             mic = self._check_block(mic)
             if mic is None:
                 return events
@@ -350,11 +349,10 @@ class Ears:
             for det in self._wake.process(wake_input, start):
                 self.stats.wake_detections += 1
                 events.append(det)
-                if self._mode is EarMode.PLAYING and self.config.barge_in_by_wake_word:
-                    barge = self._barge.on_wake_word(det.end_sample, start + n)
-                    if barge is not None:
-                        self.stats.barge_ins += 1
-                        events.append(barge)
+                barge = self._barge.on_wake_word(det.end_sample, start + n)  # if armed
+                if barge is not None:
+                    self.stats.barge_ins += 1
+                    events.append(barge)
 
             playing = reference_active(ref)
             if playing:
@@ -367,6 +365,12 @@ class Ears:
             return events
         finally:
             self.stats.cpu_s += time.thread_time() - t0
+
+    def _drop_block(self) -> None:
+        """Listening to nothing: forget partial frames; the next block heard is no jump."""
+        self._next_sample = None
+        self._pending = np.empty(0, dtype=np.int16)
+        self._pending_vad = self._pending
 
     def _silence(self, n: int) -> np.ndarray:
         if self._zeros.size != n:
@@ -434,9 +438,9 @@ class Ears:
         return frames
 
     def _route_frame(self, frame: _Frame, events: list[EarEvent]) -> None:
-        if self._mode is EarMode.LISTENING:
+        if self._orders.listen is Listen.TURN:
             self._gate_events(self._gate_frame(frame), events)
-        elif self._mode is EarMode.PLAYING and self.config.voice_barge_in:
+        else:
             barge = self._barge.on_vad_frame(frame.start, frame.pcm.size, frame.speech)
             if barge is not None:
                 self.stats.barge_ins += 1
@@ -452,30 +456,31 @@ class Ears:
 
     def _apply_commands(self, events: list[EarEvent]) -> None:
         while self._commands:
-            command = self._commands.popleft()
-            if isinstance(command, EarMode):
-                self._enter_mode(command, events)
-            else:
-                self._begin_uplink(command, events)
+            self._carry_out(self._commands.popleft(), events)
 
-    def _enter_mode(self, mode: EarMode, events: list[EarEvent]) -> None:
-        if mode is EarMode.LISTENING:
-            if self._mode is not EarMode.LISTENING:
-                start = self._history[-1].start + self._frame_samples if self._history else 0
-                self._begin_uplink(
-                    start - self.config.gate.pre_roll_frames * self._frame_samples, events
-                )
+    def _carry_out(self, orders: _Orders, events: list[EarEvent]) -> None:
+        previous, self._orders = self._orders, orders
+        logger.debug("ears: %s -> %s", previous, orders)
+        if orders.listen is Listen.TURN:
+            self._barge.disarm()
+            if orders.uplink is not None and orders.uplink != previous.uplink:  # a new window
+                self._begin_uplink(orders.uplink.from_sample, events)
             return
-        if mode is EarMode.PLAYING:
-            floor = None if self._next_sample is None else self._next_sample - self._latency
-            self._barge.reset(floor_sample=floor)
         self._gate.reset()
-        logger.debug("ears: mode %s -> %s", self._mode, mode)
-        self._mode = mode
+        if orders.barge_in is None:
+            self._barge.disarm()
+        elif previous.listen is not Listen.BARGE_IN or orders.barge_in != previous.barge_in:
+            self._barge.arm(orders.barge_in, floor_sample=self._next_output_sample())
 
-    def _begin_uplink(self, from_sample: int, events: list[EarEvent]) -> None:
-        logger.debug("ears: uplink from sample %d (mode %s)", from_sample, self._mode)
-        self._mode = EarMode.LISTENING
+    def _next_output_sample(self) -> int | None:
+        """Where the next block's output starts (it lags the mic by the canceller's
+        latency)."""
+        return None if self._next_sample is None else max(0, self._next_sample - self._latency)
+
+    def _begin_uplink(self, from_sample: int | None, events: list[EarEvent]) -> None:
+        if from_sample is None:  # from the next block on
+            from_sample = self._next_output_sample() or 0
+        logger.debug("ears: uplink from sample %d", from_sample)
         self._gate.reset(floor_sample=from_sample)
         if self._history and from_sample < self._history[0].start:
             logger.warning(

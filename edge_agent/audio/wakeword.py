@@ -6,8 +6,10 @@ hey_mycroft, hey_rhasspy, okay_nabu) come inside the `pyopen-wakeword` wheel,
 in `pyopen_wakeword/models/`. A config names a built-in model or gives a path
 to a custom `.tflite` wake model (same 16x96 embedding input).
 
-`import openwakeword` costs ~1.3 s and ~146 MB (it pulls in scipy, sklearn,
-onnxruntime), so it happens lazily in `WakeWordDetector.load`, once.
+`import openwakeword` costs ~1.3 s and ~146 MB (its package `__init__` pulls in
+scipy, sklearn, onnxruntime); the models are therefore run by `oww_tflite`, with
+openwakeword's own feature code but without that `__init__`, loaded lazily in
+`WakeWordDetector.load`, once.
 
 A corrupt .tflite can *segfault* the TFLite loader (measured: truncated and
 bit-flipped files do), so `validate_model_file` loads the model in a child
@@ -246,7 +248,7 @@ def estimate_phrase_end(
 
 
 class WakeModel(Protocol):
-    """The slice of `openwakeword.Model` the detector uses."""
+    """What the detector needs of a model: `oww_tflite.TfliteWakeModels`, or a script in tests."""
 
     def predict(self, x: np.ndarray) -> Mapping[str, float]: ...
 
@@ -309,7 +311,7 @@ class WakeWordDetector:
         refractory_s: float = DEFAULT_REFRACTORY_S,
         validate: bool = True,
     ) -> WakeWordDetector:
-        """Resolve, check and load the models (slow: imports openwakeword). Call once."""
+        """Resolve, check and load the models (slow: loads TFLite models). Call once."""
         # openWakeWord names each model by its file stem; thresholds may use either
         # the configured entry ("hey_jarvis", "/path/my_word.tflite") or the stem.
         stems = {os.fspath(m): resolve_wake_model(m).stem for m in models}
@@ -406,7 +408,11 @@ class WakeWordDetector:
 def load_openwakeword_model(
     models: Sequence[str | os.PathLike[str]], *, validate: bool = True
 ) -> WakeModel:
-    """Build an `openwakeword.Model` (TFLite) for the given built-in names or paths."""
+    """Load openWakeWord's TFLite models for the given built-in names or paths.
+
+    Scores equal `openwakeword.Model(..., inference_framework="tflite")`'s, without
+    the package `__init__` and its onnxruntime/scipy/sklearn (see `oww_tflite`).
+    """
     if not models:
         raise WakeModelError("no wake model configured")
     paths = [resolve_wake_model(m) for m in models]
@@ -421,12 +427,7 @@ def load_openwakeword_model(
     if validate:
         for p in paths:
             validate_model_file(p)
-    import openwakeword  # slow (~1.3 s): only when the daemon actually starts listening
+    from edge_agent.audio.oww_tflite import load_tflite_wake_models
 
     logger.info("loading wake models %s", ", ".join(stems))
-    return openwakeword.Model(
-        wakeword_models=[str(p) for p in paths],
-        inference_framework="tflite",
-        melspec_model_path=str(melspec),
-        embedding_model_path=str(embedding),
-    )
+    return load_tflite_wake_models(paths, melspec, embedding)

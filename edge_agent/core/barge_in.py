@@ -1,14 +1,15 @@
-"""Voice barge-in: decide that the user is talking over the device's reply.
+"""Barge-in detection: decide that the user is talking over the device's reply.
 
 Pure logic on sample positions (no clock, no audio). Input is the VAD verdict
 per frame of echo-cancelled mic audio, and wake word detections. Measured on
-simulated rooms (DESIGN.md section 6): AEC3 leaves at most a few isolated
-"speech" frames of residual echo, while a real interruption gives hundreds of
-milliseconds of speech; so "speech for >= 300 ms, allowing short gaps between
-syllables" is the rule, and a wake word always counts.
+simulated rooms: AEC3 leaves at most a few isolated "speech" frames of residual
+echo, while a real interruption gives hundreds of milliseconds of speech; so
+"speech for >= 300 ms, allowing short gaps between syllables" is the rule.
 
-The detector fires once per playback: `reset()` re-arms it when a new reply
-starts playing.
+Which kinds count (voice, wake word) is not decided here: `arm(rules)` takes the
+conversation policy's `BargeInRules` (`edge_agent.core.policy`). The detector fires
+once per reply: `arm()` re-arms it when a new reply is due; until it is armed it
+detects nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from edge_agent.core.events import (
     BargeInDetected,
     BargeInReason,
 )
+from edge_agent.core.policy import NO_BARGE_IN, BargeInRules
 
 
 @dataclass(frozen=True)
@@ -51,22 +53,29 @@ class BargeInDetector:
         self._max_gap = self.config.samples(self.config.max_gap_ms)
         self._pre_roll = self.config.samples(self.config.pre_roll_ms)
         self.fired = False
+        self.rules = NO_BARGE_IN
         self._floor: int | None = None
-        self.reset()
+        self.arm(NO_BARGE_IN)
 
-    def reset(self, floor_sample: int | None = None) -> None:
-        """Re-arm for a new playback; `sample` never points before `floor_sample`."""
+    def arm(self, rules: BargeInRules, floor_sample: int | None = None) -> None:
+        """Re-arm for a new reply, detecting what `rules` allow; `sample` never points
+        before `floor_sample` (where the reply became due)."""
+        self.rules = rules
         self.fired = False
         self._floor = floor_sample
         self._run_start: int | None = None
         self._run_speech = 0
         self._gap = 0
 
+    def disarm(self) -> None:
+        """No reply to interrupt: detect nothing until armed again."""
+        self.arm(NO_BARGE_IN)
+
     def on_vad_frame(
         self, start_sample: int, n_samples: int, speech: bool
     ) -> BargeInDetected | None:
         """Feed one classified frame; returns the event the first time the rule holds."""
-        if self.fired:
+        if self.fired or not self.rules.voice:
             return None
         if speech:
             if self._run_start is None:
@@ -90,8 +99,8 @@ class BargeInDetector:
         return None
 
     def on_wake_word(self, end_sample: int, detected_sample: int) -> BargeInDetected | None:
-        """A wake word during playback always interrupts (once)."""
-        if self.fired:
+        """A wake word over the reply interrupts it (once), if the rules say it counts."""
+        if self.fired or not self.rules.wake_word:
             return None
         self.fired = True
         return BargeInDetected(BargeInReason.WAKE_WORD, end_sample, detected_sample)

@@ -2,7 +2,7 @@
 
 Pure: no I/O, no clock. One ordered log serves two jobs:
 
-1. Offline buffer. Everything the daemon sends (audio, activity markers, text turns) is
+1. Offline buffer. Everything the daemon sends (audio and activity markers) is
    appended here first; a cursor marks what has gone out on the current connection, so
    audio spoken while (re)connecting is sent as soon as setup completes.
 2. Replay log. The Developer API has no "last consumed message index" (``transparent``
@@ -11,8 +11,8 @@ Pure: no I/O, no clock. One ordered log serves two jobs:
    the conversation *as of the end marker of turn N*. Entries after that marker are kept
    and re-sent on the new connection.
 
-End markers are the messages that always get exactly one turnComplete: activityEnd and a
-text turn. audioStreamEnd is not one: it only flushes speech the server's VAD has not
+End markers are the messages that always get exactly one turnComplete: activityEnd.
+audioStreamEnd is not one: it only flushes speech the server's VAD has not
 ended yet, so after the VAD ended the turn itself it gets no reply at all.
 
 Bookkeeping is by sequence number, not by counting markers, so an answer is only ever
@@ -57,18 +57,16 @@ class UplinkKind(StrEnum):
     ACTIVITY_START = "activity_start"  # realtimeInput.activityStart
     ACTIVITY_END = "activity_end"  # realtimeInput.activityEnd (ends the user turn)
     AUDIO_STREAM_END = "audio_stream_end"  # realtimeInput.audioStreamEnd (server VAD)
-    TEXT_TURN = "text_turn"  # clientContent with one user text part and turnComplete
 
 
 # Messages that always get exactly one turnComplete (see the module docstring).
-_END_MARKERS = frozenset({UplinkKind.ACTIVITY_END, UplinkKind.TEXT_TURN})
+_END_MARKERS = frozenset({UplinkKind.ACTIVITY_END})
 
 
 @dataclass(frozen=True, slots=True)
 class UplinkMessage:
     kind: UplinkKind
     audio: bytes = b""
-    text: str = ""
 
     @property
     def ends_turn(self) -> bool:
@@ -269,12 +267,6 @@ class ReplayLog:
     def reply_owed(self) -> bool:
         """An end marker went out on this connection whose turnComplete has not arrived."""
         return bool(self._awaiting)
-
-    @property
-    def reply_pending(self) -> bool:
-        """A reply will come: one is owed, or an end marker is still waiting to be sent."""
-        unsent_marker = bool(self._marker_seqs) and self._marker_seqs[-1] >= self._sent_upto()
-        return self.reply_owed or unsent_marker
 
     @property
     def settled(self) -> bool:

@@ -7,33 +7,37 @@ top to bottom and tested without devices.
 
 How the daemon uses it::
 
-    machine = ConversationMachine(cfg.conversation, barge_in_enabled=..., muted_at_start=...)
+    machine = ConversationMachine(cfg.conversation, barge_in=BargeInRules.from_config(cfg),
+                                  muted_at_start=...)
     run(machine.initial_actions())
+    ears.apply(machine.policy)
     ...
     actions = machine.handle(event, loop.time())
     for t in machine.last_transitions:            # usually zero or one
         log.info("state %s -> %s: %s", t.from_state, t.to_state, t.reason)
     run(actions)
+    ears.apply(machine.policy)
+
+Besides one-shot actions the machine keeps standing orders, ``machine.policy``
+(``edge_agent.core.policy``): what the ears listen for, what counts as barge-in, whether
+reply audio is stale, whether the uplink is open and from which capture sample. The
+daemon hands it to the ears after every event; the uplink window's ``from_sample`` may
+lie a little in the past (the end of the wake phrase, the start of a voice barge-in), so
+the ears keep a short history of recent capture. Audio captured before the session is
+ready is buffered and sent once it is, so "hey jarvis what time is it" in one breath
+arrives whole.
 
 Contract for the actions (what the daemon must do with them):
 
 - ``OpenSession`` / ``CloseSession``: open the Live session (the session layer reconnects
   and resumes on its own after non-fatal losses) / close it and stop reconnecting.
-- ``StartUplink(from_sample)``: from that capture sample on (``None``: the current
-  position), mic audio belongs to the conversation: feed it to the VAD gate, whose
-  speech segments go to the session. ``from_sample`` may lie a little in the past (the
-  end of the wake phrase, the start of a voice barge-in), so the daemon keeps a short
-  ring of recent capture. Audio captured before the session is ready is buffered and
-  sent once it is, so "hey jarvis what time is it" in one breath arrives whole.
-  A second ``StartUplink`` restarts the window at the new sample.
-- ``StopUplink``: stop feeding the VAD gate and the session (nothing more is sent).
 - ``SendActivityStart`` / ``SendActivityEnd``: the user's turn markers (local VAD mode);
   they are ordered with the audio, so while the session connects they are buffered
   with it. With server VAD the daemon drops them (the server marks turns itself).
 - ``FlushPlayback``: clear the jitter buffer with a short fade (barge-in, mute, error).
 - ``InterruptSession``: tell the session the user barged in. Until the interrupted
-  turn's ``turnComplete`` arrives, the machine reports ``accepting_model_audio`` False:
-  the daemon must check it for every reply chunk and drop stale audio.
+  turn's ``turnComplete`` arrives, ``policy.reply_audio_stale`` stays True: the daemon
+  must check it for every reply chunk and drop stale audio.
 - ``ShowLeds(pattern)``, ``PlayCue(name)``, ``PersistMute(muted)`` (store it in the
   state dir so mute survives a restart), ``SetMicMuted(muted)``: while muted nothing
   is captured (close the capture stream, or drop every block in the audio thread; if
@@ -55,7 +59,8 @@ Decisions worth knowing:
   press does nothing and a hold unmutes.
 - Button meaning: IDLE starts listening (on release); while listening with no speech yet, or in
   FOLLOW_UP, it cancels (back to IDLE); while the user is talking it ends the turn
-  now; while THINKING/SPEAKING it barges in.
+  now; while a reply is due or playing it barges in (the policy's ``BargeInRules``
+  say what else does: the wake word, the user's voice).
 - A wake word in IDLE must come with its ``end_sample`` so the wake phrase itself is
   never sent to Gemini.
 - Non-fatal session losses during a conversation change nothing here: the session
@@ -66,7 +71,7 @@ Decisions worth knowing:
   or press while OFFLINE plays the error cue (and asks for a session if none is open).
 - Events and cues are shared with their producers: ``BargeInDetected`` is the one
   ``edge_agent.core.barge_in.BargeInDetector`` returns (its ``sample`` becomes the
-  uplink start), ``PlayCue.name`` is an ``edge_agent.core.cues.Cue``.
+  uplink window's start), ``PlayCue.name`` is an ``edge_agent.core.cues.Cue``.
 """
 
 from __future__ import annotations
@@ -100,18 +105,10 @@ from edge_agent.core.events import (
     WakeWordDetected,
 )
 from edge_agent.core.leds import LedPattern, pattern_for
+from edge_agent.core.policy import AgentState, BargeInRules, ConversationPolicy, Uplink, decide
 
-
-class AgentState(StrEnum):
-    IDLE = "idle"  # listening for the wake word only
-    CONNECTING = "connecting"  # woken; the session is not ready yet (audio is buffered)
-    LISTENING = "listening"  # taking the user's turn
-    THINKING = "thinking"  # turn sent, waiting for the reply
-    SPEAKING = "speaking"  # playing the reply
-    FOLLOW_UP = "follow_up"  # reply done; listening a few seconds without the wake word
-    MUTED = "muted"  # nothing captured or sent
-    OFFLINE = "offline"  # fatal session trouble (auth, permission, network given up)
-    ERROR = "error"  # the audio device is gone
+# AgentState is defined beside the per-state policy (core.policy); importing it from
+# here still works.
 
 
 class Timer(StrEnum):
@@ -130,7 +127,7 @@ class ConfigReloaded:
     """Apply a reloaded config; ``None`` fields keep the current value."""
 
     conversation: ConversationConfig | None = None
-    barge_in_enabled: bool | None = None
+    barge_in: BargeInRules | None = None
 
 
 Event = (
@@ -166,16 +163,6 @@ class OpenSession:
 
 @dataclass(frozen=True)
 class CloseSession:
-    pass
-
-
-@dataclass(frozen=True)
-class StartUplink:
-    from_sample: int | None = None  # None: from the current capture position
-
-
-@dataclass(frozen=True)
-class StopUplink:
     pass
 
 
@@ -233,8 +220,6 @@ class SetMicMuted:
 Action = (
     OpenSession
     | CloseSession
-    | StartUplink
-    | StopUplink
     | SendActivityStart
     | SendActivityEnd
     | FlushPlayback
@@ -276,10 +261,10 @@ _REPLYING = frozenset({AgentState.THINKING, AgentState.SPEAKING})
 class ConversationMachine:
     """Decides, for each event, the next state and the actions that get there.
 
-    ``barge_in_enabled`` enables voice barge-in (``BargeInDetected``); the button and
-    the server's ``interrupted`` always barge in, the wake word when
-    ``config.barge_in_by_wake_word``. Unknown or irrelevant events are ignored
-    (``handle`` returns ``[]``); ``handle`` never raises for a well-formed event.
+    ``barge_in`` says what else than the button interrupts a reply (decided from the
+    config by ``BargeInRules.from_config``); the server's ``interrupted`` always ends
+    it. Unknown or irrelevant events are ignored (``handle`` returns ``[]``); ``handle``
+    never raises for a well-formed event.
     """
 
     # The listening window after a wake is follow_up_s, but never shorter than this:
@@ -292,15 +277,16 @@ class ConversationMachine:
         self,
         config: ConversationConfig,
         *,
-        barge_in_enabled: bool,
+        barge_in: BargeInRules,
         muted_at_start: bool = False,
     ) -> None:
         self._config = config
-        self._barge_in_enabled = barge_in_enabled
+        self._barge_in_rules = barge_in
         self._state = AgentState.MUTED if muted_at_start else AgentState.IDLE
         self._session_open = False  # asked for and not closed (may be reconnecting)
         self._session_ready = False
-        self._uplink_on = False
+        # The uplink window opened last; open while the state takes the user's turn.
+        self._uplink = Uplink(None, 0)
         self._activity_open = False  # SendActivityStart sent, SendActivityEnd not yet
         self._idle_press_pending = False  # the button went down in IDLE, not up yet
         self._turn_complete = False  # the reply being waited for / played is complete
@@ -326,28 +312,24 @@ class ConversationMachine:
         return self._session_open
 
     @property
+    def policy(self) -> ConversationPolicy:
+        """The standing orders for now: listening, barge-in, stale audio, uplink."""
+        return decide(
+            self._state,
+            self._barge_in_rules,
+            uplink=self._uplink,
+            draining_interrupted_turn=self._discard_model_audio,
+        )
+
+    @property
     def uplink_active(self) -> bool:
-        return self._uplink_on
+        """``policy.uplink_open``, for callers that need this one fact."""
+        return self.policy.uplink_open
 
     @property
     def accepting_model_audio(self) -> bool:
-        """Whether a reply chunk arriving now should go to the jitter buffer.
-
-        False outside THINKING/SPEAKING and while an interrupted turn is still draining
-        from the server (its last chunks are stale)."""
-        return self._state in _REPLYING and not self._discard_model_audio
-
-    @property
-    def listens_for_wake_word(self) -> bool:
-        """Whether the daemon should run wake-word detection now."""
-        if self._state in (AgentState.IDLE, AgentState.FOLLOW_UP, AgentState.OFFLINE):
-            return True
-        return self._state in _REPLYING and self._config.barge_in_by_wake_word
-
-    @property
-    def voice_barge_in_armed(self) -> bool:
-        """Whether the daemon should look for the user talking over the reply."""
-        return self._barge_in_enabled and self._state is AgentState.SPEAKING
+        """``not policy.reply_audio_stale``: a reply chunk arriving now may be played."""
+        return not self.policy.reply_audio_stale
 
     def initial_actions(self) -> list[Action]:
         """Bring LEDs and the mic in line with the starting state (call once at start)."""
@@ -416,7 +398,7 @@ class ConversationMachine:
             self._start_conversation(why, from_sample=ev.end_sample)
         elif self._state is AgentState.FOLLOW_UP:
             self._listen_again(why, from_sample=ev.end_sample)
-        elif self._state in _REPLYING and self._config.barge_in_by_wake_word:
+        elif self.policy.interrupts(BargeInReason.WAKE_WORD):
             self._barge_in(f"barge-in by {why}", ev.end_sample, interrupt=True, cue=True)
         elif self._state is AgentState.OFFLINE:
             self._offline_nudge()
@@ -431,7 +413,7 @@ class ConversationMachine:
                 self._end_conversation("button pressed: cancelled", Cue.END)
         elif self._state is AgentState.FOLLOW_UP:
             self._end_conversation("button pressed: follow-up dismissed", Cue.END)
-        elif self._state in _REPLYING:
+        elif self.policy.barge_in is not None:  # the button always interrupts a reply
             self._barge_in("barge-in by button", None, interrupt=True, cue=True)
         elif self._state is AgentState.OFFLINE:
             self._offline_nudge()
@@ -494,7 +476,7 @@ class ConversationMachine:
             self._go_idle(f"back online ({why})", cue=None)
 
     def _on_model_audio(self) -> None:
-        if self._discard_model_audio or self._state not in _REPLYING:
+        if self.policy.reply_audio_stale:
             return
         self._drained = False
         self._touch()
@@ -531,12 +513,11 @@ class ConversationMachine:
             self._follow_up("reply played")
 
     def _on_barge_in(self, ev: BargeInDetected) -> None:
-        if self._state not in _REPLYING:
+        if not self.policy.interrupts(ev.reason):
             return
         if ev.reason == BargeInReason.WAKE_WORD:
-            if self._config.barge_in_by_wake_word:
-                self._barge_in("barge-in by wake word", ev.sample, interrupt=True, cue=True)
-        elif self._barge_in_enabled:
+            self._barge_in("barge-in by wake word", ev.sample, interrupt=True, cue=True)
+        else:
             # No cue: the user is talking, a beep would only land in their turn.
             self._barge_in("voice barge-in", ev.sample, interrupt=True, cue=False)
 
@@ -608,8 +589,8 @@ class ConversationMachine:
         # Running timers keep their deadlines; new values apply from the next use.
         if ev.conversation is not None:
             self._config = ev.conversation
-        if ev.barge_in_enabled is not None:
-            self._barge_in_enabled = ev.barge_in_enabled
+        if ev.barge_in is not None:
+            self._barge_in_rules = ev.barge_in
 
     # ------------------------------------------------------------- building blocks
 
@@ -619,8 +600,7 @@ class ConversationMachine:
         self._ensure_session()
         self._reset_turn()
         self._activity_open = False
-        self._emit(StartUplink(from_sample))
-        self._uplink_on = True
+        self._open_uplink(from_sample)
         self._cue(Cue.WAKE)
         self._touch()
         self._set_timer(Timer.LISTEN, self._now + self._listen_window_s())
@@ -630,8 +610,7 @@ class ConversationMachine:
         """FOLLOW_UP -> LISTENING on a wake word: restart the uplink after the phrase."""
         self._cancel_timer(Timer.FOLLOW_UP)
         self._ensure_session()
-        self._emit(StartUplink(from_sample))
-        self._uplink_on = True
+        self._open_uplink(from_sample)
         self._cue(Cue.WAKE)
         self._touch()
         self._set_timer(Timer.LISTEN, self._now + self._listen_window_s())
@@ -641,7 +620,6 @@ class ConversationMachine:
         """The user's turn is over: mark it, stop sending, wait for the reply."""
         self._emit(SendActivityEnd())
         self._activity_open = False
-        self._stop_uplink()
         self._cancel_timer(Timer.LISTEN)
         self._reset_turn()
         self._touch()
@@ -658,8 +636,7 @@ class ConversationMachine:
         self._discard_model_audio = not self._turn_complete
         self._reset_turn()
         self._cancel_timer(Timer.RESPONSE)
-        self._emit(StartUplink(from_sample))
-        self._uplink_on = True
+        self._open_uplink(from_sample)
         self._activity_open = False
         if cue:
             self._cue(Cue.WAKE)
@@ -673,15 +650,13 @@ class ConversationMachine:
         if self._config.follow_up_s <= 0:
             self._end_conversation(why, cue=None)
             return
-        self._emit(StartUplink(None))
-        self._uplink_on = True
+        self._open_uplink(None)
         self._activity_open = False
         self._set_timer(Timer.FOLLOW_UP, self._now + self._config.follow_up_s)
         self._go(AgentState.FOLLOW_UP, why)
 
     def _end_conversation(self, why: str, cue: Cue | None) -> None:
         """Any conversation state -> IDLE, keeping an open session for a quick return."""
-        self._stop_uplink()
         self._activity_open = False
         for name in (Timer.LISTEN, Timer.RESPONSE, Timer.FOLLOW_UP):
             self._cancel_timer(name)
@@ -701,7 +676,6 @@ class ConversationMachine:
 
     def _teardown(self, *, flush: bool, close_session: bool) -> None:
         """Stop everything in flight (before MUTED, OFFLINE, ERROR)."""
-        self._stop_uplink(force=flush)
         if flush:
             self._emit(FlushPlayback())
         for name in list(self._timers):
@@ -730,10 +704,9 @@ class ConversationMachine:
         self._discard_model_audio = False
         self._cancel_timer(Timer.IDLE_CLOSE)
 
-    def _stop_uplink(self, force: bool = False) -> None:
-        if self._uplink_on or force:
-            self._emit(StopUplink())
-        self._uplink_on = False
+    def _open_uplink(self, from_sample: int | None) -> None:
+        """A new uplink window; it stays open while the state takes the user's turn."""
+        self._uplink = Uplink(from_sample, self._uplink.number + 1)
 
     def _reset_turn(self) -> None:
         self._turn_complete = False

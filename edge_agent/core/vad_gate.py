@@ -1,8 +1,9 @@
 """VAD gate: turns a mic stream into utterances (speech start/end + the audio to uplink).
 
 Pure logic: no I/O, no clock. Time is the sample position in the 16 kHz capture
-stream, so every decision is reproducible from the audio alone. The speech
-classifier is injected (`is_speech(frame) -> bool`; webrtcvad in production).
+stream, so every decision is reproducible from the audio alone. Frames arrive
+already cut and classified (the ears frame the cleaned capture stream and run
+webrtcvad once per frame, sharing the verdict with barge-in detection).
 
 Why a gate: the uplink should carry the user's speech, not minutes of room
 noise. Three details keep it from clipping words:
@@ -17,9 +18,7 @@ silence, so continuous noise does not produce a chain of utterances.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +29,6 @@ from edge_agent.core.events import (
     SpeechStarted,
     UplinkAudio,
 )
-
-logger = logging.getLogger(__name__)
 
 SUPPORTED_FRAME_MS = (10, 20, 30)
 
@@ -90,23 +87,20 @@ class VadGateConfig:
 
 
 class VadGate:
-    """Frames audio, classifies it, and emits utterance events plus uplink audio.
+    """Turns classified frames into utterance events plus uplink audio.
 
-    Feed any number of samples with `process(samples, start_sample)`; or, when
-    frames are already classified elsewhere, `process_frame(frame, start, speech)`.
-    Events come out in stream order; uplink audio is coalesced per call.
+    Feed frames in stream order with `process_frame(frame, start_sample, speech)`;
+    events come out in stream order, uplink audio coalesced per call.
     """
 
     def __init__(
         self,
-        is_speech: Callable[[np.ndarray], bool] | None,
         config: VadGateConfig | None = None,
         *,
         max_start_frames: int | None = None,
     ) -> None:
         """max_start_frames: the largest `start_frames` override `process_frame` will get
         (sizes the pre-roll ring); defaults to the config's own start requirement."""
-        self._is_speech = is_speech
         self.config = config or VadGateConfig()
         self._max_start_frames = max(self.config.start_frames, max_start_frames or 0)
         self.bytes_seen = 0
@@ -117,11 +111,7 @@ class VadGate:
         self._ring: deque[tuple[int, np.ndarray]] = deque(
             maxlen=self.config.pre_roll_frames + self._max_start_frames
         )
-        self._pending = np.empty(0, dtype=np.int16)
-        self._pending_start = 0
-        self._next_sample: int | None = None
-        self._discontinuities = 0
-        self._reset_state(floor_sample=None)
+        self.reset()
 
     # -- public API -------------------------------------------------------
 
@@ -136,33 +126,16 @@ class VadGate:
         Used when the owner starts listening at a given point (e.g. right after
         a wake phrase): nothing before that point may be uplinked.
         """
-        self._reset_state(floor_sample)
-        self._pending = np.empty(0, dtype=np.int16)
-        self._next_sample = None
-
-    def process(self, samples: np.ndarray, start_sample: int) -> list[GateEvent]:
-        """Frame, classify and gate `samples` (int16 mono) that start at `start_sample`."""
-        if self._is_speech is None:
-            raise RuntimeError("VadGate built without a classifier: use process_frame()")
-        samples = np.asarray(samples, dtype=np.int16).reshape(-1)
-        if self._next_sample is not None and start_sample != self._next_sample:
-            self._note_discontinuity(start_sample)
-            self._pending = np.empty(0, dtype=np.int16)
-        if self._pending.size == 0:
-            self._pending_start = start_sample
-        self._pending = np.concatenate((self._pending, samples)) if self._pending.size else samples
-        self._next_sample = start_sample + samples.size
-        out = _EventSink()
-        fs = self._frame_samples
-        n_full = self._pending.size // fs
-        for i in range(n_full):
-            frame = self._pending[i * fs : (i + 1) * fs]
-            start = self._pending_start + i * fs
-            self._step(frame, start, bool(self._is_speech(frame)), out, self.config.start_frames)
-        consumed = n_full * fs
-        self._pending = self._pending[consumed:].copy()
-        self._pending_start += consumed
-        return out.finish()
+        self._open = False
+        self._armed = True
+        self._floor = floor_sample
+        self._ring.clear()
+        self._run_frames = 0  # consecutive speech frames while closed
+        self._run_start = 0
+        self._silence_frames = 0  # consecutive non-speech frames (open, or disarmed)
+        self._utterance_start = 0
+        self._last_speech_end = 0
+        self._sent_until: int | None = None
 
     def process_frame(
         self,
@@ -189,28 +162,6 @@ class VadGate:
         return out.finish()
 
     # -- internals --------------------------------------------------------
-
-    def _reset_state(self, floor_sample: int | None) -> None:
-        self._open = False
-        self._armed = True
-        self._floor = floor_sample
-        self._ring.clear()
-        self._run_frames = 0  # consecutive speech frames while closed
-        self._run_start = 0
-        self._silence_frames = 0  # consecutive non-speech frames (open, or disarmed)
-        self._utterance_start = 0
-        self._last_speech_end = 0
-        self._sent_until: int | None = None
-
-    def _note_discontinuity(self, start_sample: int) -> None:
-        self._discontinuities += 1
-        level = logging.WARNING if self._discontinuities == 1 else logging.DEBUG
-        logger.log(
-            level,
-            "VAD gate: stream jumped from sample %s to %s (dropping partial frame)",
-            self._next_sample,
-            start_sample,
-        )
 
     def _step(
         self, frame: np.ndarray, start: int, speech: bool, out: _EventSink, start_frames: int

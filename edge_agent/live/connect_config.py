@@ -24,8 +24,12 @@ import ssl
 from google.genai import types
 
 from edge_agent.config import GeminiConfig
+from edge_agent.live.profiles import ModelProfile, Support, ThinkingForm, ToolCalls, choose_profile
 from edge_agent.live.tools import ToolRegistry
 from edge_agent.secrets import redact
+
+logger = logging.getLogger(__name__)
+_warned_models: set[str] = set()
 
 # A child of "websockets" so the daemon's logging setup (which keeps "websockets" at INFO
 # even at DEBUG) applies to it too; the filter below masks the key when it does log.
@@ -43,10 +47,30 @@ _SENSITIVITY_END = {
 }
 
 
+def profile_for(model: str) -> ModelProfile:
+    """The model's profile; an unknown name gets the newest family and one WARNING."""
+    profile, warning = choose_profile(model)
+    if warning is not None and model not in _warned_models:
+        _warned_models.add(model)
+        logger.warning("%s", warning)
+    return profile
+
+
 def build_live_connect_config(
-    cfg: GeminiConfig, handle: str | None, tools: ToolRegistry | None = None
+    cfg: GeminiConfig,
+    handle: str | None,
+    tools: ToolRegistry | None = None,
+    model: str | None = None,
+    tool_behavior: ToolCalls | None = None,
 ) -> types.LiveConnectConfig:
-    """The setup for one connection; ``handle`` resumes a session (None: fresh session)."""
+    """The setup for one connection; ``handle`` resumes a session (None: fresh session).
+
+    Built from the profile of ``model`` (default ``cfg.model``): a per-family setting the
+    family does not take is left out (``check-config`` refuses it for ``cfg.model``; a
+    fallback model simply goes without it). ``tool_behavior`` asks for a behaviour other
+    than the family's default where the family lets a declaration choose.
+    """
+    profile = profile_for(model or cfg.model)
     if cfg.server_vad:
         detection = types.AutomaticActivityDetection(
             disabled=False,
@@ -70,7 +94,9 @@ def build_live_connect_config(
     if cfg.system_instruction:
         config.system_instruction = cfg.system_instruction  # the SDK makes it a Content
     if cfg.input_transcription:
-        config.input_audio_transcription = types.AudioTranscriptionConfig()
+        config.input_audio_transcription = types.AudioTranscriptionConfig(
+            language_codes=list(cfg.transcription_language_codes) or None
+        )
     if cfg.output_transcription:
         config.output_audio_transcription = types.AudioTranscriptionConfig()
     if cfg.context_window_compression:
@@ -81,11 +107,32 @@ def build_live_connect_config(
     if cfg.session_resumption:
         # No `transparent`: the Developer API rejects it (1007); replay is ours to do.
         config.session_resumption = types.SessionResumptionConfig(handle=handle or None)
+    _apply_family_settings(config, cfg, profile)
     if tools is not None and cfg.tools:
         declarations = tools.declarations(list(cfg.tools))
+        if tool_behavior is not None and profile.blocking_per_tool:
+            behavior = types.Behavior(tool_behavior.name)
+            declarations = [d.model_copy(update={"behavior": behavior}) for d in declarations]
         if declarations:
             config.tools = [types.Tool(function_declarations=declarations)]
     return config
+
+
+def _apply_family_settings(
+    config: types.LiveConnectConfig, cfg: GeminiConfig, profile: ModelProfile
+) -> None:
+    """Thinking, proactive audio and affective dialog, each only where the family takes it."""
+    if profile.thinking is ThinkingForm.LEVEL and cfg.thinking_level in profile.thinking_levels:
+        config.thinking_config = types.ThinkingConfig(
+            thinking_level=types.ThinkingLevel(cfg.thinking_level.upper())
+        )
+    elif profile.thinking is ThinkingForm.BUDGET and cfg.thinking_budget is not None:
+        config.thinking_config = types.ThinkingConfig(thinking_budget=cfg.thinking_budget)
+    # ALWAYS-on proactive audio is not named at all: `false` is refused and `true` is moot.
+    if profile.proactive_audio is Support.OPT_IN and cfg.proactive_audio:
+        config.proactivity = types.ProactivityConfig(proactive_audio=True)
+    if profile.affective_dialog is Support.OPT_IN and cfg.affective_dialog:
+        config.enable_affective_dialog = True
 
 
 class _RedactingFilter(logging.Filter):

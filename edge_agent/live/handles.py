@@ -1,4 +1,8 @@
-"""The latest session resumption handle, persisted so a restart can resume the conversation.
+"""The latest session resumption handle: which one is usable, and its copy on disk.
+
+``HandleBook`` is pure (times passed in): it holds the handle the next connection may
+offer and says when it must go (expired, for another model, refused by the server).
+``HandleStore`` persists it so a restart can resume the conversation.
 
 The file holds a credential-like token (it resumes someone's conversation), so it is
 written 0600, atomically (tmp + fsync + rename + fsync of the folder: a power cut leaves
@@ -6,7 +10,8 @@ the old or the new handle, never half of one), and ignored once older than its v
 (the service keeps a session resumable for about 2 h). Times are wall-clock seconds
 (``time.time``) because a monotonic clock restarts with the process.
 
-All methods do blocking file I/O; the session calls them through ``asyncio.to_thread``.
+All ``HandleStore`` methods do blocking file I/O; the session runs them on one worker
+thread of its own, so an fsync on a slow SD card never holds up the event loop.
 """
 
 from __future__ import annotations
@@ -33,6 +38,49 @@ class StoredHandle:
 
     def __repr__(self) -> str:  # the token stays out of logs and tracebacks
         return f"StoredHandle(issued_at={self.issued_at!r}, model={self.model!r})"
+
+
+class HandleBook:
+    """The handle the next connection may offer; the session mirrors every drop on disk.
+
+    The file is read once, lazily (``loaded`` False until then): a constructor does no
+    I/O, and a handle received on this run always wins over the file's.
+    """
+
+    def __init__(self, validity_s: float = DEFAULT_VALIDITY_S) -> None:
+        self.validity_s = validity_s
+        self.current: StoredHandle | None = None
+        self.loaded = False
+
+    def loaded_from_store(self, stored: StoredHandle | None) -> None:
+        self.current = stored
+        self.loaded = True
+
+    def received(self, handle: str, model: str, wall_now: float) -> StoredHandle:
+        """The server sent a new handle: it replaces the held one at once."""
+        self.current = StoredHandle(handle, wall_now, model)
+        self.loaded = True
+        return self.current
+
+    def usable(self, model: str, wall_now: float) -> tuple[StoredHandle | None, str | None]:
+        """The handle to offer, and why the held one must be dropped (None: keep it)."""
+        held = self.current
+        if held is None:
+            return None, None
+        age = wall_now - held.issued_at
+        if held.model != model or not (0 <= age < self.validity_s):
+            return None, f"expired or for another model (age {age:.0f} s)"
+        return held, None
+
+    def drop(self) -> bool:
+        """Forget the handle (the file must be cleared too); True if one was held."""
+        held = self.current is not None
+        self.current = None
+        self.loaded = True  # the file is cleared with it: never read it back
+        return held
+
+    def age_s(self, wall_now: float) -> float | None:
+        return None if self.current is None else wall_now - self.current.issued_at
 
 
 class HandleStore:

@@ -681,15 +681,16 @@ def measure_wake_delay(report: PartReport, model: Any) -> None:
 @dataclass(frozen=True)
 class _Track:
     played: np.ndarray  # 16 kHz reference (what the speaker was given)
-    modes: dict[int, Any]  # block start sample -> EarMode set before that block
+    modes: dict[int, Any]  # block start sample -> policy applied before that block
     replies: list[tuple[int, int]]
 
 
 def _echo_track(replies: Sequence[np.ndarray], seconds: float, offset: int) -> _Track:
     """Replies with the daemon's mode changes around them, `seconds` long (whole blocks)."""
-    from edge_agent.audio.ears import EarMode
+    from edge_agent.core.policy import AgentState, BargeInRules, Uplink, decide
     from edge_agent_devkit.rig import speech
 
+    rules = BargeInRules()
     parts = [speech.silence(ECHO_LEAD_S)]
     pos = parts[0].size
     modes: dict[int, Any] = {}
@@ -699,15 +700,16 @@ def _echo_track(replies: Sequence[np.ndarray], seconds: float, offset: int) -> _
     while pos < want:
         reply = replies[k % len(replies)]
         k += 1
-        modes[pos] = EarMode.PLAYING
+        modes[pos] = decide(AgentState.SPEAKING, rules)
         spans.append((pos, pos + reply.size))
         parts.append(reply)
         pos += reply.size
-        modes[pos + 10 * BLOCK] = EarMode.LISTENING  # follow-up window 100 ms later
+        # The follow-up window 100 ms later.
+        modes[pos + 10 * BLOCK] = decide(AgentState.FOLLOW_UP, rules, uplink=Uplink(None, k))
         follow = _pad_to_block(speech.silence(FOLLOW_UP_S + 0.1))
         parts.append(follow)
         pos += follow.size
-        modes[pos] = EarMode.IDLE
+        modes[pos] = decide(AgentState.IDLE, rules)
         gap = _pad_to_block(speech.silence(IDLE_GAP_S))
         parts.append(gap)
         pos += gap.size
@@ -734,9 +736,9 @@ class _TapEcho:
 def _play_track(ears: Any, mic: np.ndarray, track: _Track) -> list[tuple[int, Any]]:
     events: list[tuple[int, Any]] = []
     for i in range(0, mic.size - BLOCK + 1, BLOCK):
-        mode = track.modes.get(i)
-        if mode is not None:
-            ears.set_mode(mode)
+        policy = track.modes.get(i)
+        if policy is not None:
+            ears.apply(policy)
         for ev in ears.process(mic[i : i + BLOCK], track.played[i : i + BLOCK], i):
             events.append((i + BLOCK, ev))
     return events
@@ -864,9 +866,9 @@ def _barge_case(
     seed: int,
 ) -> tuple[float, float] | str:
     """One closed-loop case: (barge-in ms to silence, detection ms) or why it failed."""
-    from edge_agent.audio.ears import EarMode
     from edge_agent.core.events import BargeInDetected
     from edge_agent.core.jitter import JitterBuffer
+    from edge_agent.core.policy import AgentState, BargeInRules, decide
     from edge_agent_devkit.rig import speech
 
     cfg = _config()
@@ -922,7 +924,7 @@ def _barge_case(
         if k == lead_blocks:
             live.push(reply24.tobytes())
             live.mark_turn_complete()
-            ears.set_mode(EarMode.PLAYING)
+            ears.apply(decide(AgentState.SPEAKING, BargeInRules.from_config(cfg)))
         out = live.pull(OUT_BLOCK)
         written.append(out)
         if detected_block is None:

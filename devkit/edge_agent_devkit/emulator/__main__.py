@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--record-out", type=Path, default=None, help="write the record here on exit")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--retire", action="append", default=[], metavar="MODEL", help="refuse MODEL (1008)"
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -84,6 +87,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         cancel_tool_calls=args.cancel_tool_calls,
         vad_silence_ms=args.vad_silence_ms,
         seed=args.seed,
+        retired_models=tuple(args.retire),
     )
 
 

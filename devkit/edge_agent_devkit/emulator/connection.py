@@ -32,6 +32,7 @@ from . import faults as fk
 from . import protocol as proto
 from . import voice
 from .faults import FaultSpec
+from .models import ACCEPT, SetupVerdict
 from .record import (
     ConnectionRecord,
     EmulatorRecord,
@@ -142,6 +143,7 @@ class ConnectionHandler:
         faults: list[FaultSpec],
         on_change: Callable[[], None],
         rng: random.Random,
+        judge_setup: Callable[[dict[str, Any]], SetupVerdict] | None = None,
     ) -> None:
         self.ws = ws
         self.index = conn_record.index
@@ -152,6 +154,7 @@ class ConnectionHandler:
         self.faults = list(faults)
         self._on_change = on_change
         self._rng = rng
+        self._judge_setup = judge_setup or (lambda _setup: ACCEPT)
         self._queue: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=_QUEUE_SIZE)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sender_task: asyncio.Task[None] | None = None
@@ -323,8 +326,13 @@ class ConnectionHandler:
         assert message is not None
         if "setup" not in message:
             raise proto.ProtocolError(proto.CLOSE_INVALID_ARGUMENT, proto.REASON_SETUP_FIRST)
-        if self._never_setup:
-            logger.info("connection %d: never answering setup (fault)", self.index)
+        verdict = self._judge_setup(message["setup"])
+        self.conn.model = str(message["setup"].get("model", "")).removeprefix("models/")
+        if verdict.close is not None:
+            raise proto.ProtocolError(*verdict.close)
+        if self._never_setup or verdict.hang:
+            why = "fault" if self._never_setup else f"{self.conn.model} rules"
+            logger.info("connection %d: never answering setup (%s)", self.index, why)
             while True:
                 self._parse_and_record(await self.ws.recv())
         await self._handle_setup(message["setup"])

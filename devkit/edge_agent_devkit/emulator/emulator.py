@@ -9,6 +9,7 @@ helpers/LIVE_CONTRACT.md for the contract and DESIGN.md section 3 for the facts 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import re
@@ -25,8 +26,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from . import faults as fk
+from . import models as served
+from . import protocol as proto
 from .connection import ConnectionHandler, EmulatorServerConnection
 from .faults import FaultSpec
+from .models import DEFAULT_MODELS, ServedModel, SetupVerdict
 from .record import DEFAULT_MAX_AUDIO_BYTES, DEFAULT_MAX_MESSAGES, ConnectionRecord, EmulatorRecord
 from .sessions import SessionRegistry
 from .tls import TlsMaterial, make_tls
@@ -39,6 +43,7 @@ _PATH = re.compile(
 )
 
 
+_MODELS_PATH = re.compile(r"^/+(?P<version>v1alpha|v1beta|v1)/models(?:/(?P<name>[^/?]+))?$")
 _QUERY_KEY = re.compile(r"([?&]key=)[^&\s]*")
 
 
@@ -98,6 +103,8 @@ class EmulatorOptions:
     max_recorded_messages: int = DEFAULT_MAX_MESSAGES
     max_recorded_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES
     seed: int | None = None  # jitter and call ids
+    models: tuple[ServedModel, ...] = DEFAULT_MODELS  # served, listed at GET /v1beta/models
+    retired_models: tuple[str, ...] = ()  # refused from the start (see retire_model)
 
 
 class LiveEmulator:
@@ -119,6 +126,7 @@ class LiveEmulator:
         self._handler_tasks: set[asyncio.Task[Any]] = set()
         self._changed: asyncio.Event | None = None
         self._connection_count = 0
+        self._retired = {served.bare_name(m) for m in self.options.retired_models}
         self._stopped = False
         self.port: int = 0
 
@@ -250,6 +258,55 @@ class LiveEmulator:
                     return
                 raise
 
+    # ---- models ----
+
+    def retire_model(self, model: str) -> None:
+        """Retire ``model`` now: the next setup naming it is refused (1008, not found) and
+        the models list stops showing it. Open connections keep going, as in the service."""
+        self._retired.add(served.bare_name(model))
+        logger.info("model %s retired", served.bare_name(model))
+
+    @property
+    def retired_models(self) -> frozenset[str]:
+        return frozenset(self._retired)
+
+    def judge_setup(self, setup: Mapping[str, Any]) -> SetupVerdict:
+        """The service's answer to a setup (model served? family rules kept?)."""
+        return served.setup_verdict(setup, self.options.models, frozenset(self._retired))
+
+    def _models_response(
+        self, connection: EmulatorServerConnection, request: Request, match: re.Match[str]
+    ) -> Response:
+        """The REST models API: list (paged) and get, authenticated like the service."""
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        key = request.headers.get("x-goog-api-key") or (query.get("key") or [None])[0]
+        retired = frozenset(self._retired)
+        if not key:
+            status, body = (
+                403,
+                served.error_body(403, proto.REASON_MISSING_KEY, "PERMISSION_DENIED"),
+            )
+        elif key not in self.options.valid_api_keys:
+            status, body = 400, served.error_body(400, proto.REASON_BAD_KEY, "INVALID_ARGUMENT")
+        elif match.group("name"):
+            name = match.group("name")
+            found = served.get_model(self.options.models, retired, name)
+            if found is None:
+                reason = served.not_found_reason(name, match.group("version"), "get")
+                status, body = 404, served.error_body(404, reason, "NOT_FOUND")
+            else:
+                status, body = 200, found
+        else:
+            size = (query.get("pageSize") or ["0"])[0]
+            token = (query.get("pageToken") or [""])[0]
+            page_size = int(size) if size.isdigit() else 0
+            status, body = 200, served.list_page(self.options.models, retired, page_size, token)
+        response = connection.respond(status, json.dumps(body))
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json; charset=UTF-8"
+        return response
+
     # ---- server plumbing ----
 
     def _notify(self) -> None:
@@ -259,6 +316,9 @@ class LiveEmulator:
     def _process_request(
         self, connection: EmulatorServerConnection, request: Request
     ) -> Response | None:
+        models_match = _MODELS_PATH.match(urlsplit(request.path).path)
+        if models_match and "upgrade" not in request.headers.get("Connection", "").lower():
+            return self._models_response(connection, request, models_match)
         index = self._connection_count
         self._connection_count += 1
         conn_record = ConnectionRecord(index=index, path=redact_keys(request.path))
@@ -296,6 +356,7 @@ class LiveEmulator:
             list(self.options.connection_faults.get(index, ())),
             self._notify,
             self._rng,
+            self.judge_setup,
         )
         self._handlers[index] = handler
         logger.debug("connection %d opened (%s)", index, conn_record.path)

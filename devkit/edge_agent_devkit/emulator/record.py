@@ -121,6 +121,7 @@ class ConnectionRecord:
     resumed_from_handle: str | None = None  # the handle the client presented (even if refused)
     resumed: bool = False  # True when that handle was accepted and restored
     session_id: str | None = None
+    model: str | None = None  # the setup's model, without "models/"
     setup_complete_sent: bool = False
     messages_received: int = 0
     close_code: int | None = None

@@ -1,0 +1,104 @@
+"""What ended a Live connection, as plain data, mapped onto ``core.backoff.Failure``.
+
+Pure: no I/O, no SDK. The adapter (``live.session``) keeps the ``isinstance`` checks on
+google-genai and websockets exception types and hands over what it caught as a
+``Caught`` kind plus a close code or HTTP status and a reason; the rules live here.
+
+What google-genai 3.x raises, and where (reproduced against the emulator):
+- ``connect()`` and ``receive()`` raise ``errors.APIError`` carrying the websocket close
+  code (``Caught.API_ERROR``); a keepalive timeout shows as APIError 1006. An APIError
+  whose code is not a close code is an error *message* from the server: during
+  ``receive()`` it costs that message only (see ``receive_error_ends_connection``).
+- ``send_*`` raise websockets ``ConnectionClosed*`` (``Caught.CLOSED``); without a close
+  frame from the server that is 1006.
+- A refused websocket upgrade raises ``websockets.InvalidStatus`` (``Caught.HTTP_REFUSED``).
+- OSError (refused, unreachable, reset, TLS, opening handshake timeout), other websockets
+  errors and an unparsable first server frame (ValueError/TypeError) are
+  ``Caught.TRANSPORT``.
+- ``connect()`` has no timeout for setupComplete: the adapter adds one
+  (``Caught.SETUP_TIMEOUT``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from edge_agent.core.backoff import CLOSE_ABNORMAL, Failure, FailureKind
+
+NO_CLOSE_FRAME_REASON = "connection closed without a close frame"
+
+
+class Caught(StrEnum):
+    """What the adapter caught, named by meaning rather than by exception class."""
+
+    NO_KEY = "no_key"  # the key provider has no key
+    CLIENT_SETUP = "client_setup"  # the SDK client could not be built (CA file, TLS context)
+    SETUP_TIMEOUT = "setup_timeout"  # connected, no setupComplete within setup_timeout_s
+    NO_SETUP_COMPLETE = "no_setup_complete"  # the first server message was something else
+    API_ERROR = "api_error"  # google-genai errors.APIError (code: close code, if any)
+    CLOSED = "closed"  # websockets ConnectionClosed (code None: no close frame received)
+    HTTP_REFUSED = "http_refused"  # websockets InvalidStatus (code: the HTTP status)
+    TRANSPORT = "transport"  # OSError, other websockets errors, unparsable first frame
+    UNREADABLE = "unreadable"  # receive() could not parse one server frame (Value/TypeError)
+    BAD_FRAMES = "bad_frames"  # too many unreadable server messages in a row
+    INTERNAL = "internal"  # a bug of ours ended the connection task
+
+
+@dataclass(frozen=True)
+class ConnectionFacts:
+    """Per-connection facts the classifier needs (see ``core.backoff.Failure``)."""
+
+    resuming: bool = False  # this connection's setup offered a resumption handle
+    setup_done: bool = False  # setupComplete arrived
+    after_go_away: bool = False  # the server announced goAway on this connection
+
+
+def is_close_code(code: object) -> bool:
+    """A websocket close code, as opposed to an HTTP status or an SDK error number."""
+    return isinstance(code, int) and not isinstance(code, bool) and 1000 <= code <= 4999
+
+
+def receive_error_ends_connection(code: int | None) -> bool:
+    """An APIError out of ``receive()`` ends the connection only if it carries a close code;
+    otherwise it is one error message from the server, skipped like a bad frame."""
+    return is_close_code(code)
+
+
+def classify_caught(
+    caught: Caught, facts: ConnectionFacts, code: int | None = None, reason: str = ""
+) -> Failure:
+    """The ``Failure`` the reconnect policy decides on, for what the adapter caught."""
+    kind = _KIND[caught]
+    if caught is Caught.API_ERROR:
+        kind = FailureKind.CLOSED if is_close_code(code) else FailureKind.NETWORK
+    elif caught is Caught.CLOSED and code is None:
+        code, reason = CLOSE_ABNORMAL, NO_CLOSE_FRAME_REASON
+    elif caught is Caught.HTTP_REFUSED:
+        reason = reason or "websocket upgrade refused"
+    elif caught is Caught.NO_SETUP_COMPLETE:
+        reason = reason or "first server message was not setupComplete"
+    return Failure(
+        kind,
+        code if caught in _WITH_CODE else None,
+        reason,
+        during_setup=not facts.setup_done,
+        resuming=facts.resuming,
+        after_go_away=facts.after_go_away,
+    )
+
+
+_KIND = {
+    Caught.NO_KEY: FailureKind.NO_KEY,
+    Caught.CLIENT_SETUP: FailureKind.NETWORK,
+    Caught.SETUP_TIMEOUT: FailureKind.SETUP_TIMEOUT,
+    Caught.NO_SETUP_COMPLETE: FailureKind.PROTOCOL,
+    Caught.API_ERROR: FailureKind.CLOSED,
+    Caught.CLOSED: FailureKind.CLOSED,
+    Caught.HTTP_REFUSED: FailureKind.HTTP,
+    Caught.TRANSPORT: FailureKind.NETWORK,
+    Caught.UNREADABLE: FailureKind.PROTOCOL,
+    Caught.BAD_FRAMES: FailureKind.PROTOCOL,
+    Caught.INTERNAL: FailureKind.PROTOCOL,
+}
+_WITH_CODE = frozenset({Caught.API_ERROR, Caught.CLOSED, Caught.HTTP_REFUSED})
