@@ -1,0 +1,157 @@
+"""Is the appliance well, and what it tells systemd and `edge-agent status`.
+
+The watchdog ping, the audio device monitor, the STATUS= line and the status snapshot
+served by the control socket. All of it reads the runtime's components; the only thing
+it changes is the conversation's view of the audio device (AudioDeviceLost/Restored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.core import events as ev
+from edge_agent.core.watchdog import WatchdogGate
+from edge_agent.secrets import redact
+
+if TYPE_CHECKING:
+    from edge_agent.app.runtime import Runtime
+    from edge_agent.audio.engine import AudioEngine
+    from edge_agent.device.systemd import SystemdNotifier
+
+log = logging.getLogger(__name__)
+
+DEVICE_POLL_S = 0.5
+
+
+class Health:
+    """Watchdog, device monitor and status reports for one running `Runtime`."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        notifier: SystemdNotifier,
+        environ: Mapping[str, str],
+        *,
+        watchdog_stall_s: float,
+    ) -> None:
+        self.runtime = runtime
+        self.notifier = notifier
+        self.environ = environ
+        self.watchdog_stall_s = watchdog_stall_s  # a reload may change it
+        self._speaker_missing = False  # engine degraded: listening without playback
+        self._audio_ok = True
+
+    async def watchdog_loop(self) -> None:
+        """WATCHDOG=1 only while the mic delivers and this loop is responsive.
+
+        The ping runs on the event loop itself, so a stuck loop stops the pings. A stream
+        that is open but delivers nothing (a frozen mic) stops them too, and systemd
+        restarts the service. A device the engine knows is gone (and is reopening with
+        backoff) does not: restarting would not bring it back, only hit the start limit.
+        """
+        from edge_agent.device.systemd import watchdog_interval_s
+
+        interval = watchdog_interval_s(self.environ)
+        if interval is None:
+            return
+        gate = WatchdogGate(stall_s=self.watchdog_stall_s)
+        period = max(0.05, interval / 2)
+        refused = False
+        while True:
+            await asyncio.sleep(period)
+            gate.stall_s = self.watchdog_stall_s
+            now = time.monotonic()
+            engine = self.runtime.engine
+            captured = engine.captured_samples if engine is not None else 0
+            expected = engine is not None and (engine.healthy or _stalled(engine))
+            if gate.should_ping(now, captured, now, capture_expected=expected):
+                self.notifier.watchdog()
+                if refused:
+                    log.info("watchdog fed again")
+                refused = False
+            elif not refused:
+                refused = True
+                log.error("watchdog not fed: %s", gate.refusal)
+
+    async def device_monitor(self) -> None:
+        """Turns the engine's device state into AudioDeviceLost/Restored events."""
+        runtime = self.runtime
+        while True:
+            await asyncio.sleep(DEVICE_POLL_S)
+            engine = runtime.engine
+            if engine is None:
+                continue
+            speaker_missing = engine.output_missing
+            if speaker_missing != self._speaker_missing:  # the mic still runs: status only
+                self._speaker_missing = speaker_missing
+                self.update_status()
+            ok = engine.healthy
+            if ok != self._audio_ok:
+                self._audio_ok = ok
+                if ok:
+                    log.info("audio device back")
+                    runtime.dispatch(ev.AudioDeviceRestored())
+                else:
+                    reason = engine.last_error or "audio device error"
+                    runtime.last_error = reason
+                    runtime.dispatch(ev.AudioDeviceLost(reason))
+
+    def update_status(self) -> None:
+        """One STATUS= datagram: state, session, the last error, a missing speaker."""
+        runtime = self.runtime
+        machine = runtime.machine
+        parts = [f"state: {machine.state if machine else 'starting'}"]
+        if runtime.session is not None:
+            status = runtime.session.status()
+            parts.append(f"session: {status.state}")
+            if status.reconnect_count:
+                parts.append(f"reconnects: {status.reconnect_count}")
+            if status.last_error:
+                parts.append(f"last error: {status.last_error}")
+        elif runtime.last_error:
+            parts.append(f"last error: {runtime.last_error}")
+        if self._speaker_missing and runtime.engine is not None:
+            parts.append(f"no speaker: {runtime.engine.last_error or 'output device missing'}")
+        self.notifier.status(redact("; ".join(parts)))
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `edge-agent status` shows; also read by the demo and the tests."""
+        runtime = self.runtime
+        machine = runtime.machine
+        engine = runtime.engine
+        jitter = runtime.playback.jitter.snapshot()
+        out: dict[str, Any] = {
+            "state": str(machine.state) if machine else "starting",
+            "muted": runtime.capture.muted,
+            "captured_samples": engine.captured_samples if engine else 0,
+            "dropped_blocks": runtime.capture.dropped_blocks,
+            "ears_failures": runtime.capture.ears_failures,
+            "last_error": runtime.last_error,
+            "playback": dataclasses.asdict(jitter),
+            "leds": runtime.panel.describe() if runtime.panel is not None else {},
+        }
+        if runtime.session is not None:
+            status = runtime.session.status()
+            out["session"] = {
+                "state": str(status.state),
+                "ready": status.ready,
+                "reconnects": status.reconnect_count,
+                "handovers": status.handovers,
+                "last_error": status.last_error,
+            }
+        if runtime.ears is not None:
+            out["ears"] = dataclasses.asdict(runtime.ears.stats)
+        if engine is not None:
+            out["engine"] = engine.stats()
+        return out
+
+
+def _stalled(engine: AudioEngine) -> bool:
+    """The stream opened but delivers nothing (a frozen mic), as opposed to a device that
+    is missing: the former should get the service restarted, the latter should not."""
+    return bool(engine.input_stalled)

@@ -1,0 +1,327 @@
+"""The running conversation: events in, the machine's actions out to the devices.
+
+Data flow::
+
+    sound card thread --on_block--> CapturePipeline: bounded queue --> ears worker thread
+        (AEC, wake word, VAD gate, barge-in) --call_soon_threadsafe--> event loop
+    event loop: ConversationMachine.handle(event) -> actions -> session / ears / LEDs / cues
+    LiveSession events: model audio -> JitterBuffer <--pull-- sound card thread
+
+Threads exist only at the edges (sound card, ears worker, gpiozero); everything they
+report becomes an event on the asyncio loop, where the state machine decides. Nothing on
+the loop blocks: file writes and LED changes run in worker threads. The lifecycle
+(`app.daemon`) builds the components and installs them here; `app.health` reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from edge_agent.app.playback import ReplyPlayback
+from edge_agent.audio.capture import CapturePipeline
+from edge_agent.config import Config
+from edge_agent.core import events as ev
+from edge_agent.core import state as st
+
+if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow part of startup
+    from edge_agent.audio.ears import Ears
+    from edge_agent.audio.engine import AudioEngine
+    from edge_agent.device.gpio import GpioPanel, NullPanel
+    from edge_agent.live.session import LiveSession
+
+log = logging.getLogger(__name__)
+
+MUTE_FILE = "muted"
+TRANSCRIPT_MAX_PIECES = 1000  # a turn that never completes must not grow memory for ever
+
+Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
+_Part = TypeVar("_Part")
+
+
+class Runtime:
+    """Carries out what the conversation machine decides, on the event loop thread.
+
+    The components are None until the lifecycle has started them; an action that needs
+    a missing one fails and is logged, as any failed action is.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        mute_file: MuteFile,
+        stop: asyncio.Event,
+        spawn: Spawn,
+        status_changed: Callable[[], None],
+    ) -> None:
+        self.playback = ReplyPlayback(cfg, on_drained=self._on_drained)
+        self.machine: st.ConversationMachine | None = None
+        self.ears: Ears | None = None
+        self.session: LiveSession | None = None
+        self.panel: GpioPanel | NullPanel | None = None
+        self.engine: AudioEngine | None = None
+        self.mute_file = mute_file
+        self.last_error: str | None = None  # shown in STATUS= and `edge-agent status`
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = stop  # set: the daemon is stopping, events are no longer handled
+        self._spawn = spawn
+        self._status_changed = status_changed
+        self._timers = Timers(self._fire_timer)
+        self._transcript = TurnTranscript()
+        self._led_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leds")
+        self.capture = CapturePipeline(
+            None, self._ear_events_to_loop, max_blocks=cfg.audio.capture_queue_blocks
+        )
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop that device threads hand their events to."""
+        self._loop = loop
+        self.playback.loop = loop
+
+    def close(self) -> None:
+        """Shutdown, after the session and the audio engine stopped: LEDs end dark."""
+        self.capture.stop()  # bounded join
+        self._led_executor.shutdown(wait=True, cancel_futures=True)
+        if self.panel is not None:
+            self.panel.close()
+
+    def started_panel(self) -> GpioPanel | NullPanel:
+        """The panel, which exists from startup on (`require` cannot keep the union)."""
+        if self.panel is None:
+            raise RuntimeError("panel not started")
+        return self.panel
+
+    def cancel_timers(self) -> None:
+        self._timers.cancel_all()
+
+    def use_ears(self, ears: Ears) -> None:
+        """New ears (a reload built them) take over from the next block on."""
+        self.ears = ears
+        self.capture.set_ears(ears)
+        self.sync_ears()
+
+    # --------------------------------------------------------------- device edge
+
+    def start_capture(self) -> None:
+        """The ears worker thread starts listening to what the engine captures."""
+        self.capture.set_ears(require(self.ears, "ears"))
+        self.capture.start()
+
+    def _ear_events_to_loop(self, events: list[ev.EarEvent]) -> None:
+        """Ears worker thread (CapturePipeline): hand the events to the event loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_ear_events, events)
+
+    # ----------------------------------------------------------------- events in
+
+    def _on_ear_events(self, events: list[ev.EarEvent]) -> None:
+        """Ears events are the machine's own vocabulary; only uplink audio goes elsewhere."""
+        for event in events:
+            if isinstance(event, ev.UplinkAudio):
+                if self.machine is not None and self.machine.uplink_active:
+                    require(self.session, "Live session").send_audio(event.pcm)
+            else:
+                self.dispatch(event)
+
+    def on_live_event(self, event: ev.LiveEvent) -> None:
+        """Session events go to the machine as they are; the runtime keeps the bookkeeping
+        of playback, transcripts and status that the machine has no say in."""
+        machine = self.machine
+        if machine is None:
+            return
+        match event:
+            case ev.ModelAudioReceived(pcm24k=pcm):
+                if not machine.accepting_model_audio:
+                    return  # the rest of a reply the user barged into
+                self.playback.push(pcm)
+            case ev.InputTranscript(text=text):
+                self._transcript.heard(text)
+                return
+            case ev.OutputTranscript(text=text):
+                if machine.accepting_model_audio:  # else: the words of a dropped reply
+                    self._transcript.said(text)
+                return
+            case ev.ToolCalled(name=name, args=args):
+                log.info("tool call: %s(%s)", name, args)
+                return
+            case ev.TurnCompleted():
+                self._transcript.log_and_clear()
+                self.playback.turn_completed()
+            case ev.ServerInterrupted():
+                log.info("server: interrupted")
+            case ev.SessionReady():
+                self.last_error = None
+            case ev.GoAwayReceived(time_left_s=left):
+                log.info("server: goAway, %.0f s left: handing over", left)
+            case ev.SessionLost(reason=reason):
+                self.last_error = reason
+        self.dispatch(event)
+        if isinstance(event, ev.TurnCompleted) and self.playback.jitter.is_idle:
+            self.dispatch(ev.PlaybackDrained())
+        if isinstance(event, ev.SessionReady | ev.SessionLost | ev.SessionClosed):
+            self._status_changed()  # not per audio chunk: STATUS= is a datagram each time
+
+    def _on_drained(self) -> None:
+        self.dispatch(ev.PlaybackDrained())
+
+    # ------------------------------------------------------------ state machine
+
+    def dispatch(self, event: Any) -> None:
+        """Feed one event to the state machine and carry out its actions (loop thread)."""
+        machine = self.machine
+        if machine is None or self._stop.is_set():
+            return
+        actions = machine.handle(event, time.monotonic())
+        for t in machine.last_transitions:
+            log.info("state %s -> %s: %s", t.from_state, t.to_state, t.reason)
+        self.run_actions(actions)
+        self.sync_ears()
+        if machine.last_transitions:
+            self._status_changed()
+
+    def run_actions(self, actions: list[Any]) -> None:
+        for action in actions:
+            try:
+                self._run_action(action)
+            except Exception:
+                log.exception("action %s failed", type(action).__name__)
+
+    def _run_action(self, action: Any) -> None:
+        match action:
+            case st.OpenSession():
+                require(self.session, "Live session").open()
+            case st.CloseSession():
+                require(self.session, "Live session").close()
+            case st.SendActivityStart():
+                require(self.session, "Live session").activity_start()
+            case st.SendActivityEnd():
+                require(self.session, "Live session").activity_end()
+            case st.FlushPlayback():
+                discarded = self.playback.flush()
+                written = self.engine.played_device_samples if self.engine is not None else 0
+                log.info(
+                    "playback flushed at output sample %d, t=%.6f (%d reply samples dropped)",
+                    written,
+                    time.monotonic(),
+                    discarded,
+                )
+            case st.InterruptSession():
+                require(self.session, "Live session").interrupt()
+            case st.ShowLeds(pattern=pattern):
+                # gpiozero may join a blink thread: off the loop, in order.
+                self._led_executor.submit(self.started_panel().show, pattern)
+            case st.PlayCue(name=name):
+                self.playback.cues.play(name)
+            case st.SetTimer(name=name, at=at):
+                self._timers.set(str(name), at)
+            case st.CancelTimer(name=name):
+                self._timers.cancel(str(name))
+            case st.PersistMute(muted=muted):
+                self._spawn(asyncio.to_thread(self.mute_file.save, muted), "persist-mute")
+            case st.SetMicMuted(muted=muted):
+                self.capture.muted = muted
+            case _:
+                log.debug("unhandled action %r", action)
+
+    def sync_ears(self) -> None:
+        """Hand the machine's policy to the ears (after every event, and to new ears
+        after a reload); they carry it out from the next block on."""
+        if self.machine is not None and self.ears is not None:
+            self.ears.apply(self.machine.policy)
+
+    def _fire_timer(self, name: str) -> None:
+        self.dispatch(ev.TimerFired(name))
+
+
+def require(part: _Part | None, what: str) -> _Part:
+    """A component the caller needs; None only before startup built it."""
+    if part is None:
+        raise RuntimeError(f"{what} not started")
+    return part
+
+
+class Timers:
+    """The machine's named timers on the event loop; setting one again replaces it."""
+
+    def __init__(self, fire: Callable[[str], None]) -> None:
+        self._fire = fire
+        self._handles: dict[str, asyncio.TimerHandle] = {}
+
+    def set(self, name: str, at: float) -> None:
+        """`at` is on the time.monotonic clock the machine is given."""
+        self.cancel(name)
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, at - time.monotonic())
+        self._handles[name] = loop.call_later(delay, self._fired, name)
+
+    def cancel(self, name: str) -> None:
+        handle = self._handles.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def cancel_all(self) -> None:
+        for handle in self._handles.values():
+            handle.cancel()
+        self._handles.clear()
+
+    def _fired(self, name: str) -> None:
+        self._handles.pop(name, None)
+        self._fire(name)
+
+
+class TurnTranscript:
+    """What was said in a turn, logged in one line per side when the turn completes."""
+
+    def __init__(self) -> None:
+        self._heard: list[str] = []
+        self._said: list[str] = []
+
+    def heard(self, text: str) -> None:
+        _append_bounded(self._heard, text)
+
+    def said(self, text: str) -> None:
+        _append_bounded(self._said, text)
+
+    def log_and_clear(self) -> None:
+        if self._heard:
+            log.info("you said: %s", "".join(self._heard).strip())
+        if self._said:
+            log.info("gemini said: %s", "".join(self._said).strip())
+        self._heard.clear()
+        self._said.clear()
+
+
+def _append_bounded(pieces: list[str], text: str) -> None:
+    """Collect transcript pieces for the turn's log line, keeping only the newest."""
+    pieces.append(text)
+    if len(pieces) > TRANSCRIPT_MAX_PIECES:
+        del pieces[: len(pieces) - TRANSCRIPT_MAX_PIECES]
+
+
+class MuteFile:
+    """The mute switch survives a restart: "1" or "0" in a file in the state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / MUTE_FILE
+
+    def load(self) -> bool:
+        try:
+            return self.path.read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def save(self, muted: bool) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_text("1\n" if muted else "0\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot remember mute state in %s: %s", self.path, exc)
