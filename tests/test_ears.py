@@ -229,9 +229,13 @@ def test_the_same_policy_twice_changes_nothing_a_new_window_restarts_the_gate() 
 @pytest.mark.parametrize("block", [7, 160, 1000])
 def test_any_block_size_gives_frame_exact_positions(frame_ms: int, block: int) -> None:
     """The ears cut the capture stream into VAD frames whatever the block size; the
-    gate's positions and audio are those of the stream (here starting at 5000)."""
+    gate's positions and audio are those of the stream (here starting at 5000). The
+    window's first utterance goes up from the window's start (its lead, WINDOW_LEAD_MS,
+    reaches back that far); the next one from its pre-roll."""
     gate = VadGateConfig(frame_ms=frame_ms, pre_roll_ms=120, speech_start_ms=60, speech_end_ms=240)
-    mic = speech.concat(speech.silence(0.6), voiced(480), speech.silence(0.6))
+    mic = speech.concat(
+        speech.silence(0.6), voiced(480), speech.silence(0.6), voiced(480), speech.silence(0.6)
+    )
     ears = make_ears(gate=gate)
     ears.apply(turn(5000))
     events = []
@@ -241,12 +245,20 @@ def test_any_block_size_gives_frame_exact_positions(frame_ms: int, block: int) -
     assert marks == [
         SpeechStarted(5000 + ms(600)),
         SpeechEnded(5000 + ms(1080), marks[1].reason),
+        SpeechStarted(5000 + ms(1680)),
+        SpeechEnded(5000 + ms(2160), marks[3].reason),
     ]
-    audio = [e for e in events if isinstance(e, UplinkAudio)]
-    start, end = audio[0].start_sample, audio[-1].end_sample
-    assert start == 5000 + ms(600 - 120)  # the pre-roll
+    split = events.index(marks[1])  # the first utterance's audio comes before its end
+    first = [e for e in events[:split] if isinstance(e, UplinkAudio)]
+    second = [e for e in events[split:] if isinstance(e, UplinkAudio)]
+    start, end = first[0].start_sample, first[-1].end_sample
+    assert start == 5000  # the window's start: within WINDOW_LEAD_MS of the onset
+    assert end - start == ms(600 + 480 + 240)  # lead + speech + hangover
+    assert b"".join(e.pcm for e in first) == mic[start - 5000 : end - 5000].tobytes()
+    start, end = second[0].start_sample, second[-1].end_sample
+    assert start == 5000 + ms(1680 - 120)  # the pre-roll
     assert end - start == ms(120 + 480 + 240)  # pre-roll + speech + hangover
-    assert b"".join(e.pcm for e in audio) == mic[start - 5000 : end - 5000].tobytes()
+    assert b"".join(e.pcm for e in second) == mic[start - 5000 : end - 5000].tobytes()
 
 
 def test_nothing_drops_blocks_unheard_and_resuming_is_not_a_jump() -> None:

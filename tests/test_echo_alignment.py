@@ -264,3 +264,37 @@ def test_through_the_engine_switching_echo_cancellation_keeps_every_sample_in_pl
         assert np.array_equal(pcm[: end - start], mic[start:end]), f"at sample {start}"
         covered += end - start
     assert covered >= mic.size - rate  # the gate was open all along: nearly all went up
+
+
+@pytest.mark.parametrize("room_db", [-6.0, -12.0, -20.0])
+def test_the_wake_cue_heard_raw_never_opens_the_gate_on_its_own(room_db: float) -> None:
+    """While AEC3 is unsettled the user's turn is heard raw, so the wake cue's own echo
+    reaches the VAD: it must not start a turn by itself (the gate asks for more speech
+    during playback than a cue lasts). Real webrtcvad, real AEC3, the real cue through a
+    simulated room."""
+    from edge_agent.audio.vad import WebRtcVad
+    from edge_agent.core.cues import Cue, render_cue
+    from edge_agent.core.events import SpeechStarted
+    from edge_agent_devkit.rig import speech
+
+    rng = np.random.default_rng(4)
+    n = RATE * 3
+    ref = np.zeros(n, dtype=np.int16)
+    cue = render_cue(Cue.WAKE, sample_rate_hz=RATE, volume=0.4)  # cue_volume_percent = 40
+    at = RATE + RATE // 2
+    ref[at : at + cue.size] = cue
+    room = speech.Room(direct_gain_db=room_db, rt60_s=0.3)
+    mic = speech.to_int16(speech.add_noise(speech.simulate_echo(ref, room, rng), -60, rng))
+    ears = Ears(
+        wake=NoWake(),
+        is_speech=WebRtcVad(2).is_speech,
+        echo=Aec3EchoCanceller.create(),
+        config=EarsConfig(),
+    )
+    events = []
+    for i in range(0, n, BLOCK):
+        if i == at - 2 * BLOCK:  # the wake word was just heard: the user's turn opens
+            ears.apply(decide(AgentState.LISTENING, BargeInRules(), uplink=Uplink(None, 1)))
+        events += ears.process(mic[i : i + BLOCK], ref[i : i + BLOCK], i)
+    assert [e for e in events if isinstance(e, SpeechStarted)] == []
+    assert [e for e in events if isinstance(e, UplinkAudio)] == []

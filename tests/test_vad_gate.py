@@ -213,6 +213,23 @@ def test_reset_floor_keeps_earlier_audio_out() -> None:
     assert start == ms(300)
 
 
+def test_a_window_lead_reaches_back_to_the_floor_for_the_first_utterance_only() -> None:
+    """After reset(floor, lead) the first utterance goes up from up to `lead` before its
+    onset run (not before the floor); the next one has the plain pre-roll."""
+    audio = signal(("q", 900), ("s", 300), ("q", 900), ("s", 300), ("q", 600))
+    gate = VadGate(CFG, max_lead_samples=ms(1500))
+    gate.reset(floor_sample=ms(150), lead_samples=ms(1500))
+    first, second = uplinked(run(gate, audio))
+    assert first[0] == ms(150)  # the floor: the onset (900 ms) is within the lead
+    assert first[1] == audio[ms(150) : ms(900 + 300 + 300)].tobytes()
+    assert second[0] == ms(2100 - 300)  # the pre-roll again
+    gate.reset(floor_sample=0, lead_samples=ms(1200))
+    [(start, _pcm)] = uplinked(run(gate, signal(("q", 3000), ("s", 300), ("q", 600))))
+    assert start == ms(3000 - 1200)  # a longer pause stays local beyond the lead
+    with pytest.raises(ValueError, match="exceeds"):
+        gate.reset(lead_samples=ms(1600))
+
+
 def test_frames_of_the_wrong_size_are_refused() -> None:
     gate = VadGate(CFG)
     for n in (0, 100, CFG.frame_samples + 1):

@@ -69,6 +69,10 @@ from edge_agent.core.vad_gate import VadGate, VadGateConfig
 logger = logging.getLogger(__name__)
 
 _MAX_PENDING_COMMANDS = 64
+# The first utterance of an uplink window (after a wake word) is sent from up to this
+# long before the run that opened the gate, back to the window's start: see
+# VadGate.reset. Longer pauses before speaking stay local beyond the pre-roll.
+WINDOW_LEAD_MS = 1500
 # After the reference goes silent the echo still arrives (output latency + reverb).
 DOUBLE_TALK_TAIL_MS = 300
 
@@ -216,8 +220,16 @@ class Ears:
             1, -(-self.config.barge_in.min_speech_ms // self.config.gate.frame_ms)
         )
         self._double_talk_tail = ms_to_samples(DOUBLE_TALK_TAIL_MS, self.config.sample_rate_hz)
+        # The playback period the gate treats as double talk: [from, until) in samples.
+        # Frames from before it (the history an uplink window replays) are not in it.
+        self._ref_active_from = 0
         self._ref_active_until: int | None = None
-        self._gate = VadGate(self.config.gate, max_start_frames=self._double_talk_frames)
+        self._window_lead = ms_to_samples(WINDOW_LEAD_MS, self.config.sample_rate_hz)
+        self._gate = VadGate(
+            self.config.gate,
+            max_start_frames=self._double_talk_frames,
+            max_lead_samples=self._window_lead,
+        )
         self._barge = BargeInDetector(self.config.barge_in)
         self._frame_samples = self.config.gate.frame_samples
         self._pending = np.empty(0, dtype=np.int16)  # cleaned audio not yet framed
@@ -326,14 +338,19 @@ class Ears:
 
             # With AEC everything below runs on the canceller's output, which lags the mic
             # by a constant `latency_samples` whether AEC3 runs or not: positions stay exact.
+            # Until AEC3 has settled on real playback its suppressor may gate the user's
+            # words (EchoOutput.settled): the uplink then carries the raw mic. The VAD
+            # always decides on the cleaned audio, so a cue's own echo never opens the
+            # gate; words it missed under the cue come back through the gate's pre-roll.
+            settled = True
             if self._echo is not None:
                 echo = self._echo.process(mic, ref)
-                cleaned, heard = echo.cleaned, echo.raw
-                uplink = cleaned if echo.settled else heard  # see EchoOutput.settled
+                cleaned, heard, settled = echo.cleaned, echo.raw, echo.settled
                 start = sample_pos - self._echo.latency_samples
             else:
-                cleaned = heard = uplink = mic
+                cleaned = heard = mic
                 start = sample_pos
+            uplink = cleaned if settled else heard
             if start < 0:  # the delay line's first samples precede the stream: drop them
                 cut = min(-start, cleaned.size)
                 cleaned, heard, uplink = cleaned[cut:], heard[cut:], uplink[cut:]
@@ -356,6 +373,8 @@ class Ears:
 
             playing = reference_active(ref)
             if playing:
+                if self._ref_active_until is None or start > self._ref_active_until:
+                    self._ref_active_from = start  # a new playback period begins
                 self._ref_active_until = start + n + self._double_talk_tail
             vad_input = cleaned
             if self._noise_fill is not None:
@@ -481,7 +500,7 @@ class Ears:
         if from_sample is None:  # from the next block on
             from_sample = self._next_output_sample() or 0
         logger.debug("ears: uplink from sample %d", from_sample)
-        self._gate.reset(floor_sample=from_sample)
+        self._gate.reset(floor_sample=from_sample, lead_samples=self._window_lead)
         if self._history and from_sample < self._history[0].start:
             logger.warning(
                 "ears: uplink requested from sample %d but history starts at %d",
@@ -494,7 +513,8 @@ class Ears:
 
     def _gate_frame(self, frame: _Frame) -> list:
         during_playback = (
-            self._ref_active_until is not None and frame.start < self._ref_active_until
+            self._ref_active_until is not None
+            and self._ref_active_from <= frame.start < self._ref_active_until
         )
         return self._gate.process_frame(
             frame.pcm,

@@ -98,18 +98,22 @@ class VadGate:
         config: VadGateConfig | None = None,
         *,
         max_start_frames: int | None = None,
+        max_lead_samples: int = 0,
     ) -> None:
         """max_start_frames: the largest `start_frames` override `process_frame` will get
-        (sizes the pre-roll ring); defaults to the config's own start requirement."""
+        (sizes the pre-roll ring); defaults to the config's own start requirement.
+        max_lead_samples: the largest `lead_samples` that `reset` will get."""
         self.config = config or VadGateConfig()
         self._max_start_frames = max(self.config.start_frames, max_start_frames or 0)
+        self._max_lead_samples = max_lead_samples
         self.bytes_seen = 0
         self.bytes_passed = 0
         self.utterances = 0
         self._frame_samples = self.config.frame_samples
-        # Pre-roll ring: the onset run itself plus `pre_roll` frames before it.
+        # Pre-roll ring: the onset run itself plus `pre_roll` (or the longest lead) before it.
+        lead_frames = -(-max_lead_samples // self._frame_samples)
         self._ring: deque[tuple[int, np.ndarray]] = deque(
-            maxlen=self.config.pre_roll_frames + self._max_start_frames
+            maxlen=max(self.config.pre_roll_frames, lead_frames) + self._max_start_frames
         )
         self.reset()
 
@@ -120,15 +124,24 @@ class VadGate:
         """True while an utterance is in progress (audio is being uplinked)."""
         return self._open
 
-    def reset(self, floor_sample: int | None = None) -> None:
+    def reset(self, floor_sample: int | None = None, lead_samples: int = 0) -> None:
         """Close silently and forget the pre-roll; ignore audio before `floor_sample`.
 
         Used when the owner starts listening at a given point (e.g. right after
         a wake phrase): nothing before that point may be uplinked.
+
+        lead_samples: for the next utterance only, send up to this much audio before
+        its onset run (but not before the floor) instead of the pre-roll. Right after
+        a wake word the words may have started before the run that opens the gate: a
+        wake cue playing over them hides some frames from the VAD (echo cancellation
+        that has not converged gates them), so the run that counts starts late.
         """
+        if lead_samples > self._max_lead_samples:
+            raise ValueError(f"lead of {lead_samples} samples exceeds the gate's maximum")
         self._open = False
         self._armed = True
         self._floor = floor_sample
+        self._lead = lead_samples
         self._ring.clear()
         self._run_frames = 0  # consecutive speech frames while closed
         self._run_start = 0
@@ -210,7 +223,9 @@ class VadGate:
         self._silence_frames = 0
         self._run_frames = 0
         out.add(SpeechStarted(self._run_start))
-        earliest = self._run_start - self.config.pre_roll_frames * self._frame_samples
+        lead = max(self._lead, self.config.pre_roll_frames * self._frame_samples)
+        self._lead = 0  # the next utterance of this window has the plain pre-roll
+        earliest = self._run_start - lead
         for f_start, f in self._ring:
             if f_start < earliest:
                 continue
