@@ -128,11 +128,11 @@ def result_to_tool_result(result: Any, limit_chars: int, label: str) -> ToolResu
     text = "\n".join(texts)
     if result.isError:
         return {"error": f"{label} failed: {text[:500] or 'no detail'}"}
-    out: dict[str, Any] = {}
-    if result.structuredContent is not None:
+    # The text blocks are what every server sends (structured content, when present,
+    # repeats them as JSON); structured content alone is passed as it is.
+    out: dict[str, Any] = {"result": text}
+    if not texts and result.structuredContent is not None:
         out["result"] = result.structuredContent
-    else:
-        out["result"] = text
     size = len(json.dumps(out, ensure_ascii=False, default=str))
     if size > limit_chars:
         logger.warning("%s returned %d characters (limit %d)", label, size, limit_chars)
