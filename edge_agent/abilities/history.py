@@ -84,8 +84,11 @@ class HistoryLog:
                     size = 0
                 if size and size + len(line) > self.max_file_bytes:
                     self._rotate()
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+                    size = 0
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
                 try:
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # the last write was cut short: end its line
                     os.write(fd, line)
                 finally:
                     os.close(fd)
