@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
-
-from typing import get_type_hints
 
 from edge_agent.config import (
     Config,

@@ -72,7 +72,7 @@ def book_timer(timer: Any, state: TimerState) -> Any:
     return replace(timer, state=state)
 
 
-@pytest.mark.parametrize("reason", list(RING_STOPPERS) + [StopReason.CONTROL])
+@pytest.mark.parametrize("reason", [*sorted(RING_STOPPERS), StopReason.CONTROL])
 def test_button_wake_word_voice_and_stop_silence_every_ringing_timer(reason: StopReason) -> None:
     book = TimerBook()
     book.add(10, "a", T0)
