@@ -20,10 +20,26 @@ from typing import Any, get_args, get_origin, get_type_hints
 from edge_agent.live.profiles import DEFAULT_MODEL, Support, ThinkingForm, choose_profile
 
 BUILTIN_WAKE_MODELS = ("hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy", "okay_nabu")
-BUILTIN_TOOLS = ("get_time",)
+BUILTIN_TOOLS = (
+    "get_time",
+    "set_timer",
+    "list_timers",
+    "cancel_timer",
+    "get_volume",
+    "set_volume",
+    "end_conversation",
+    "device_status",
+)
 # A model name as the API spells it, with or without the "models/" prefix.
 MODEL_NAME_PATTERN = r"^(models/)?[a-z0-9][a-z0-9.\-]*$"
 THINKING_LEVELS = ("minimal", "low", "medium", "high")
+# A function name the model can call: letters, digits and single underscores, at most 64
+# characters ("__" is kept for the "<server>__<tool>" names of MCP tools).
+FUNCTION_NAME_PATTERN = r"^(?!.*__)[A-Za-z][A-Za-z0-9_]{0,63}$"
+# An MCP server's name is the prefix of its tools' names: short, lower case, no "__".
+MCP_SERVER_NAME_PATTERN = r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$"
+# Keys people reach for to put a secret in config.toml; each gets a pointed message.
+SECRET_KEYS = ("token", "bearer_token", "access_token", "api_key", "password", "headers")
 
 
 def _f(default: Any, doc: str = "", **rules: Any) -> Any:
@@ -157,6 +173,53 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class TimersConfig:
+    max_ring_s: float = _f(900.0, min=10.0, max=3600.0)
+    cue_period_s: float = _f(2.0, min=0.5, max=30.0)
+    max_duration_s: float = _f(86_400.0, min=60.0, max=604_800.0)
+    max_timers: int = _f(20, min=1, max=100)
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    enabled: bool = _f(False)
+    # "" = history.jsonl in daemon.state_dir.
+    path: str = _f("")
+    max_file_bytes: int = _f(1_000_000, min=10_000, max=100_000_000)
+    keep_files: int = _f(5, min=1, max=100)
+
+
+@dataclass(frozen=True)
+class McpServerConfig:
+    name: str = _f("", pattern=MCP_SERVER_NAME_PATTERN, max_len=20)
+    url: str = _f("", pattern=r"^(https?://\S+)?$")
+    command: tuple[str, ...] = _f((), program=True)
+    token_credential: str = _f("", pattern=r"^([A-Za-z0-9_.@\-]+)?$")
+    token_file: str = _f("")
+    connect_timeout_s: float = _f(5.0, min=0.5, max=60.0)
+    call_timeout_s: float = _f(8.0, min=0.5, max=120.0)
+    max_result_chars: int = _f(32_000, min=1_000, max=1_000_000)
+
+
+@dataclass(frozen=True)
+class CommandToolConfig:
+    name: str = _f("", pattern=FUNCTION_NAME_PATTERN)
+    description: str = _f("")
+    argv: tuple[str, ...] = _f((), program=True)
+    # JSON schema of the arguments (an object schema), e.g. { type = "object", properties =
+    # { room = { type = "string" } } }; {} = no arguments.
+    parameters: dict[str, Any] = field(default_factory=dict, metadata={"json_schema": True})
+    timeout_s: float = _f(10.0, min=0.5, max=300.0)
+    max_output_bytes: int = _f(16_384, min=256, max=1_000_000)
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    mcp: tuple[McpServerConfig, ...] = ()
+    command: tuple[CommandToolConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _f("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     target: str = _f("auto", choices=("auto", "journal", "stderr"))
@@ -174,6 +237,9 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = field(default="<defaults>", compare=False)
 
@@ -218,6 +284,15 @@ def builtin_wake_model_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
+def _table_list_type(t: Any) -> type | None:
+    """The item class of a ``tuple[SomeConfig, ...]`` field (an array of tables)."""
+    if get_origin(t) is tuple:
+        item = get_args(t)[0]
+        if dataclasses.is_dataclass(item):
+            return item  # type: ignore[return-value]
+    return None
+
+
 def _optional_inner(t: Any) -> Any:
     """``X | None`` -> X (TOML has no null: an absent key is the None)."""
     if get_origin(t) is types.UnionType:
@@ -238,6 +313,8 @@ def _type_name(t: Any) -> str:
 def _coerce(value: Any, t: Any) -> tuple[bool, Any]:
     """Check a TOML value against a field type; ints are accepted where floats are."""
     t = _optional_inner(t)
+    if t is Any:
+        return True, value
     origin = get_origin(t)
     if origin is tuple:
         item_t = get_args(t)[0]
@@ -285,7 +362,18 @@ class _Checker:
         for name, value in raw.items():
             key = f"{prefix}.{name}"
             if name not in fields:
-                self.unknown(key, name, list(fields))
+                if name in SECRET_KEYS:
+                    self.problem(
+                        key,
+                        "secrets are never read from config.toml: put it in a "
+                        "file (token_file) or a systemd credential (token_credential)",
+                    )
+                else:
+                    self.unknown(key, name, list(fields))
+                continue
+            table_t = _table_list_type(hints[name])
+            if table_t is not None:
+                values[name] = self.table_list(table_t, value, key)
                 continue
             ok, coerced = _coerce(value, hints[name])
             if not ok:
@@ -294,6 +382,13 @@ class _Checker:
             if self.rules(key, coerced, fields[name].metadata):
                 values[name] = coerced
         return cls(**values)
+
+    def table_list(self, cls: type, raw: Any, key: str) -> tuple[Any, ...]:
+        """An array of tables ([[tools.mcp]]): each item checked like a section."""
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            self.problem(key, f"must be a list of tables ([[{key}]])")
+            return ()
+        return tuple(self.section(cls, item, f"{key}[{i}]") for i, item in enumerate(raw))
 
     def rules(self, key: str, value: Any, meta: Any) -> bool:
         """Apply a field's rules; True when the value is acceptable."""
@@ -309,6 +404,12 @@ class _Checker:
             if "choices" in meta and item not in meta["choices"]:
                 choices = ", ".join(str(c) for c in meta["choices"])
                 self.problem(key, f"must be one of {choices} (got {item!r})")
+        if "max_len" in meta and len(value) > meta["max_len"]:
+            self.problem(key, f"must be at most {meta['max_len']} characters long")
+        if meta.get("program") and value:
+            self.program(key, value[0])
+        if meta.get("json_schema") and value:
+            self.json_schema(key, value)
         if meta.get("nonempty") and not value.strip():
             self.problem(key, "must not be empty")
         if "pattern" in meta and not re.match(meta["pattern"], value):
@@ -332,6 +433,20 @@ class _Checker:
                 if not re.match(r"^[a-z]{2,3}(-[A-Z]{2})?$", code):
                     self.problem(key, f"not a BCP-47 language code (got {code!r})")
         return len(self.problems) == before
+
+    def program(self, key: str, program: str) -> None:
+        """argv[0] of a tool: an absolute path to an existing file (no shell, no PATH)."""
+        if not program.startswith("/"):
+            self.problem(key, f"the program must be an absolute path (got {program!r})")
+        elif not Path(program).is_file():
+            self.problem(key, f"program not found: {program}")
+
+    def json_schema(self, key: str, schema: dict[str, Any]) -> None:
+        if schema.get("type") != "object":
+            self.problem(key, 'must be an object schema (type = "object")')
+        props = schema.get("properties", {})
+        if not isinstance(props, dict) or not all(isinstance(p, dict) for p in props.values()):
+            self.problem(key, "properties must be a table of schemas")
 
     def resolve(self, value: str) -> Path:
         path = Path(value).expanduser()
@@ -377,6 +492,41 @@ class _Checker:
                 self.problem(f"wake_word.thresholds.{name}", "not one of wake_word.models")
         if cfg.gpio.enabled:
             self.pin_conflicts(cfg.gpio)
+        self.tool_servers(cfg.tools)
+
+    def tool_servers(self, tools: ToolsConfig) -> None:
+        """Each MCP server reached one way, tokens only for URLs, no two tools one name."""
+        seen: set[str] = set()
+        for i, server in enumerate(tools.mcp):
+            key = f"tools.mcp[{i}]"
+            if not server.name:
+                self.problem(f"{key}.name", "every MCP server needs a name (its tools' prefix)")
+            elif server.name in seen:
+                self.problem(f"{key}.name", f"{server.name!r} is used by another MCP server")
+            seen.add(server.name)
+            if bool(server.url) == bool(server.command):
+                self.problem(key, "give either url (streamable HTTP) or command (stdio)")
+            if server.command and (server.token_file or server.token_credential):
+                self.problem(key, "a token is only sent to a url server")
+            if server.token_file and server.token_credential:
+                self.problem(key, "give token_file or token_credential, not both")
+            if server.token_file and not server.token_file.startswith("/"):
+                # Not checked for existence: like the API key file, it may be readable by
+                # root only and reach the service as a credential instead.
+                self.problem(f"{key}.token_file", "must be an absolute path")
+        names: set[str] = set(BUILTIN_TOOLS)
+        for i, tool in enumerate(tools.command):
+            key = f"tools.command[{i}]"
+            if not tool.name:
+                self.problem(f"{key}.name", "every command tool needs a name")
+            elif tool.name in names:
+                self.problem(f"{key}.name", f"{tool.name!r} is already a tool name")
+            names.add(tool.name)
+            if not tool.argv:
+                example = '["/usr/local/bin/garage", "status"]'
+                self.problem(f"{key}.argv", f"needs the program and its arguments, e.g. {example}")
+            if not tool.description:
+                self.problem(f"{key}.description", "tell the model what the tool does")
 
     def model_settings(self, g: GeminiConfig) -> None:
         """Settings the configured model's family does not take (see live/profiles.py)."""

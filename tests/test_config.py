@@ -5,10 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
-from edge_agent.config import Config, ConfigError, bcm_number, load_config, parse_config
+from edge_agent.config import (
+    Config,
+    ConfigError,
+    _table_list_type,
+    bcm_number,
+    load_config,
+    parse_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "config.toml"
@@ -43,12 +51,17 @@ def test_shipped_config_documents_every_key() -> None:
             continue
         fields = dataclasses.fields(section.default_factory())  # type: ignore[misc]
         # A key whose default is "absent" (None) cannot be written in TOML: it is shown
-        # commented out instead, with an example value.
+        # commented out instead, with an example value. So is a list of tables
+        # ([[tools.mcp]]), empty by default, shown as a commented example.
         absent = {f.name for f in fields if f.default is None}
-        keys = {f.name for f in fields} - absent
+        hints = get_type_hints(type(section.default_factory()))  # type: ignore[misc]
+        tables = {f.name for f in fields if _table_list_type(hints[f.name]) is not None}
+        keys = {f.name for f in fields} - absent - tables
         assert set(raw[section.name]) == keys, section.name
         for name in absent:
             assert f"\n# {name} = " in text, f"{section.name}.{name} is not documented"
+        for name in tables:
+            assert f"\n# [[{section.name}.{name}]]\n" in text, f"{section.name}.{name}"
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
@@ -287,3 +300,144 @@ def test_check_config_cli_names_the_model(tmp_path: Path) -> None:
     result = run_cli("check-config", str(path))
     assert result.returncode == 1
     assert f"{path}:gemini.affective_dialog: not supported by gemini-3.8-live" in result.stderr
+
+
+# --------------------------------------------------------------------------- abilities
+
+
+def test_abilities_sections_parse(tmp_path: Path) -> None:
+    text = f"""
+[timers]
+max_ring_s = 600
+[history]
+enabled = true
+keep_files = 3
+[[tools.mcp]]
+name = "home"
+url = "http://homeassistant.local:8123/api/mcp"
+token_credential = "ha_token"
+call_timeout_s = 4
+[[tools.mcp]]
+name = "notes"
+command = ["{sys.executable}", "-m", "notes"]
+[[tools.command]]
+name = "garage_door"
+description = "Open or close the garage door."
+argv = ["{sys.executable}", "garage.py"]
+parameters = {{ type = "object", properties = {{ action = {{ type = "string" }} }} }}
+"""
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.timers.max_ring_s == 600.0 and cfg.history.enabled and cfg.history.keep_files == 3
+    home, notes = cfg.tools.mcp
+    assert home.url.endswith("/api/mcp") and home.token_credential == "ha_token"
+    assert home.call_timeout_s == 4.0 and notes.command[1:] == ("-m", "notes")
+    assert cfg.tools.command[0].parameters["properties"]["action"] == {"type": "string"}
+
+
+def test_the_home_assistant_example_in_config_toml_parses_when_uncommented() -> None:
+    text = SHIPPED.read_text()
+    start = text.index("# [[tools.mcp]]\n")
+    block = []
+    for line in text[start:].splitlines():
+        if line.strip() == "#":
+            break
+        block.append(line.removeprefix("# ").split("  #")[0])
+    cfg = parse_config("\n".join(block))
+    (server,) = cfg.tools.mcp
+    assert server.url == "http://homeassistant.local:8123/api/mcp"
+    assert server.token_credential == "ha_token"
+
+
+ABILITIES_BROKEN = [
+    ("[timers]\nmax_ring_s = 5\n", "timers.max_ring_s: must be at least 10.0 (got 5.0)"),
+    ("[history]\nkeep_files = 0\n", "history.keep_files: must be at least 1 (got 0)"),
+    (
+        '[[tools.mcp]]\nname = "home"\nurl = "http://h/api/mcp"\ntoken = "abc"\n',
+        "tools.mcp[0].token: secrets are never read from config.toml",
+    ),
+    ('[[tools.mcp]]\nname = "home"\n', "tools.mcp[0]: give either url (streamable HTTP)"),
+    (
+        '[[tools.mcp]]\nname = "home"\nurl = "http://h"\ncommand = ["/bin/cat"]\n',
+        "tools.mcp[0]: give either url",
+    ),
+    ('[[tools.mcp]]\nname = "Home Assistant"\nurl = "http://h"\n', "tools.mcp[0].name: is not"),
+    ('[[tools.mcp]]\nname = "a__b"\nurl = "http://h"\n', "tools.mcp[0].name: is not valid"),
+    ('[[tools.mcp]]\nurl = "http://h"\n', "tools.mcp[0].name: every MCP server needs a name"),
+    ('[[tools.mcp]]\nname = "h"\nurl = "ftp://h"\n', "tools.mcp[0].url: is not valid"),
+    (
+        '[[tools.mcp]]\nname = "h"\nurl = "http://a"\n[[tools.mcp]]\nname = "h"\nurl = "http://b"\n',
+        "tools.mcp[1].name: 'h' is used by another MCP server",
+    ),
+    (
+        '[[tools.mcp]]\nname = "h"\ncommand = ["/bin/cat"]\ntoken_file = "/etc/t"\n',
+        "tools.mcp[0]: a token is only sent to a url server",
+    ),
+    (
+        '[[tools.mcp]]\nname = "h"\nurl = "http://a"\ntoken_file = "t"\n',
+        "tools.mcp[0].token_file: must be an absolute path",
+    ),
+    (
+        '[[tools.mcp]]\nname = "h"\ncommand = ["npx", "server"]\n',
+        "tools.mcp[0].command: the program must be an absolute path (got 'npx')",
+    ),
+    ("[tools]\nmcp = 3\n", "tools.mcp: must be a list of tables ([[tools.mcp]])"),
+    (
+        '[[tools.command]]\nname = "x"\ndescription = "d"\nargv = ["/no/such/program"]\n',
+        "tools.command[0].argv: program not found: /no/such/program",
+    ),
+    (
+        '[[tools.command]]\nname = "get_time"\ndescription = "d"\nargv = ["/bin/cat"]\n',
+        "tools.command[0].name: 'get_time' is already a tool name",
+    ),
+    ('[[tools.command]]\nname = "x"\nargv = ["/bin/cat"]\n', "tools.command[0].description"),
+    ('[[tools.command]]\nname = "x"\ndescription = "d"\n', "tools.command[0].argv: needs"),
+    (
+        '[[tools.command]]\nname = "x"\ndescription = "d"\nargv = ["/bin/cat"]\n'
+        'parameters = { type = "string" }\n',
+        "tools.command[0].parameters: must be an object schema",
+    ),
+    (
+        '[[tools.command]]\nname = "1x"\ndescription = "d"\nargv = ["/bin/cat"]\n',
+        "tools.command[0].name: is not valid",
+    ),
+    ('[gemini]\ntools = ["set_timers"]\n', "gemini.tools: must be one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), ABILITIES_BROKEN, ids=[e.split(":")[0] for _, e in ABILITIES_BROKEN]
+)
+def test_broken_abilities_config_names_file_key_and_reason(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    found = problems(tmp_path, text)
+    path = tmp_path / "config.toml"
+    assert any(p.startswith(f"{path}:{expected}") for p in found), found
+
+
+def test_abilities_problems_are_reported_at_once(tmp_path: Path) -> None:
+    text = (
+        "[timers]\nmax_timers = 0\n"
+        '[[tools.mcp]]\nname = "home"\ntoken = "secret-value"\n'
+        '[[tools.command]]\nname = "x"\n'
+    )
+    found = problems(tmp_path, text)
+    keys = {p.split(":")[1] for p in found}
+    assert {"timers.max_timers", "tools.mcp[0].token", "tools.mcp[0]"} <= keys
+    assert {"tools.command[0].argv", "tools.command[0].description"} <= keys
+    assert not any("secret-value" in p for p in found)  # the secret is not echoed back
+
+
+def test_builtin_tool_names_are_accepted() -> None:
+    names = (
+        "get_time",
+        "set_timer",
+        "list_timers",
+        "cancel_timer",
+        "get_volume",
+        "set_volume",
+        "end_conversation",
+        "device_status",
+    )
+    cfg = parse_config("[gemini]\ntools = [" + ", ".join(f'"{n}"' for n in names) + "]\n")
+    assert cfg.gemini.tools == names

@@ -279,3 +279,16 @@ def test_play_and_mix_from_two_threads() -> None:
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors
     assert blocks[0] > 0 and not mixer.is_playing
+
+
+def test_timer_cue_is_a_high_falling_two_tone_that_repeats_cleanly() -> None:
+    x = render_cue(Cue.TIMER)
+    start, end = contour(x)
+    assert abs(start - 1174.66) < 5 and abs(end - 880.0) < 5  # D6 then A5
+    others = [max(contour(render_cue(c))) for c in Cue if c is not Cue.TIMER]
+    assert start > max(others)  # the highest cue: heard across a kitchen
+    # Repeated back to back (as the ringer does, with a pause) the joins do not click.
+    gap = np.zeros(SR // 2, np.int16)
+    ring = np.concatenate([x, gap, x, gap, x])
+    assert max_step(ring) <= max_step(x) + 1
+    assert np.max(np.abs(ring[len(x) : len(x) + len(gap)])) == 0

@@ -14,7 +14,12 @@ error      two low buzzy pulses on G3                       something is wrong
 mute_on    one low blip, C5                                 microphone muted
 mute_off   one high blip, C6                                microphone live again
 thinking   two soft taps on G5                              waiting for the model
+timer      bright falling fourth, D6 -> A5 (repeated)       a timer is ringing
 =========  ==============================================  ===========================
+
+The timer cue is the one meant to be repeated: the ringer restarts it every couple of
+seconds, so the ring is a "ding-dong ... ding-dong" that is higher and brighter than the
+other cues and hard to miss across a kitchen.
 
 Cues are only ever mixed into the *output* (``CueMixer.mix_into``); they never reach the
 uplink. Because the mix happens before the speaker, the echo canceller sees them in its
@@ -44,6 +49,7 @@ class Cue(StrEnum):
     MUTE_ON = "mute_on"
     MUTE_OFF = "mute_off"
     THINKING = "thinking"
+    TIMER = "timer"
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,9 @@ class _Note:
 
 _BUZZ = tuple(1.0 / k for k in range(1, 8))  # band-limited sawtooth: buzzy, fundamental strongest
 
-# Pitches: E5 659.26, B5 987.77, G3 196.00, C5 523.25, C6 1046.50, G5 783.99.
+# Pitches: E5 659.26, B5 987.77, G3 196.00, C5 523.25, C6 1046.50, G5 783.99, D6 1174.66,
+# A5 880.00.
+_BELL = (1.0, 0.3, 0.12)  # a little more upper partial than the other cues: bell-like
 _SCORES: dict[Cue, tuple[_Note, ...]] = {
     Cue.WAKE: (_Note(0.0, 0.09, 659.26, 0.7), _Note(0.085, 0.14, 987.77, 0.7)),
     Cue.END: (_Note(0.0, 0.09, 987.77, 0.7), _Note(0.085, 0.16, 659.26, 0.7)),
@@ -68,6 +76,7 @@ _SCORES: dict[Cue, tuple[_Note, ...]] = {
     Cue.MUTE_ON: (_Note(0.0, 0.08, 523.25, 0.6),),
     Cue.MUTE_OFF: (_Note(0.0, 0.08, 1046.50, 0.6),),
     Cue.THINKING: (_Note(0.0, 0.045, 783.99, 0.3), _Note(0.11, 0.045, 783.99, 0.3)),
+    Cue.TIMER: (_Note(0.0, 0.16, 1174.66, 0.75, _BELL), _Note(0.19, 0.2, 880.00, 0.75, _BELL)),
 }
 
 

@@ -92,3 +92,14 @@ def pattern_for(state: AgentState | str) -> LedPattern:
     by accident (a test checks every ``AgentState`` member).
     """
     return _PATTERNS[str(state)]
+
+
+# A ringing timer: status and listen blink together, fast. Shown over the state's pattern
+# while a timer rings (it rings whether or not a conversation is open), so it differs from
+# every state's pattern.
+TIMER_RINGING = LedPattern(status=Blink(0.25, 0.25), listen=Blink(0.25, 0.25))
+
+
+def timer_ringing_pattern() -> LedPattern:
+    """The LEDs while a timer rings."""
+    return TIMER_RINGING
