@@ -363,11 +363,13 @@ class _Checker:
             key = f"{prefix}.{name}"
             if name not in fields:
                 if name in SECRET_KEYS:
-                    self.problem(
-                        key,
-                        "secrets are never read from config.toml: put it in a "
-                        "file (token_file) or a systemd credential (token_credential)",
+                    where = (
+                        "the file named by gemini.api_key_file, GEMINI_API_KEY, or the "
+                        "gemini_api_key systemd credential"
+                        if prefix == "gemini"
+                        else "a file (token_file) or a systemd credential (token_credential)"
                     )
+                    self.problem(key, f"secrets are never read from config.toml: put it in {where}")
                 else:
                     self.unknown(key, name, list(fields))
                 continue

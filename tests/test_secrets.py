@@ -62,7 +62,9 @@ def test_config_error_never_echoes_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(f'[gemini]\napi_key = "{KEY}"\n')
     assert KEY not in str(info.value)
-    assert "gemini.api_key: unknown key" in str(info.value)
+    # ... and says where a key does belong.
+    assert "gemini.api_key: secrets are never read from config.toml" in str(info.value)
+    assert "gemini.api_key_file" in str(info.value)
 
 
 def test_debug_logging_and_tracebacks_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
