@@ -38,6 +38,7 @@ from edge_agent.core.events import (
     ToolCalled,
     TurnCompleted,
 )
+from edge_agent.core.policy import BargeInRules
 from edge_agent.core.state import (
     CloseSession,
     ConversationMachine,
@@ -238,7 +239,7 @@ class MiniDaemon(Recorder):
 
     def __init__(self) -> None:
         super().__init__()
-        self.machine = ConversationMachine(ConversationConfig(), barge_in_enabled=True)
+        self.machine = ConversationMachine(ConversationConfig(), barge_in=BargeInRules())
         self.session: LiveSession | None = None
         self.played: list[bytes] = []
 
