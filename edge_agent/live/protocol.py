@@ -233,6 +233,7 @@ class LiveProtocol:
         self.cfg = cfg
         self.models = ModelChooser(cfg.model, cfg.fallback_models)
         self.tool_calls = ToolCallBook()
+        self._gone_reason = ""  # the service's words for the last model refused as gone
         self._tool_behaviors = dict(tool_behaviors or {})
         self.policy = ReconnectPolicy(reconnect, random)
         self.log = ReplayLog.for_seconds(reconnect.replay_buffer_max_s)
@@ -551,16 +552,17 @@ class LiveProtocol:
         """A connection attempt or a live connection failed: backoff, handle, state."""
         if is_model_gone(failure):
             self.policy.disconnected(now)
-            return self._next_model(self.models.model_gone(self.model), failure.reason, now)
+            self._gone_reason = failure.reason
+            return self._next_model(self.models.model_gone(self.model), now)
         return self._failed(failure, now)
 
     def models_listed(
         self, listed: list[ListedModel] | None, error: str, now: float
     ) -> FailureOutcome:
         """The adapter read the models list (None: the call failed with ``error``)."""
-        return self._next_model(self.models.models_listed(listed, error), "", now)
+        return self._next_model(self.models.models_listed(listed, error), now)
 
-    def _next_model(self, step: Step, reason: str, now: float) -> FailureOutcome:
+    def _next_model(self, step: Step, now: float) -> FailureOutcome:
         gone = self.models.gone[-1] if self.models.gone else self.model
         self._flags.retry_pending = True
         clear = self.handles.drop()  # a handle is for the model that issued it
@@ -569,7 +571,7 @@ class LiveProtocol:
                 "Gemini Live model %s is gone (the service says: %s). Using %s instead, "
                 "from %s, until restart or reload; set gemini.model to a current model",
                 gone,
-                redact(reason)[:160] or "not found or not supported for bidiGenerateContent",
+                redact(self._gone_reason)[:160] or "not found",
                 step.model,
                 step.source.value,
             )
