@@ -3,6 +3,7 @@ the real SDK against the emulator over TLS, mock GPIO and a real sd_notify socke
 
 from __future__ import annotations
 
+import base64
 import re
 import signal
 import subprocess
@@ -389,3 +390,76 @@ def test_one_breath_question_arrives_whole_with_the_shipped_defaults(
     )
     assert missing.size == 0, f"frames missing (10 ms index in the question): {missing}"
     assert down.size == 0, f"frames attenuated: {[(int(i), round(gains[i], 1)) for i in down]}"
+
+
+LEGACY_MODELS = ["gemini-2.5-flash-native-audio-preview-12-2025", "gemini-3.1-flash-live-preview"]
+
+
+@pytest.mark.parametrize("model", LEGACY_MODELS)
+def test_one_turn_conversation_under_a_legacy_model_profile(tmp_path: Path, model: str) -> None:
+    """The shipped config with only `gemini.model` changed: the setup is built from that
+    family's profile (the emulator enforces its rules) and the question is answered."""
+    opts = ApplianceOptions(
+        emulator_args=["--no-espeak"],
+        config={"gemini": {"model": model}, "conversation": {"cues": False}},
+    )
+    with Appliance(tmp_path, opts) as app:
+        app.start()
+        t0 = time.monotonic()
+        app.say(wake_and_ask("what time is it"))
+        assert app.wait_log(READY_RE, 30, t0), app.log_text()[-3000:]
+        assert app.wait_state("follow_up", 60, t0), app.log_text()[-3000:]
+        runs = nonsilent_runs(app.speaker.samples())
+        assert sum(e - s for s, e in runs) > 0.5 * app.speaker.rate_hz  # > 0.5 s of reply
+        assert app.stop()[0] == 0
+    record = app.record or {}
+    assert [c["model"] for c in record["connections"]] == [model]
+    assert record["replies"] and record["replies"][0]["completed"]
+
+
+def test_model_retired_mid_life_next_wake_is_answered_by_the_fallback(tmp_path: Path) -> None:
+    """The service retires gemini-3.8-live while the device sits idle: the next wake is
+    answered through gemini.fallback_models, every speech frame of that question reaches
+    the server, and one WARNING names both models."""
+    fallback = "gemini-3.1-flash-live-preview"
+    opts = ApplianceOptions(
+        emulator_args=["--no-espeak"],
+        config={
+            "gemini": {"fallback_models": [fallback]},
+            "conversation": {"cues": False, "follow_up_s": 0.0, "idle_close_s": 1.0},
+        },
+    )
+    second = one_breath("and what is the date today")
+    with Appliance(tmp_path, opts) as app:
+        app.start()
+        assert app.daemon_config().gemini.model == "gemini-3.8-live"  # the shipped default
+        t0 = time.monotonic()
+        app.say(wake_and_ask("what time is it"))
+        assert app.wait_state("follow_up", 60, t0) or app.wait_state("idle", 60, t0)
+        assert app.wait_log(r"Live session closed", 30, t0), app.log_text()[-3000:]
+        app.retire_model("gemini-3.8-live")
+        t1 = time.monotonic()
+        app.say(second.clip)
+        gone = app.wait_log(r"gemini-3\.8-live is gone", 30, t1)
+        assert gone is not None and fallback in gone.text, app.log_text()[-3000:]
+        assert "WARNING" in gone.text
+        assert app.wait_log(READY_RE, 30, t1), app.log_text()[-3000:]
+        assert app.wait_state("follow_up", 60, t1) or app.wait_state("idle", 60, t1)
+        # LiveStatus.model / configured_model / model_note carry the replacement; the
+        # daemon's STATUS line is wired to them separately (edge_agent/app).
+        assert app.stop()[0] == 0
+    assert len(re.findall(r"gemini-3\.8-live is gone", app.log_text())) == 1  # one WARNING
+    record = app.record or {}
+    models = [c["model"] for c in record["connections"]]
+    assert models == ["gemini-3.8-live", "gemini-3.8-live", fallback], models
+    assert record["connections"][1]["close_code"] == 1008
+    last = record["sessions"][-1]
+    consumed = np.frombuffer(base64.b64decode(last["consumed_audio_b64"]), dtype="<i2")
+    q_start, q_end = second.question
+    frame = bench_system.FRAME
+    active = bench_system.active_frames(second.clip[q_start:q_end])
+    gains = np.array(
+        _frame_gains_db(consumed, second.clip, q_start + np.flatnonzero(active) * frame)
+    )
+    assert not np.isinf(gains).any(), "frames of the question missing on the fallback model"
+    assert (gains >= -1.0).all(), gains.min()

@@ -357,14 +357,26 @@ def test_new_client_content_interrupts_unless_no_interruption() -> None:
     run(body)
 
 
-def test_tool_call_round_trip_waits_for_the_matching_response() -> None:
-    get_time = types.FunctionDeclaration(name="get_time", description="Local time.")
+BLOCKING_CASES = [
+    ("gemini-3.1-flash-live-preview", None),
+    ("gemini-2.5-flash-native-audio-preview-12-2025", None),
+    ("gemini-3.8-live", types.Behavior.BLOCKING),  # 3.8 lets a declaration ask for it
+]
+
+
+@pytest.mark.parametrize(("model", "behavior"), BLOCKING_CASES)
+def test_tool_call_round_trip_waits_for_the_matching_response(
+    model: str, behavior: types.Behavior | None
+) -> None:
+    get_time = types.FunctionDeclaration(
+        name="get_time", description="Local time.", behavior=behavior
+    )
 
     async def body() -> None:
         async with emulator(tool_args={"get_time": {"zone": "local"}}) as emu:
             client = sdk_client(emu)
             config = live_config(tools=[types.Tool(function_declarations=[get_time])])
-            async with client.aio.live.connect(model=MODEL, config=config) as session:
+            async with client.aio.live.connect(model=model, config=config) as session:
                 await next_message(session)
                 await session.send_client_content(turns=user_text("Please use get_time"))
                 seen: list[types.LiveServerMessage] = []
@@ -401,14 +413,18 @@ def test_tool_call_round_trip_waits_for_the_matching_response() -> None:
     run(body)
 
 
+BLOCKING_MODEL = "gemini-3.1-flash-live-preview"
+
+
 def test_tool_call_cancellation_option_and_on_interruption() -> None:
+    """A BLOCKING call (3.1): cancelled by the option, and by the user's interruption."""
     lights = types.FunctionDeclaration(name="set_lights", description="Lights on/off.")
     config = live_config(tools=[types.Tool(function_declarations=[lights])])
 
     async def body() -> None:
         async with emulator(cancel_tool_calls=True) as emu:
             client = sdk_client(emu)
-            async with client.aio.live.connect(model=MODEL, config=config) as session:
+            async with client.aio.live.connect(model=BLOCKING_MODEL, config=config) as session:
                 await next_message(session)
                 await session.send_client_content(turns=user_text("set lights on"))
                 messages = await collect_turn(session)
@@ -420,7 +436,7 @@ def test_tool_call_cancellation_option_and_on_interruption() -> None:
                 assert "gen_complete" in labels
         async with emulator(force_tool_call=True) as emu:
             client = sdk_client(emu)
-            async with client.aio.live.connect(model=MODEL, config=config) as session:
+            async with client.aio.live.connect(model=BLOCKING_MODEL, config=config) as session:
                 await next_message(session)
                 await session.send_client_content(turns=user_text("hello"))
                 seen: list[types.LiveServerMessage] = []
@@ -434,6 +450,186 @@ def test_tool_call_cancellation_option_and_on_interruption() -> None:
                 rest = await collect_turn(session)
                 assert [label(m) for m in rest] == ["tool_cancel", "interrupted", "turn_complete"]
                 assert rest[0].tool_call_cancellation.ids == [call_id]
+
+    run(body)
+
+
+# ---- NON_BLOCKING calls (3.8) and the scheduling of their answers ----
+
+GET_TIME = types.FunctionDeclaration(name="get_time", description="Local time.")
+TOOLS = [types.Tool(function_declarations=[GET_TIME])]
+
+
+async def _call_and_first_reply(session: object) -> tuple[str, list[types.LiveServerMessage]]:
+    """A text turn that makes the model call get_time: (call id, the turn's messages)."""
+    await session.send_client_content(turns=user_text("what is the time"))  # type: ignore[attr-defined]
+    messages = await collect_turn(session)
+    calls = [m for m in messages if m.tool_call is not None]
+    assert len(calls) == 1
+    return calls[0].tool_call.function_calls[0].id, messages
+
+
+def _answer(call_id: str, scheduling: types.FunctionResponseScheduling) -> types.FunctionResponse:
+    return types.FunctionResponse(
+        id=call_id, name="get_time", response={"time": "12:00"}, scheduling=scheduling
+    )
+
+
+def test_non_blocking_call_does_not_hold_the_reply_and_when_idle_waits_for_its_end() -> None:
+    async def body() -> None:
+        reply_text = "Let me check that for you now."
+        async with emulator(force_tool_call=True, pace=1.0, reply_text=reply_text) as emu:
+            client = sdk_client(emu)
+            config = live_config(tools=TOOLS)
+            async with client.aio.live.connect(model=MODEL, config=config) as session:
+                await next_message(session)
+                await session.send_client_content(turns=user_text("what is the time"))
+                seen: list[types.LiveServerMessage] = []
+                async for message in session.receive():
+                    seen.append(message)
+                    if message.tool_call is not None:
+                        break
+                call_id = seen[-1].tool_call.function_calls[0].id
+                # answered at once, while the holding reply still plays (paced)
+                when_idle = types.FunctionResponseScheduling.WHEN_IDLE
+                await session.send_tool_response(function_responses=_answer(call_id, when_idle))
+                seen += await collect_turn(session)
+                labels = squash([label(m) for m in seen])
+                assert labels[labels.index("tool_call") + 1 :][:3] == [
+                    "reply",
+                    "gen_complete",
+                    "turn_complete",
+                ]
+                assert "12:00" not in output_text(seen)  # not spoken over the first reply
+                answer = await collect_turn(session)
+                assert '"time": "12:00"' in output_text(answer)
+                assert squash([label(m) for m in answer])[-2:] == ["gen_complete", "turn_complete"]
+            first, spoken = emu.record.replies
+            assert first.completed and first.text == "Let me check that for you now."
+            assert spoken.answers_call == call_id and spoken.scheduling == "WHEN_IDLE"
+            assert spoken.turn_index == -1 and spoken.completed
+            assert first.tool_calls[0]["spoken"] is True
+
+    run(body)
+
+
+def test_silent_answer_is_not_spoken_and_interrupt_cuts_the_reply() -> None:
+    async def body() -> None:
+        async with emulator(force_tool_call=True) as emu:
+            client = sdk_client(emu)
+            async with client.aio.live.connect(model=MODEL, config=live_config(tools=TOOLS)) as s:
+                await next_message(s)
+                call_id, _ = await _call_and_first_reply(s)
+                await next_message(s)  # the post-turn handle
+                silent = types.FunctionResponseScheduling.SILENT
+                await s.send_tool_response(function_responses=_answer(call_id, silent))
+                with pytest.raises(TimeoutError):
+                    await next_message(s, timeout=1.0)  # nothing is said
+                assert len(emu.record.replies) == 1
+                entry = emu.record.replies[0].tool_calls[0]
+                assert entry["scheduling"] == "SILENT" and entry["spoken"] is False
+        async with emulator(force_tool_call=True, pace=1.0) as emu:
+            client = sdk_client(emu)
+            async with client.aio.live.connect(model=MODEL, config=live_config(tools=TOOLS)) as s:
+                await next_message(s)
+                call_id, _ = await _call_and_first_reply(s)
+                await next_message(s)
+                await s.send_client_content(
+                    turns=user_text("tell me a long story"), turn_complete=True
+                )
+                story = s.receive()
+                first = await story.__anext__()
+                while first.server_content is None or first.server_content.model_turn is None:
+                    first = await story.__anext__()  # the story has started playing
+                await story.aclose()
+                urgent = types.FunctionResponseScheduling.INTERRUPT
+                await s.send_tool_response(function_responses=_answer(call_id, urgent))
+                rest = await collect_turn(s)
+                assert squash([label(m) for m in rest])[-2:] == ["interrupted", "turn_complete"]
+                answer = await collect_turn(s)
+                assert '"time": "12:00"' in output_text(answer)
+            story_reply = emu.record.replies[1]
+            assert story_reply.interrupted and not story_reply.completed
+            assert emu.record.replies[2].scheduling == "INTERRUPT"
+
+    run(body)
+
+
+def test_server_cancels_a_non_blocking_call_and_an_interruption_does_not() -> None:
+    async def body() -> None:
+        async with emulator(force_tool_call=True, pace=1.0) as emu:
+            client = sdk_client(emu)
+            async with client.aio.live.connect(model=MODEL, config=live_config(tools=TOOLS)) as s:
+                await next_message(s)
+                await s.send_client_content(turns=user_text("what is the time"))
+                seen: list[types.LiveServerMessage] = []
+                async for message in s.receive():
+                    seen.append(message)
+                    if message.tool_call is not None:
+                        break
+                call_id = seen[-1].tool_call.function_calls[0].id
+                # the user talks over the holding reply: interrupted, the call survives
+                await s.send_realtime_input(activity_start=types.ActivityStart())
+                rest = await collect_turn(s)
+                assert "tool_cancel" not in [label(m) for m in rest]
+                assert emu.record.replies[0].interrupted
+                emu.inject(FaultSpec("cancel_tool_calls"))
+                cancel = await next_message(s)
+                while cancel.tool_call_cancellation is None:  # the handle may come first
+                    cancel = await next_message(s)
+                assert cancel.tool_call_cancellation.ids == [call_id]
+                when_idle = types.FunctionResponseScheduling.WHEN_IDLE
+                await s.send_tool_response(function_responses=_answer(call_id, when_idle))
+                await s.send_realtime_input(activity_end=types.ActivityEnd())
+                turn = await collect_turn(s)
+                assert "12:00" not in output_text(turn)  # a cancelled call's answer is ignored
+            entry = emu.record.replies[0].tool_calls[0]
+            assert entry["cancelled"] is True and "response" not in entry
+            assert [r.answers_call for r in emu.record.replies] == [None, None]
+
+    run(body)
+
+
+def test_proactive_audio_ignores_speech_not_addressed_to_the_device() -> None:
+    async def body() -> None:
+        async with emulator(not_addressed_below_ms=300, not_addressed_marker="[aside]") as emu:
+            client = sdk_client(emu)
+            async with client.aio.live.connect(model=MODEL, config=live_config()) as s:
+                await next_message(s)
+                await spoken_turn(s, noise_pcm(0.2, seed=1))
+                ignored = await collect_turn(s)
+                assert [label(m) for m in ignored] == ["input_tx", "turn_complete"]
+                await next_message(s)  # its handle
+                await s.send_client_content(turns=user_text("[aside] pass the salt"))
+                assert "turn_complete" in [label(m) for m in await collect_turn(s)]
+                await next_message(s)
+                await spoken_turn(s, noise_pcm(0.5, seed=2))
+                answered = await collect_turn(s)
+                assert "reply" in squash([label(m) for m in answered])
+            turns = emu.record.sessions[-1].turns
+            assert [t.addressed for t in turns] == [False, False, True]
+            assert [r.turn_index for r in emu.record.replies] == [2]
+            # 3.1 has no proactive audio: the same short turn is answered
+            async with client.aio.live.connect(model=BLOCKING_MODEL, config=live_config()) as s:
+                await next_message(s)
+                await spoken_turn(s, noise_pcm(0.2, seed=1))
+                assert "reply" in squash([label(m) for m in await collect_turn(s)])
+
+    run(body)
+
+
+def test_control_commands_retire_a_model_and_inject_a_fault() -> None:
+    from edge_agent_devkit.emulator.__main__ import run_command
+
+    async def body() -> None:
+        async with emulator() as emu:
+            assert (
+                run_command(emu, "retire gemini-3.8-live\n") == "control: retired gemini-3.8-live"
+            )
+            assert "gemini-3.8-live" in emu.retired_models
+            assert run_command(emu, "fault go_away:time_left_s=5") == "control: injected go_away"
+            assert run_command(emu, "launch rockets").startswith("control: error")
+            assert run_command(emu, "fault nonsense").startswith("control: error")
 
     run(body)
 

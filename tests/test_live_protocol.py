@@ -14,7 +14,7 @@ import pytest
 from google.genai import types
 
 from edge_agent.config import GeminiConfig, ReconnectConfig
-from edge_agent.core.backoff import BUSY_RESUME_LIMIT, FailureKind
+from edge_agent.core.backoff import BUSY_RESUME_LIMIT, Failure, FailureKind
 from edge_agent.core.events import (
     GenerationCompleted,
     GoAwayReceived,
@@ -36,7 +36,23 @@ from edge_agent.live.failures import (
     classify_caught,
     is_close_code,
 )
+from edge_agent.live.fallback import (
+    AskList,
+    ListedModel,
+    ModelChooser,
+    NothingUsable,
+    Source,
+    Switch,
+    best_listed,
+    is_model_gone,
+)
 from edge_agent.live.handles import HandleBook, StoredHandle
+from edge_agent.live.profiles import (
+    GEMINI_2_5_NATIVE_AUDIO,
+    GEMINI_3_1_FLASH_LIVE,
+    GEMINI_3_8_LIVE,
+    ToolCalls,
+)
 from edge_agent.live.protocol import (
     HANDOVER_MARGIN_S,
     MAX_BAD_FRAMES_IN_A_ROW,
@@ -45,6 +61,7 @@ from edge_agent.live.protocol import (
     SessionState,
     parse_duration_s,
 )
+from edge_agent.live.tool_calls import ToolAnswer, declaration_behavior, pick_scheduling
 
 RECONNECT = ReconnectConfig(initial_delay_s=1.0, max_delay_s=8.0, jitter=0.0)
 MODEL = GeminiConfig().model
@@ -482,3 +499,176 @@ def test_busy_resumes_give_up_on_the_handle_after_the_limit() -> None:
     assert [o.clear_stored_handle for o in outcomes] == [False] * (BUSY_RESUME_LIMIT - 1) + [True]
     assert p.handles.current is None and p.choose_handle(WALL) == (None, False)
     assert p.connect_delay_s(float(BUSY_RESUME_LIMIT)) == 0.0  # the fresh session: at once
+
+
+# ---- a retired model (live.fallback) --------------------------------------------------
+
+GONE_1008 = (
+    "models/gemini-3.8-live is not found for API version v1beta, or is not supported for "
+    "bidiGenerateContent. Call ListModels to see the list of available models and their "
+    "supported methods."
+)
+
+
+def gone_failure(p: LiveProtocol, model: str = "gemini-3.8-live") -> Failure:
+    reason = GONE_1008.replace("gemini-3.8-live", model).encode()[:123].decode()  # close frame
+    return p.failure(Caught.API_ERROR, 1008, reason)
+
+
+def listed(*names: str, live: bool = True) -> list[ListedModel]:
+    actions = ("bidiGenerateContent",) if live else ("generateContent",)
+    return [ListedModel(f"models/{name}", actions) for name in names]
+
+
+def test_the_cut_not_found_reason_is_a_gone_model_and_other_1008s_are_not() -> None:
+    p = proto()
+    long_name = "gemini-2.5-flash-native-audio-preview-12-2025"
+    assert is_model_gone(gone_failure(p))
+    assert is_model_gone(gone_failure(p, long_name))  # "not supported" is cut off here
+    assert not is_model_gone(p.failure(Caught.API_ERROR, 1008, "Method doesn't allow it"))
+    assert not is_model_gone(p.failure(Caught.API_ERROR, 1007, GONE_1008))
+
+
+def test_fallbacks_are_tried_in_order_then_the_models_list() -> None:
+    chooser = ModelChooser("gemini-3.8-live", ("models/gemini-3.1-flash-live-preview", "x-1"))
+    assert chooser.note is None and chooser.active == "gemini-3.8-live"
+    assert chooser.model_gone("gemini-3.8-live") == Switch(
+        "gemini-3.1-flash-live-preview", Source.FALLBACK
+    )
+    assert "gemini-3.8-live is gone" in (chooser.note or "")
+    assert chooser.model_gone("gemini-3.1-flash-live-preview") == Switch("x-1", Source.FALLBACK)
+    assert chooser.model_gone("x-1") == AskList()
+    step = chooser.models_listed(listed("gemini-3.8-live", "gemini-3.1-flash-live-preview"))
+    assert isinstance(step, NothingUsable)  # every listed one was refused already
+    assert "gemini-3.8-live, gemini-3.1-flash-live-preview, x-1" in step.message
+    assert chooser.active == "gemini-3.8-live" and chooser.gone == []  # starts over
+
+
+def test_the_models_list_gives_the_newest_stable_live_model_of_a_known_family() -> None:
+    rows = [
+        *listed("gemini-3.8-flash", live=False),  # not a Live model
+        *listed(
+            "gemini-9.9-live",  # unknown family: we would not know how to set it up
+            "gemini-2.5-flash-native-audio-latest",  # a moving alias: not stable
+            "gemini-2.5-flash-native-audio-preview-09-2025",
+            "gemini-2.5-flash-native-audio-preview-12-2025",
+            "gemini-3.1-flash-live-preview",
+            "gemini-3.8-live-extended-thinking",
+            "gemini-3.8-live",
+        ),
+    ]
+    assert best_listed(rows, skip=()) == "gemini-3.8-live"
+    assert best_listed(rows, skip=("gemini-3.8-live",)) == "gemini-3.8-live-extended-thinking"
+    no_3_8 = ("gemini-3.8-live", "gemini-3.8-live-extended-thinking")
+    assert best_listed(rows, skip=no_3_8) == "gemini-3.1-flash-live-preview"
+    only_2_5 = (*no_3_8, "gemini-3.1-flash-live-preview")
+    assert best_listed(rows, skip=only_2_5) == "gemini-2.5-flash-native-audio-preview-12-2025"
+    assert best_listed(listed("gemini-9.9-live"), skip=()) is None
+
+
+def test_a_gone_model_switches_at_once_keeping_the_users_turn() -> None:
+    p = proto(fallback_models=("gemini-3.1-flash-live-preview",))
+    p.handles.received("h-old", MODEL, WALL)
+    p.session_started()
+    p.attempt_started(resuming=True)
+    say(p, b"\x07" * 640)  # spoken while the refused setup was under way
+    outcome = p.failed(gone_failure(p), now=5.0)
+    assert outcome.events == () and not outcome.list_models and outcome.clear_stored_handle
+    assert p.model == "gemini-3.1-flash-live-preview" and p.connect_delay_s(5.0) == 0.0
+    assert p.state is SessionState.RETRY_WAIT and not p.policy.fatal
+    assert p.choose_handle(WALL) == (None, False)  # the old model's handle went with it
+    status = p.status(5.0, WALL, 0)
+    assert (status.model, status.configured_model) == (p.model, MODEL)
+    assert status.model_note and "gemini-3.1-flash-live-preview" in status.model_note
+    p.attempt_started(resuming=False)
+    p.setup_completed(6.0)
+    assert kinds(send_all(p)) == [
+        UplinkKind.ACTIVITY_START,
+        UplinkKind.AUDIO,
+        UplinkKind.ACTIVITY_END,
+    ]
+    p.config_changed(GeminiConfig(), None)  # a reload goes back to gemini.model
+    assert p.model == MODEL and p.status(6.0, WALL, 0).model_note is None
+
+
+def test_nothing_usable_is_fatal_with_a_clear_message_at_the_fatal_rate() -> None:
+    p = proto()
+    p.session_started()
+    p.attempt_started(resuming=False)
+    outcome = p.failed(gone_failure(p), now=0.0)
+    assert outcome.list_models and outcome.events == ()
+    outcome = p.models_listed(listed("gemini-3.8-live"), "", now=0.0)
+    (lost,) = outcome.events
+    assert isinstance(lost, SessionLost) and lost.fatal
+    assert lost.retry_in_s == RECONNECT.fatal_retry_delay_s
+    assert "no usable Live model" in lost.reason and "gemini-3.8-live" in lost.reason
+    assert p.state is SessionState.FATAL and p.model == MODEL  # the next try starts over
+    failed_list = p.models_listed(None, "ConnectError: refused", now=1.0)
+    assert "could not be read (ConnectError: refused)" in failed_list.events[0].reason
+
+
+# ---- tool calls (live.tool_calls) -----------------------------------------------------
+
+WHEN_IDLE = types.FunctionResponseScheduling.WHEN_IDLE
+SILENT = types.FunctionResponseScheduling.SILENT
+INTERRUPT = types.FunctionResponseScheduling.INTERRUPT
+
+
+def tool_call_msg(call_id: str, name: str = "get_time") -> dict[str, Any]:
+    return {"toolCall": {"functionCalls": [{"id": call_id, "name": name}]}}
+
+
+def test_scheduling_rule_for_answers_that_arrive_in_time() -> None:
+    assert pick_scheduling(ToolAnswer({"time": "12:00"})) is WHEN_IDLE  # asked for: when idle
+    assert pick_scheduling(ToolAnswer({})) is SILENT  # a side effect with nothing to say
+    assert pick_scheduling(ToolAnswer({"error": "timed out"})) is WHEN_IDLE
+    assert pick_scheduling(ToolAnswer({"alarm": "now"}, INTERRUPT)) is INTERRUPT  # declared
+
+
+def test_non_blocking_answers_are_scheduled_and_go_silent_after_a_barge_in() -> None:
+    p = proto()  # gemini-3.8-live: NON_BLOCKING
+    connect(p)
+    receive(p, tool_call_msg("c1"))
+    receive(p, tool_call_msg("c2"))
+    receive(p, tool_call_msg("c3"))
+    answer = ToolAnswer({"time": "12:00"})
+    first = p.tool_answered("c1", answer)
+    assert first is not None and first.scheduling is WHEN_IDLE and first.id == "c1"
+    p.interrupt()  # the user barged in while c2 and c3 ran
+    late = p.tool_answered("c2", ToolAnswer({"alarm": "now"}, INTERRUPT))
+    assert late is not None and late.scheduling is SILENT and late.response == {"alarm": "now"}
+    receive(p, {"serverContent": {"interrupted": True}})  # the server's VAD counts too
+    receive(p, tool_call_msg("c4"))
+    assert p.tool_answered("c4", answer).scheduling is WHEN_IDLE  # made after the barge-in
+    receive(p, {"toolCallCancellation": {"ids": ["c3"]}})
+    assert p.tool_answered("c3", answer) is None  # cancelled: nothing is sent
+    assert p.tool_answered("c1", answer) is None  # answered once only
+
+
+def test_blocking_answers_carry_no_scheduling_and_are_dropped_after_a_barge_in() -> None:
+    p = proto(model="gemini-3.1-flash-live-preview")
+    connect(p)
+    receive(p, tool_call_msg("b1"))
+    receive(p, tool_call_msg("b2"))
+    on_time = p.tool_answered("b1", ToolAnswer({"time": "12:00"}))
+    assert on_time is not None and on_time.scheduling is None
+    p.interrupt()
+    assert p.tool_answered("b2", ToolAnswer({"time": "12:00"})) is None
+    receive(p, tool_call_msg("b3"))
+    p.connection_closed()  # calls do not outlive their connection
+    assert p.tool_answered("b3", ToolAnswer({"time": "12:00"})) is None
+
+
+def test_a_tool_may_ask_for_blocking_where_the_family_lets_it() -> None:
+    p = LiveProtocol(
+        GeminiConfig(), RECONNECT, random=lambda: 0.0, tool_behaviors={"lock": ToolCalls.BLOCKING}
+    )
+    p.started()
+    p.open()
+    connect(p)
+    receive(p, tool_call_msg("l1", name="lock"))
+    assert p.tool_answered("l1", ToolAnswer({"locked": True})).scheduling is None
+    assert declaration_behavior(GEMINI_3_8_LIVE, None) is types.Behavior.NON_BLOCKING
+    assert declaration_behavior(GEMINI_3_8_LIVE, ToolCalls.BLOCKING) is types.Behavior.BLOCKING
+    assert declaration_behavior(GEMINI_3_1_FLASH_LIVE, ToolCalls.NON_BLOCKING) is None
+    assert declaration_behavior(GEMINI_2_5_NATIVE_AUDIO, None) is None

@@ -502,7 +502,11 @@ def test_tool_call_round_trip(tmp_path: Path) -> None:
     run(body)
 
 
+BLOCKING_MODEL = "gemini-3.1-flash-live-preview"
+
+
 def test_tool_call_cancelled_by_barge_in(tmp_path: Path) -> None:
+    """A BLOCKING family (3.1): the server cancels the call the user barged into."""
     started = []
 
     async def first_call_hangs(_args: object) -> dict:
@@ -515,7 +519,7 @@ def test_tool_call_cancelled_by_barge_in(tmp_path: Path) -> None:
     options = EmulatorOptions(valid_api_keys=(KEY,), pace=0.0, espeak=False, force_tool_call=True)
 
     async def body() -> None:
-        async with Rig(tmp_path, options, tools=tools) as rig:
+        async with Rig(tmp_path, options, tools=tools, model=BLOCKING_MODEL) as rig:
             rig.session.open()
             await rig.events.wait_for(SessionReady)
             await rig.speak_turn(pcm(6, 0.3))
@@ -1320,5 +1324,254 @@ def test_slow_handle_store_does_not_stall_the_receive_loop(
             assert resumed.resumed_from_handle == written[-1]
             (session,) = rig.emu.record.sessions
             assert len(session.turns) == 2  # the handle after the second answer
+
+    run(body)
+
+
+# ---- NON_BLOCKING tool calls (gemini-3.8-live) -------------------------------------------
+
+
+def tool_responses(rig: Rig) -> list[dict]:
+    return [
+        response
+        for _, message in rig.client_messages("toolResponse")
+        for response in message["toolResponse"]["functionResponses"]
+    ]
+
+
+def test_non_blocking_tool_runs_off_the_loop_and_its_answer_is_spoken_when_idle(
+    tmp_path: Path,
+) -> None:
+    threads: list[str] = []
+
+    def slow_clock(_args: object) -> dict:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.3)  # blocking: it must not hold up the event loop
+        return {"local_time": "12:00"}
+
+    tools = ToolRegistry([Tool(GET_TIME_DECLARATION, slow_clock)])
+    options = EmulatorOptions(valid_api_keys=(KEY,), pace=1.0, espeak=False, force_tool_call=True)
+
+    async def body() -> None:
+        async with Rig(tmp_path, options, tools=tools) as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            await rig.speak_turn(pcm(60, 0.3))
+            called = await rig.events.wait_for(ToolCalled)
+            ticks = 0
+            while not tool_responses(rig):  # the loop keeps running while the tool sleeps
+                ticks += 1
+                await asyncio.sleep(0.01)
+            assert ticks >= 10 and threads and threads[0] != threading.current_thread().name
+            (response,) = tool_responses(rig)
+            assert response["id"] == called.call_id and response["scheduling"] == "WHEN_IDLE"
+            await rig.events.wait_for(TurnCompleted, count=2)  # the reply, then the answer
+            first, answer = rig.emu.record.replies
+            assert first.turn_index == 0 and first.completed
+            assert answer.answers_call == called.call_id and answer.completed
+            assert "12:00" in answer.text
+            setup = rig.emu.record.messages[0][1]["setup"]
+            (declaration,) = setup["tools"][0]["functionDeclarations"]
+            assert declaration["behavior"] == "NON_BLOCKING"
+
+    run(body)
+
+
+def test_non_blocking_tool_cancelled_by_the_server_sends_nothing(tmp_path: Path) -> None:
+    cancelled = asyncio.Event()
+
+    async def hangs(_args: object) -> dict:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return {"local_time": "12:00"}
+
+    tools = ToolRegistry([Tool(GET_TIME_DECLARATION, hangs)])
+    options = EmulatorOptions(valid_api_keys=(KEY,), pace=0.0, espeak=False, force_tool_call=True)
+
+    async def body() -> None:
+        async with Rig(tmp_path, options, tools=tools) as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            await rig.speak_turn(pcm(61, 0.3))
+            called = await rig.events.wait_for(ToolCalled)
+            await rig.events.wait_for(TurnCompleted)  # the reply did not wait for the tool
+            assert rig.session.status().tool_calls_running == 1
+            rig.emu.inject(FaultSpec("cancel_tool_calls"))
+            event = await rig.events.wait_for(ToolCallCancelled)
+            assert event.call_ids == (called.call_id,)
+            async with asyncio.timeout(5):
+                await cancelled.wait()
+            await wait_until(lambda: rig.session.status().tool_calls_running == 0)
+            await asyncio.sleep(0.3)
+            assert tool_responses(rig) == []
+            assert rig.emu.record.replies[0].tool_calls[0]["cancelled"] is True
+
+    run(body)
+
+
+def test_non_blocking_answer_after_a_barge_in_goes_silent_and_nothing_talks_later(
+    tmp_path: Path,
+) -> None:
+    release = asyncio.Event()
+
+    async def waits_for_release(_args: object) -> dict:
+        await release.wait()
+        return {"local_time": "12:00"}
+
+    tools = ToolRegistry([Tool(GET_TIME_DECLARATION, waits_for_release)])
+    options = EmulatorOptions(
+        valid_api_keys=(KEY,),
+        pace=1.0,
+        espeak=False,
+        force_tool_call=True,
+        reply_text="Let me look at the clock for you, it takes a moment.",
+    )
+    daemon = MiniDaemon()
+
+    async def body() -> None:
+        async with Rig(tmp_path, options, tools=tools, events=daemon) as rig:
+            daemon.press()
+            await rig.events.wait_for(SessionReady)
+            await daemon.say(pcm(62, 0.3))
+            called = await rig.events.wait_for(ToolCalled)
+            await wait_until(lambda: len(daemon.played) >= 2)
+            daemon.press()  # barge-in during the holding reply
+            await rig.events.wait_for(ServerInterrupted)
+            question = pcm(63, 0.4)
+            await daemon.say(question)
+            await wait_until(lambda: len(rig.emu.record.replies) >= 2)
+            await wait_until(lambda: rig.emu.record.replies[1].completed)
+            second_call = rig.emu.record.replies[1].tool_calls[0]["id"]  # asked after it
+            release.set()  # both tools finish only now
+            await wait_until(lambda: len(tool_responses(rig)) == 2)
+            scheduling = {r["id"]: r["scheduling"] for r in tool_responses(rig)}
+            assert scheduling == {called.call_id: "SILENT", second_call: "WHEN_IDLE"}
+            await wait_until(lambda: len(rig.emu.record.replies) == 3)
+            await asyncio.sleep(1.0)
+            answers = [r.answers_call for r in rig.emu.record.replies]
+            assert answers == [None, None, second_call]  # the late answer never talks
+            entry = rig.emu.record.replies[0].tool_calls[0]
+            assert entry["scheduling"] == "SILENT" and entry["spoken"] is False
+
+    run(body)
+
+
+# ---- a retired model -------------------------------------------------------------------------
+
+
+def test_model_retired_mid_life_next_turn_answered_by_the_fallback_with_all_speech(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge_agent.live")
+
+    async def body() -> None:
+        async with Rig(tmp_path, fallback_models=(BLOCKING_MODEL,)) as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            before = pcm(70, 0.4)
+            await rig.speak_turn(before)
+            await rig.events.wait_for(TurnCompleted)
+            rig.session.close()
+            await rig.events.wait_for(SessionClosed)
+            rig.emu.retire_model("gemini-3.8-live")  # while the device sits idle
+            after = pcm(71, 0.6)
+            rig.session.open()  # the next wake: speech goes out while connecting
+            await rig.speak_turn(after)
+            await rig.events.wait_for(TurnCompleted, count=2)
+            conns = rig.emu.record.connections
+            assert [c.model for c in conns] == [
+                "gemini-3.8-live",
+                "gemini-3.8-live",
+                BLOCKING_MODEL,
+            ]
+            assert conns[1].close_code == 1008 and "is not found" in conns[1].close_reason
+            first, second = rig.emu.record.sessions[0], rig.emu.record.sessions[-1]
+            assert first.consumed_audio == before and second.consumed_audio == after
+            assert not rig.events.of(SessionLost)  # the user saw no failure
+            status = rig.session.status()
+            assert (status.model, status.configured_model) == (BLOCKING_MODEL, "gemini-3.8-live")
+            assert "gemini-3.8-live is gone" in status.model_note
+            # kept for the next wake, without trying the retired model again
+            rig.session.close()
+            await rig.events.wait_for(SessionClosed, count=2)
+            rig.session.open()
+            await rig.events.wait_for(SessionReady, count=3)
+            assert [c.model for c in rig.emu.record.connections][-1] == BLOCKING_MODEL
+            assert len(rig.emu.record.connections) == 4
+
+    run(body)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    (switch,) = [r for r in warnings if "is gone" in r.getMessage()]
+    assert "gemini-3.8-live" in switch.getMessage() and BLOCKING_MODEL in switch.getMessage()
+
+
+def test_retired_model_without_fallbacks_uses_the_models_list(tmp_path: Path) -> None:
+    options = EmulatorOptions(
+        valid_api_keys=(KEY,),
+        pace=0.0,
+        espeak=False,
+        retired_models=("gemini-3.8-live", "gemini-3.8-live-extended-thinking"),
+    )
+
+    async def body() -> None:
+        async with Rig(tmp_path, options) as rig:
+            audio = pcm(72, 0.5)
+            rig.session.open()
+            await rig.speak_turn(audio)
+            await rig.events.wait_for(TurnCompleted)
+            assert [c.model for c in rig.emu.record.connections] == [
+                "gemini-3.8-live",
+                BLOCKING_MODEL,  # the newest Live family left, preview or not
+            ]
+            assert rig.emu.record.sessions[-1].consumed_audio == audio
+            status = rig.session.status()
+            assert status.model == BLOCKING_MODEL and "models list" in status.model_note
+            # the replacement's setup is built from its own (3.1) profile
+            assert all("behavior" not in d for d in _declarations(rig, 1))
+
+    run(body)
+
+
+def _declarations(rig: Rig, connection: int) -> list[dict]:
+    setups = [m["setup"] for i, m in rig.emu.record.messages if i == connection and "setup" in m]
+    return setups[0]["tools"][0]["functionDeclarations"]
+
+
+def test_no_usable_model_is_fatal_with_a_clear_message_and_retried_at_the_fatal_rate(
+    tmp_path: Path,
+) -> None:
+    from edge_agent_devkit.emulator.models import DEFAULT_MODELS
+
+    only_3_8 = tuple(
+        m
+        for m in DEFAULT_MODELS
+        if "bidiGenerateContent" not in m.methods or m.name == "gemini-3.8-live"
+    )
+    options = EmulatorOptions(
+        valid_api_keys=(KEY,),
+        pace=0.0,
+        espeak=False,
+        models=only_3_8,
+        retired_models=("gemini-3.8-live",),
+    )
+    fake = FakeTime(limit_s=650.0)
+    reconnect = ReconnectConfig(initial_delay_s=0.05, max_delay_s=0.2, jitter=0.0)
+
+    async def body() -> None:
+        async with Rig(tmp_path, options, fake_time=fake, reconnect=reconnect) as rig:
+            rig.session.open()
+            async with asyncio.timeout(20):
+                await fake.parked.wait()
+            losses = rig.events.of(SessionLost)
+            assert len(losses) == 3  # at 0 s, 300 s and 600 s
+            assert all(lost.fatal and lost.retry_in_s == 300.0 for lost in losses)
+            assert "no usable Live model" in losses[0].reason
+            assert "gemini-3.8-live" in losses[0].reason
+            assert rig.session.state is SessionState.FATAL
+            assert len(rig.emu.record.connections) == 3  # one refused setup per cycle
+            assert "no usable Live model" in (rig.session.status().last_error or "")
 
     run(body)

@@ -107,7 +107,10 @@ def test_3_8_setup_names_no_thinking_proactivity_or_affective_dialog() -> None:
     setup = _setup(cfg)
     assert not {"thinking_config", "proactivity", "enable_affective_dialog"} & set(setup)
     assert setup["tools"][0]["function_declarations"][0]["name"] == "get_time"
-    assert "behavior" not in setup["tools"][0]["function_declarations"][0]  # server default
+    # the behaviour comes from the profile, said explicitly (NON_BLOCKING on 3.8)
+    assert setup["tools"][0]["function_declarations"][0]["behavior"] == types.Behavior.NON_BLOCKING
+    setup_3_1 = _setup(GeminiConfig(), model="gemini-3.1-flash-live-preview")
+    assert "behavior" not in setup_3_1["tools"][0]["function_declarations"][0]  # blocking family
 
 
 def test_3_8_blocking_per_tool_when_asked() -> None:

@@ -25,6 +25,7 @@ from google.genai import types
 
 from edge_agent.config import GeminiConfig
 from edge_agent.live.profiles import ModelProfile, Support, ThinkingForm, ToolCalls, choose_profile
+from edge_agent.live.tool_calls import declaration_behavior
 from edge_agent.live.tools import ToolRegistry
 from edge_agent.secrets import redact
 
@@ -67,8 +68,10 @@ def build_live_connect_config(
 
     Built from the profile of ``model`` (default ``cfg.model``): a per-family setting the
     family does not take is left out (``check-config`` refuses it for ``cfg.model``; a
-    fallback model simply goes without it). ``tool_behavior`` asks for a behaviour other
-    than the family's default where the family lets a declaration choose.
+    fallback model simply goes without it). Each tool declaration gets the ``behavior``
+    of the family (NON_BLOCKING on 3.8) or the one the tool asks for where the family lets
+    a declaration choose; ``tool_behavior`` overrides that for every tool. BLOCKING
+    families get no ``behavior`` field (see ``live.tool_calls``).
     """
     profile = profile_for(model or cfg.model)
     if cfg.server_vad:
@@ -109,10 +112,14 @@ def build_live_connect_config(
         config.session_resumption = types.SessionResumptionConfig(handle=handle or None)
     _apply_family_settings(config, cfg, profile)
     if tools is not None and cfg.tools:
-        declarations = tools.declarations(list(cfg.tools))
-        if tool_behavior is not None and profile.blocking_per_tool:
-            behavior = types.Behavior(tool_behavior.name)
-            declarations = [d.model_copy(update={"behavior": behavior}) for d in declarations]
+        declared = tools.declared_behaviors()
+        declarations = []
+        for declaration in tools.declarations(list(cfg.tools)):
+            wanted = tool_behavior or declared.get(declaration.name or "")
+            behavior = declaration_behavior(profile, wanted)
+            if behavior is not None:
+                declaration = declaration.model_copy(update={"behavior": behavior})
+            declarations.append(declaration)
         if declarations:
             config.tools = [types.Tool(function_declarations=declarations)]
     return config
@@ -176,6 +183,9 @@ def build_http_options(
     }
     if ssl_context is not None:
         ws_args["ssl"] = ssl_context
+        # The REST calls (the models list, when the model is gone) go through httpx,
+        # which takes its trust as `verify`; websockets never sees that key.
+        ws_args["verify"] = ssl_context
     return types.HttpOptions(
         base_url=cfg.base_url or None,
         api_version=cfg.api_version,

@@ -48,20 +48,38 @@ Known limits (inherent to handles without ``transparent``):
   to answer everything sent so far (audio spoken in that instant may not be replayed).
 - Tool responses are not replayed: a call still running when its connection dies is
   cancelled; the model asks again if it still needs it.
+
+Tool calls (``live.tool_calls``): each ``ToolCalled`` is booked with its behaviour on the
+model in use; the adapter runs it and asks ``tool_answered`` what to send (the
+scheduling rule, and what a barge-in does to a late answer, are there).
+
+A retired model (``live.fallback``): a 1008 "not found / not supported for
+bidiGenerateContent" is not a fatal key problem: the next fallback model is tried at
+once, then (``FailureOutcome.list_models``) the adapter reads the models list and hands
+it to ``models_listed``. The replacement keeps being used until restart or
+``config_changed``; the uplink log is untouched by the switch, so the turn the user was
+saying is sent on the replacement's fresh session.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from google.genai import types
 
 from edge_agent.config import GeminiConfig, ReconnectConfig
-from edge_agent.core.backoff import BUSY_RESUME_LIMIT, Failure, ReconnectPolicy, Verdict
+from edge_agent.core.backoff import (
+    BUSY_RESUME_LIMIT,
+    CLOSE_POLICY,
+    Failure,
+    FailureKind,
+    ReconnectPolicy,
+    Verdict,
+)
 from edge_agent.core.events import (
     GenerationCompleted,
     GoAwayReceived,
@@ -84,7 +102,18 @@ from edge_agent.live.failures import (
     classify_caught,
     receive_error_ends_connection,
 )
+from edge_agent.live.fallback import (
+    AskList,
+    ListedModel,
+    ModelChooser,
+    NothingUsable,
+    Step,
+    Switch,
+    is_model_gone,
+)
 from edge_agent.live.handles import DEFAULT_VALIDITY_S, HandleBook, StoredHandle
+from edge_agent.live.profiles import ModelProfile, ToolCalls, choose_profile
+from edge_agent.live.tool_calls import ToolAnswer, ToolCallBook, call_behavior
 from edge_agent.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -120,6 +149,9 @@ class LiveStatus:
     tool_calls_running: int
     handle_age_s: float | None
     replay: ReplayStats
+    model: str = ""  # the model in use (a replacement when the configured one is gone)
+    configured_model: str = ""  # gemini.model
+    model_note: str | None = None  # why they differ, in one line (None: they do not)
 
 
 class End(StrEnum):
@@ -156,10 +188,12 @@ class Reaction:
 
 @dataclass(frozen=True)
 class FailureOutcome:
-    """After a failure: events to emit once the stored handle is cleared (if asked)."""
+    """After a failure: events to emit once the stored handle is cleared (if asked).
+    ``list_models``: the adapter must read the models list and call ``models_listed``."""
 
     events: tuple[LiveEvent, ...]
     clear_stored_handle: bool
+    list_models: bool = False
 
 
 @dataclass
@@ -194,8 +228,13 @@ class LiveProtocol:
         reconnect: ReconnectConfig,
         random: Callable[[], float],
         handle_validity_s: float = DEFAULT_VALIDITY_S,
+        tool_behaviors: Mapping[str, ToolCalls | None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.models = ModelChooser(cfg.model, cfg.fallback_models)
+        self.tool_calls = ToolCallBook()
+        self._gone_reason = ""  # the service's words for the last model refused as gone
+        self._tool_behaviors = dict(tool_behaviors or {})
         self.policy = ReconnectPolicy(reconnect, random)
         self.log = ReplayLog.for_seconds(reconnect.replay_buffer_max_s)
         self.handles = HandleBook(handle_validity_s)
@@ -215,6 +254,15 @@ class LiveProtocol:
     @property
     def ready(self) -> bool:
         return self.state in (SessionState.READY, SessionState.HANDING_OVER)
+
+    @property
+    def model(self) -> str:
+        """The model the next connection asks for."""
+        return self.models.active
+
+    @property
+    def profile(self) -> ModelProfile:
+        return choose_profile(self.models.active)[0]
 
     def started(self) -> None:
         self._set_state(SessionState.IDLE)
@@ -236,8 +284,10 @@ class LiveProtocol:
         return changed
 
     def config_changed(self, cfg: GeminiConfig, reconnect: ReconnectConfig | None) -> None:
-        """After a reload: leave the fatal state and retry at once with the new settings."""
+        """After a reload: leave the fatal state and retry at once with the new settings
+        (``gemini.model`` again, even if a replacement was in use)."""
         self.cfg = cfg
+        self.models = ModelChooser(cfg.model, cfg.fallback_models)
         if reconnect is not None:
             self.log.max_audio_bytes = ReplayLog.for_seconds(
                 reconnect.replay_buffer_max_s
@@ -271,6 +321,7 @@ class LiveProtocol:
 
     def interrupt(self) -> None:
         """Barge-in, the protocol part: open the user's turn (client-side turn marking)."""
+        self.tool_calls.barged_in()
         if not self.cfg.server_vad:
             self.activity_start()
 
@@ -323,7 +374,7 @@ class LiveProtocol:
         """The handle the next connection offers, and whether the stored file must go."""
         if not self.cfg.session_resumption:
             return None, False
-        handle, why_not = self.handles.usable(self.cfg.model, wall_now)
+        handle, why_not = self.handles.usable(self.model, wall_now)
         if why_not is not None:
             self._drop_handle(why_not)
             return None, True
@@ -358,8 +409,9 @@ class LiveProtocol:
         return SessionReady(resumed=conn.resuming)
 
     def connection_closed(self) -> None:
-        """Serving ended, however it ended."""
+        """Serving ended, however it ended (its tool calls are cancelled with it)."""
         self.conn.open = False
+        self.tool_calls.connection_ended()
 
     def connection_ended(self, end: End, now: float) -> None:
         """A healthy connection ended on purpose (idle close or goAway handover)."""
@@ -404,18 +456,23 @@ class LiveProtocol:
             self._on_server_content(msg.server_content, events)
         if msg.tool_call is not None:
             for call in msg.tool_call.function_calls or []:
-                logger.info("model called tool %s", call.name or "")
-                events.append(ToolCalled(call.name or "", dict(call.args or {}), call.id))
+                name = call.name or ""
+                behavior = call_behavior(self.profile, self._tool_behaviors.get(name))
+                logger.info("model called tool %s (%s)", name, behavior)
+                if call.id:
+                    self.tool_calls.called(call.id, name, behavior)
+                events.append(ToolCalled(name, dict(call.args or {}), call.id))
         if msg.tool_call_cancellation is not None:
             ids = tuple(msg.tool_call_cancellation.ids or ())
             logger.info("tool calls cancelled by the server: %s", ", ".join(ids))
+            self.tool_calls.cancelled(ids)
             events.append(ToolCallCancelled(ids))
         if msg.go_away is not None:
             events.append(self._on_go_away(msg.go_away.time_left, loop_now))
         new_handle = None
         update = msg.session_resumption_update
         if update is not None and update.resumable and update.new_handle:
-            new_handle = self.handles.received(update.new_handle, self.cfg.model, wall_now)
+            new_handle = self.handles.received(update.new_handle, self.model, wall_now)
             self.log.handle_received()
             logger.debug("new resumption handle")
         if msg.usage_metadata is not None:
@@ -436,6 +493,7 @@ class LiveProtocol:
         if content.output_transcription is not None and content.output_transcription.text:
             out.append(OutputTranscript(content.output_transcription.text))
         if content.interrupted:
+            self.tool_calls.barged_in()
             out.append(ServerInterrupted())
         if content.generation_complete:
             out.append(GenerationCompleted())
@@ -486,10 +544,52 @@ class LiveProtocol:
         """What the adapter caught on the current connection, as a policy ``Failure``."""
         return classify_caught(caught, self.conn.facts(), code, reason)
 
+    def tool_answered(self, call_id: str, answer: ToolAnswer) -> types.FunctionResponse | None:
+        """A tool finished: the response to send (None: nothing, see ``live.tool_calls``)."""
+        return self.tool_calls.response_for(call_id, answer)
+
     def failed(self, failure: Failure, now: float) -> FailureOutcome:
         """A connection attempt or a live connection failed: backoff, handle, state."""
+        if is_model_gone(failure):
+            self.policy.disconnected(now)
+            self._gone_reason = failure.reason
+            return self._next_model(self.models.model_gone(self.model), now)
+        return self._failed(failure, now)
+
+    def models_listed(
+        self, listed: list[ListedModel] | None, error: str, now: float
+    ) -> FailureOutcome:
+        """The adapter read the models list (None: the call failed with ``error``)."""
+        return self._next_model(self.models.models_listed(listed, error), now)
+
+    def _next_model(self, step: Step, now: float) -> FailureOutcome:
+        gone = self.models.gone[-1] if self.models.gone else self.model
+        self._flags.retry_pending = True
+        clear = self.handles.drop()  # a handle is for the model that issued it
+        if isinstance(step, Switch):
+            logger.warning(
+                "Gemini Live model %s is gone (the service says: %s). Using %s instead, "
+                "from %s, until restart or reload; set gemini.model to a current model",
+                gone,
+                redact(self._gone_reason)[:160] or "not found",
+                step.model,
+                step.source.value,
+            )
+            self.retry_at = None  # a different model: try it now
+            self._set_state(SessionState.RETRY_WAIT)
+            return FailureOutcome((), clear)
+        if isinstance(step, AskList):
+            logger.info("model %s is gone and no fallback is left: reading the models list", gone)
+            self._set_state(SessionState.RETRY_WAIT)
+            return FailureOutcome((), clear, list_models=True)
+        assert isinstance(step, NothingUsable)
+        fatal = Failure(FailureKind.CLOSED, CLOSE_POLICY, step.message)
+        outcome = self._failed(fatal, now, model_problem=step.message)
+        return FailureOutcome(outcome.events, clear or outcome.clear_stored_handle)
+
+    def _failed(self, failure: Failure, now: float, model_problem: str = "") -> FailureOutcome:
         decision = self.policy.failed(failure, now)
-        reason = redact(decision.reason)
+        reason = redact(model_problem or decision.reason)
         abandon = decision.verdict is Verdict.ABANDON_HANDLE
         if abandon:
             # One clear line, instead of the usual "connection lost" warning.
@@ -513,7 +613,10 @@ class LiveProtocol:
         self.last_error = reason
         self.retry_at = now + decision.delay_s
         self._flags.retry_pending = True
-        if decision.fatal:
+        if decision.fatal and model_problem:
+            self._set_state(SessionState.FATAL)
+            logger.error("Gemini Live: %s; retrying in %.0f s", reason, decision.delay_s)
+        elif decision.fatal:
             self._set_state(SessionState.FATAL)
             logger.error(
                 "Gemini Live refused the connection: %s. Fix the API key or [gemini] settings "
@@ -552,6 +655,9 @@ class LiveProtocol:
             tool_calls_running=tool_calls_running,
             handle_age_s=self.handles.age_s(wall_now),
             replay=self.log.stats(),
+            model=self.models.active,
+            configured_model=self.models.configured,
+            model_note=self.models.note,
         )
 
     def _set_state(self, state: SessionState) -> None:

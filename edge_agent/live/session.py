@@ -24,8 +24,14 @@ after the frame was consumed from the websocket, so the receiver simply starts a
 ``receive()``: a bad frame costs that one message. Only public SDK methods are used;
 no SDK internals are patched or wrapped.
 
-Tools: each call runs in its own task and answers with ``send_tool_response``; calls
-still running when their connection ends are cancelled (they are not replayed).
+Tools: each call runs in its own task (a plain-function tool on a worker thread), so
+the conversation goes on while it runs; the core says what to send when it finishes
+(scheduling, barge-in: ``live.tool_calls``). A toolCallCancellation cancels the task;
+calls still running when their connection ends are cancelled (they are not replayed).
+
+A retired model: when the core asks for it (``FailureOutcome.list_models``), the models
+list is read through the SDK (``client.aio.models.list()``, bounded by
+``setup_timeout_s``) and handed back to the core, which picks the replacement.
 
 Threading: call every method from the event loop's thread. The event sink is called
 synchronously from the session's tasks and must not block (put events on a queue).
@@ -58,6 +64,7 @@ from edge_agent.live.connect_config import (
     ssl_context_for,
 )
 from edge_agent.live.failures import Caught
+from edge_agent.live.fallback import ListedModel
 from edge_agent.live.handles import DEFAULT_VALIDITY_S, HandleStore, StoredHandle
 from edge_agent.live.protocol import End, LiveProtocol, LiveStatus, SessionState
 from edge_agent.live.tools import ToolRegistry, builtin_tools
@@ -94,13 +101,15 @@ class LiveSession:
     ) -> None:
         """No I/O here. ``clock``/``sleep`` pace the reconnect policy only (tests pass a
         fast fake pair); socket timeouts and the goAway deadline use the loop's time."""
-        self._proto = LiveProtocol(cfg, reconnect, random, handle_validity_s)
+        self._tools = tools if tools is not None else builtin_tools()
+        self._proto = LiveProtocol(
+            cfg, reconnect, random, handle_validity_s, self._tools.declared_behaviors()
+        )
         self._key_provider = api_key_provider
         self._sink = sink
         self._clock = clock
         self._sleep = sleep
         self._wall_clock = wall_clock
-        self._tools = tools if tools is not None else builtin_tools()
         self._handles = _HandleWriter(HandleStore(state_dir, handle_validity_s, wall_clock))
         self._clients = _ClientCache()
         self._stopping = False
@@ -257,7 +266,7 @@ class LiveSession:
     async def _connection_attempt(self) -> None:
         proto = self._proto
         if proto.needs_handle_load:
-            proto.handles.loaded_from_store(await self._handles.load(proto.cfg.model))
+            proto.handles.loaded_from_store(await self._handles.load(proto.model))
         handle, clear_stored = proto.choose_handle(self._wall_clock())
         if clear_stored:
             await self._handles.clear()
@@ -278,13 +287,16 @@ class LiveSession:
             return proto.failure(Caught.NO_KEY, None, str(exc))
         except (OSError, ssl.SSLError) as exc:
             return proto.failure(Caught.CLIENT_SETUP, None, f"TLS setup: {exc}")
-        config = build_live_connect_config(cfg, handle.handle if handle else None, self._tools)
+        model = proto.model
+        config = build_live_connect_config(
+            cfg, handle.handle if handle else None, self._tools, model=model
+        )
         try:
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     async with asyncio.timeout(cfg.setup_timeout_s):
                         session = await stack.enter_async_context(
-                            client.aio.live.connect(model=cfg.model, config=config)
+                            client.aio.live.connect(model=model, config=config)
                         )
                 except TimeoutError:
                     reason = f"no setupComplete within {cfg.setup_timeout_s:g} s"
@@ -410,6 +422,9 @@ class LiveSession:
 
     async def _failed(self, failure: Failure) -> None:
         outcome = self._proto.failed(failure, self._clock())
+        if outcome.list_models:
+            listed, error = await self._list_live_models()
+            outcome = self._proto.models_listed(listed, error, self._clock())
         if outcome.clear_stored_handle:
             await self._handles.clear()
         for event in outcome.events:
@@ -426,14 +441,41 @@ class LiveSession:
         task.add_done_callback(lambda _t: self._tool_tasks.pop(key, None))
 
     async def _run_tool(self, session: Any, call: ToolCalled) -> None:
-        result = await self._tools.call(call.name, call.args)
-        response = types.FunctionResponse(id=call.call_id, name=call.name, response=result)
+        answer = await self._tools.answer(call.name, call.args)
+        if call.call_id is None:
+            logger.warning("cannot answer tool call %s: it has no id", call.name)
+            return
+        response = self._proto.tool_answered(call.call_id, answer)
+        if response is None:
+            return
         try:
             await session.send_tool_response(function_responses=[response])
         except websockets.ConnectionClosed:
             logger.info("tool %s answered after the connection closed; dropped", call.name)
         except ValueError as exc:  # e.g. a call without an id
             logger.warning("cannot answer tool call %s: %s", call.name, exc)
+
+    # ---- models list (a retired model) ---------------------------------------------
+
+    async def _list_live_models(self) -> tuple[list[ListedModel] | None, str]:
+        """Every model the service lists, with its supported actions; (None, why) on error."""
+        cfg = self._proto.cfg
+        try:
+            client = await self._clients.get(self._api_key(), cfg)
+            async with asyncio.timeout(cfg.setup_timeout_s):
+                pager = await client.aio.models.list()
+                listed = [
+                    ListedModel(model.name or "", tuple(model.supported_actions or ()))
+                    async for model in pager
+                ]
+        except TimeoutError:
+            return None, f"no answer within {cfg.setup_timeout_s:g} s"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # network, TLS, auth: all mean "no list now"
+            return None, redact(f"{exc.__class__.__name__}: {exc}")[:200]
+        logger.info("models list: %d models", len(listed))
+        return listed, ""
 
     # ---- key and plumbing --------------------------------------------------------------
 

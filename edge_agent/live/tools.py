@@ -2,6 +2,11 @@
 
 A tool call must never take the session down: unknown names, bad arguments and
 exceptions in a tool all become an ``{"error": ...}`` response the model can speak about.
+A tool never runs on the event loop: a coroutine impl is awaited (it must not block), a
+plain function runs on a worker thread. Each tool may declare the behaviour it needs
+(``behavior``: BLOCKING where the family lets a tool choose) and the scheduling of its
+answers (``scheduling``); an impl may also return a ``ToolAnswer`` to choose per call.
+See ``live.tool_calls`` for the rule used when neither is given.
 """
 
 from __future__ import annotations
@@ -16,16 +21,23 @@ from typing import Any
 
 from google.genai import types
 
+from edge_agent.live.profiles import ToolCalls
+from edge_agent.live.tool_calls import Scheduling, ToolAnswer
+
 logger = logging.getLogger(__name__)
 
 ToolResult = dict[str, Any]
-ToolImpl = Callable[[Mapping[str, Any]], ToolResult | Awaitable[ToolResult]]
+ToolImpl = Callable[
+    [Mapping[str, Any]], ToolResult | ToolAnswer | Awaitable[ToolResult | ToolAnswer]
+]
 
 
 @dataclass(frozen=True)
 class Tool:
     declaration: types.FunctionDeclaration
     impl: ToolImpl
+    behavior: ToolCalls | None = None  # None: the model family's default
+    scheduling: Scheduling | None = None  # None: the rule in live.tool_calls
 
     @property
     def name(self) -> str:
@@ -47,27 +59,49 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return list(self._tools)
 
+    def declared_behaviors(self) -> dict[str, ToolCalls | None]:
+        """Name -> the behaviour the tool asks for (None: the family's default)."""
+        return {name: tool.behavior for name, tool in self._tools.items()}
+
     async def call(self, name: str, args: Mapping[str, Any] | None) -> ToolResult:
+        """The response dict only (see ``answer`` for the scheduling too)."""
+        return (await self.answer(name, args)).response
+
+    async def answer(self, name: str, args: Mapping[str, Any] | None) -> ToolAnswer:
+        """Run the tool off the event loop; never raises (but can be cancelled)."""
         tool = self._tools.get(name)
         if tool is None:
             logger.warning("model called unknown tool %r", name)
-            return {"error": f"unknown tool {name!r}"}
+            return ToolAnswer({"error": f"unknown tool {name!r}"})
         try:
             async with asyncio.timeout(self.timeout_s):
-                result = tool.impl(dict(args or {}))
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await _run_off_loop(tool.impl, dict(args or {}))
         except TimeoutError:
             logger.warning("tool %s timed out after %.1f s", name, self.timeout_s)
-            return {"error": f"tool {name!r} timed out"}
+            return ToolAnswer({"error": f"tool {name!r} timed out"}, tool.scheduling)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a tool bug must not end the conversation
             logger.warning("tool %s failed: %s", name, exc, exc_info=True)
-            return {"error": f"tool {name!r} failed: {exc.__class__.__name__}"}
+            error = {"error": f"tool {name!r} failed: {exc.__class__.__name__}"}
+            return ToolAnswer(error, tool.scheduling)
+        if isinstance(result, ToolAnswer):
+            return result
         if not isinstance(result, dict):
-            return {"result": result}
-        return result
+            result = {"result": result}
+        return ToolAnswer(result, tool.scheduling)
+
+
+async def _run_off_loop(impl: ToolImpl, args: dict[str, Any]) -> Any:
+    """A coroutine function is awaited; anything else runs on a worker thread (a slow
+    or blocking tool must not stall audio). A cancelled call leaves the thread to
+    finish on its own; its result is thrown away."""
+    if inspect.iscoroutinefunction(impl):
+        return await impl(args)
+    result = await asyncio.to_thread(impl, args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 GET_TIME_DECLARATION = types.FunctionDeclaration(
@@ -93,7 +127,8 @@ def get_time_tool(now: Callable[[], datetime] | None = None) -> Tool:
             "timezone": t.tzname() or "",
         }
 
-    return Tool(GET_TIME_DECLARATION, impl)
+    # The user asked for it: spoken, but only once the model is not talking.
+    return Tool(GET_TIME_DECLARATION, impl, scheduling=Scheduling.WHEN_IDLE)
 
 
 def builtin_tools(now: Callable[[], datetime] | None = None) -> ToolRegistry:

@@ -6,6 +6,12 @@
 Prints one JSON line `{"base_url": ..., "ca_pem": ..., "port": ..., "pid": ...}` once
 listening, serves until SIGTERM/SIGINT, and with `--record-out FILE` writes the record as
 JSON on the way out. Used by subprocess tests and the offline demo.
+
+With `--control-stdin`, commands arrive one per line on stdin while it serves (a test
+changes the service in the middle of a device's life):
+    retire MODEL                  the next setup naming MODEL is refused (1008)
+    fault KIND[:key=value,...]    inject a fault into every open connection now
+Each command is acknowledged on stderr with a line starting `control: `.
 """
 
 from __future__ import annotations
@@ -58,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retire", action="append", default=[], metavar="MODEL", help="refuse MODEL (1008)"
     )
+    p.add_argument(
+        "--not-addressed-below-ms",
+        type=int,
+        default=0,
+        help="proactive audio: ignore audio turns with less speech than this",
+    )
+    p.add_argument("--not-addressed-marker", default=None, help="proactive audio: ignore text")
+    p.add_argument("--control-stdin", action="store_true", help="read commands from stdin")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -88,12 +102,46 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         vad_silence_ms=args.vad_silence_ms,
         seed=args.seed,
         retired_models=tuple(args.retire),
+        not_addressed_below_ms=args.not_addressed_below_ms,
+        not_addressed_marker=args.not_addressed_marker,
     )
 
 
-async def serve_until_signalled(options: EmulatorOptions, record_out: Path | None) -> None:
+def run_command(emulator: LiveEmulator, line: str) -> str:
+    """One control command (see the module docstring) -> the acknowledgement."""
+    verb, _, rest = line.strip().partition(" ")
+    rest = rest.strip()
+    if verb == "retire" and rest:
+        emulator.retire_model(rest)
+        return f"control: retired {rest}"
+    if verb == "fault" and rest:
+        try:
+            _, spec = parse_fault_arg(f"0:{rest}")
+        except ValueError as exc:
+            return f"control: error: {exc}"
+        emulator.inject(spec)
+        return f"control: injected {spec.kind}"
+    return f"control: error: unknown command {line.strip()!r}"
+
+
+async def _read_commands(emulator: LiveEmulator) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        ack = run_command(emulator, line.decode("utf-8", errors="replace"))
+        sys.stderr.write(ack + "\n")
+        sys.stderr.flush()
+
+
+async def serve_until_signalled(
+    options: EmulatorOptions, record_out: Path | None, control_stdin: bool = False
+) -> None:
     emulator = LiveEmulator(options)
     await emulator.start()
+    control = None
+    if control_stdin:
+        control = asyncio.get_running_loop().create_task(_read_commands(emulator))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -109,6 +157,8 @@ async def serve_until_signalled(options: EmulatorOptions, record_out: Path | Non
     try:
         await stop.wait()
     finally:
+        if control is not None:
+            control.cancel()
         await emulator.stop()
         if record_out is not None:
             tmp = record_out.with_name(record_out.name + ".tmp")
@@ -127,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_until_signalled(options, args.record_out))
+        asyncio.run(serve_until_signalled(options, args.record_out, args.control_stdin))
     return 0
 
 

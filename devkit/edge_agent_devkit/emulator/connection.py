@@ -7,6 +7,19 @@ Three kinds of task per connection, all owned and cancelled here:
 Messages of an interrupted reply are tagged with its generation number and never sent.
 The queue holds at most _QUEUE_SIZE messages: producers wait (backpressure), nothing is
 dropped except the messages of a reply that was interrupted.
+
+Function calls follow the family of the setup's model. BLOCKING (2.5, 3.1, or a 3.8
+declaration with ``behavior: BLOCKING``): the reply waits for the toolResponse and speaks
+the result. NON_BLOCKING (3.8 by default): the reply goes on ("Let me check that.") and
+ends; the toolResponse is then spoken as a reply of its own, by its scheduling:
+WHEN_IDLE (also when absent) once no reply is playing and the user is not mid-turn,
+SILENT never, INTERRUPT at once, cutting the reply in progress. A barge-in cancels a
+BLOCKING call (toolCallCancellation), not a NON_BLOCKING one: that call belongs to the
+conversation, not to the reply that made it (inferred; the docs do not say).
+
+Proactive audio (3.8 always; 2.5 when the setup asks): a turn that the test's rule
+(``not_addressed_below_ms`` / ``not_addressed_marker``) says is not meant for the device
+is recorded with ``addressed=False`` and gets no reply, only a bare turnComplete.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from . import faults as fk
 from . import protocol as proto
 from . import voice
 from .faults import FaultSpec
-from .models import ACCEPT, SetupVerdict
+from .models import ACCEPT, Family, SetupVerdict, family_of
 from .record import (
     ConnectionRecord,
     EmulatorRecord,
@@ -174,6 +187,8 @@ class ConnectionHandler:
         self._input_transcription = False
         self._output_transcription = False
         self._functions: list[str] = []
+        self._non_blocking: set[str] = set()  # functions called NON_BLOCKING
+        self._proactive = False
         # turn state
         self._in_activity = False
         self._turn_audio_bytes = 0
@@ -189,6 +204,8 @@ class ConnectionHandler:
         self._cancelled: set[int] = set()
         self._replies: dict[int, ReplyRecord] = {}
         self._tool_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._async_calls: dict[str, dict[str, Any]] = {}  # NON_BLOCKING, unanswered
+        self._idle_answers: list[dict[str, Any]] = []  # WHEN_IDLE answers not yet spoken
         # faults waiting for their trigger
         self._after_setup: list[FaultSpec] = []
         self._after_messages: list[tuple[int, FaultSpec]] = []
@@ -424,6 +441,16 @@ class ConnectionHandler:
         declared = proto.declared_function_names(setup)
         allowed = set(self.opts.tools)
         self._functions = [n for n in declared if not allowed or n in allowed]
+        family = family_of(model)
+        if family in (Family.LIVE_3_8, Family.LIVE_3_8_EXTENDED):
+            behaviors = proto.declared_function_behaviors(setup)
+            self._non_blocking = {n for n in declared if behaviors.get(n) != "BLOCKING"}
+            self._proactive = True
+        elif family is Family.NATIVE_AUDIO_2_5:
+            proactivity = setup.get("proactivity")
+            self._proactive = isinstance(proactivity, dict) and bool(
+                proactivity.get("proactiveAudio")
+            )
 
         if self.opts.setup_delay_s > 0:
             await asyncio.sleep(self.opts.setup_delay_s)
@@ -453,7 +480,7 @@ class ConnectionHandler:
         elif kind == "clientContent":
             await self._on_client_content(body)
         elif kind == "toolResponse":
-            self._on_tool_response(body)
+            await self._on_tool_response(body)
 
     async def _on_realtime(self, body: dict[str, Any]) -> None:
         if "mediaChunks" in body:
@@ -521,14 +548,65 @@ class ConnectionHandler:
             self._content_texts = []
             await self._end_turn("text", "turnComplete", text=full)
 
-    def _on_tool_response(self, body: dict[str, Any]) -> None:
+    async def _on_tool_response(self, body: dict[str, Any]) -> None:
         for response in body.get("functionResponses") or []:
             call_id = response.get("id") if isinstance(response, dict) else None
             waiter = self._tool_waiters.pop(str(call_id), None)
+            entry = self._async_calls.pop(str(call_id), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(response)
+            elif entry is not None:
+                await self._async_answer(entry, response)
             else:
                 logger.info("connection %d: toolResponse for unknown id %r", self.index, call_id)
+
+    async def _async_answer(self, entry: dict[str, Any], response: dict[str, Any]) -> None:
+        """A NON_BLOCKING call answered: speak it as its scheduling says."""
+        scheduling = str(response.get("scheduling") or "WHEN_IDLE").upper()
+        entry["response"] = response.get("response")
+        entry["scheduling"] = scheduling
+        entry["spoken"] = False
+        self._on_change()
+        if scheduling == "SILENT":
+            return
+        if scheduling == "INTERRUPT":
+            await self._user_activity()  # the answer cuts the reply in progress
+            self._start_answer_reply(entry)
+        elif self._idle():
+            self._start_answer_reply(entry)
+        else:
+            self._idle_answers.append(entry)
+
+    def _idle(self) -> bool:
+        """Nobody is talking: no reply in progress, no user turn open."""
+        user_talking = self._in_activity or (self._vad is not None and self._vad.in_speech)
+        return self._active_generation is None and not user_talking
+
+    def _speak_idle_answers(self) -> None:
+        if self._idle_answers and self._idle():
+            self._start_answer_reply(self._idle_answers.pop(0))
+
+    def _start_answer_reply(self, entry: dict[str, Any]) -> None:
+        assert self._session is not None
+        entry["spoken"] = True
+        self._generation += 1
+        generation = self._generation
+        reply = ReplyRecord(
+            connection_index=self.index,
+            turn_index=-1,
+            answers_call=str(entry["id"]),
+            scheduling=str(entry.get("scheduling")),
+        )
+        self.record.add_reply(reply)
+        self._replies[generation] = reply
+        self._active_generation = generation
+        self._active_reply, self._active_turn = reply, None
+        self._active_snapshot = self._session.snapshot()
+        text = f"The {entry['name']} tool returned {_summary(entry.get('response'))}."
+        self._reply_task = self._spawn(
+            self._speak(generation, text, reply, 0, self._active_snapshot), f"answer{generation}"
+        )
+        self._on_change()
 
     def _reset_turn(self) -> None:
         self._turn_audio_bytes = 0
@@ -565,6 +643,18 @@ class ConnectionHandler:
         session.turns.append(turn)
         snapshot = session.snapshot()
         self._reset_turn()
+        if self._proactive and not self._addressed(kind, text, speech_s):
+            turn.addressed = False
+            logger.debug("connection %d: turn %d not addressed; no reply", self.index, turn.index)
+            if self._input_transcription:
+                await self._put(_Outgoing(proto.encode(proto.input_transcription(transcript))))
+            await self._put(_Outgoing(proto.encode(proto.turn_complete(0, 0))))
+            if self._resumption:
+                handle = self.registry.issue_handle(session, snapshot)
+                await self._put(_Outgoing(proto.encode(proto.resumption_update(handle))))
+            self._speak_idle_answers()
+            self._on_change()
+            return
         self._generation += 1
         generation = self._generation
         reply = ReplyRecord(connection_index=self.index, turn_index=turn.index)
@@ -578,6 +668,13 @@ class ConnectionHandler:
         )
         logger.debug("connection %d: turn %d ended by %s", self.index, turn.index, ended_by)
         self._on_change()
+
+    def _addressed(self, kind: str, text: str, speech_s: float) -> bool:
+        """The test's rule for what proactive audio treats as not meant for the device."""
+        marker = self.opts.not_addressed_marker
+        if marker and marker in text:
+            return False
+        return not (kind == "audio" and speech_s * 1000 < self.opts.not_addressed_below_ms)
 
     async def _reply(
         self,
@@ -597,8 +694,27 @@ class ConnectionHandler:
             await self._put(_Outgoing(proto.encode(proto.input_transcription(turn.transcript)), g))
         reply_text = self._base_reply_text(turn, text)
         call = self._choose_tool(turn, text)
-        if call is not None:
+        if call is not None and call[0] in self._non_blocking:
+            reply_text = await self._start_async_call(g, reply, *call)
+        elif call is not None:
             reply_text = await self._run_tool_call(g, reply, *call)
+        prompt_tokens = round(turn.speech_s * _TOKENS_PER_AUDIO_S) + len(turn.transcript.split())
+        await self._speak(g, reply_text, reply, prompt_tokens, snapshot, resumption_open=False)
+
+    async def _speak(
+        self,
+        g: int,
+        reply_text: str,
+        reply: ReplyRecord,
+        prompt_tokens: int,
+        snapshot: Snapshot,
+        *,
+        resumption_open: bool = True,
+    ) -> None:
+        """Stream one reply: (handle {}), audio or text, generationComplete, turnComplete,
+        then the post-turn handle."""
+        if resumption_open and self._resumption:
+            await self._put(_Outgoing(proto.encode(proto.resumption_update(None)), g))
         reply.text = reply_text
         response_s = 0.0
         if self._text_mode:
@@ -607,7 +723,6 @@ class ConnectionHandler:
         else:
             response_s = await self._stream_audio(g, reply_text)
         await self._put(_Outgoing(proto.encode(proto.generation_complete()), g))
-        prompt_tokens = round(turn.speech_s * _TOKENS_PER_AUDIO_S) + len(turn.transcript.split())
         response_tokens = round(response_s * _TOKENS_PER_AUDIO_S) or len(reply_text.split())
         await self._put(
             _Outgoing(
@@ -673,6 +788,35 @@ class ConnectionHandler:
             return None
         return chosen, dict(self.opts.tool_args.get(chosen, {}))
 
+    async def _start_async_call(
+        self, g: int, reply: ReplyRecord, name: str, args: dict[str, Any]
+    ) -> str:
+        """A NON_BLOCKING call: issue it and go on talking; the answer comes later."""
+        call_id = f"function-call-{next(_call_ids)}-{self._rng.randrange(10**9)}"
+        entry: dict[str, Any] = {"id": call_id, "name": name, "args": args}
+        entry["behavior"] = "NON_BLOCKING"
+        reply.tool_calls.append(entry)
+        await self._put(_Outgoing(proto.encode(proto.tool_call(call_id, name, args)), g))
+        if self.opts.cancel_tool_calls:
+            await self._put(_Outgoing(proto.encode(proto.tool_call_cancellation([call_id])), g))
+            entry["cancelled"] = True
+            return f"The {name} call was cancelled."
+        self._async_calls[call_id] = entry
+        return self.opts.reply_text or "Let me check that."
+
+    async def _cancel_tool_calls(self, *, direct: bool) -> None:
+        """Fault: cancel every call this connection issued that is still unanswered."""
+        ids = [*self._tool_waiters, *self._async_calls]
+        for call_id, entry in list(self._async_calls.items()):
+            entry["cancelled"] = True
+            self._async_calls.pop(call_id)
+        for waiter in self._tool_waiters.values():
+            if not waiter.done():
+                waiter.set_result({"cancelled": True})
+        self._tool_waiters.clear()
+        if ids:
+            await self._emit(proto.encode(proto.tool_call_cancellation(ids)), direct=direct)
+
     async def _run_tool_call(
         self, g: int, reply: ReplyRecord, name: str, args: dict[str, Any]
     ) -> str:
@@ -689,10 +833,12 @@ class ConnectionHandler:
             response = await waiter
         finally:
             self._tool_waiters.pop(call_id, None)
+        if response.get("cancelled") is True:
+            reply.tool_calls[-1]["cancelled"] = True
+            return f"The {name} call was cancelled."
         result = response.get("response")
         reply.tool_calls[-1]["response"] = result
-        summary = json.dumps(result, separators=(", ", ": "), sort_keys=True, default=str)
-        return f"The {name} tool returned {summary[:_MAX_REPLY_TEXT]}."
+        return f"The {name} tool returned {_summary(result)}."
 
     async def _interrupt(self) -> None:
         g = self._active_generation
@@ -790,6 +936,7 @@ class ConnectionHandler:
             if self._active_generation == g:
                 self._active_generation = None
             self._replies.pop(g, None)
+            self._speak_idle_answers()
             self._on_change()
 
     # ---- faults ----
@@ -855,6 +1002,8 @@ class ConnectionHandler:
             await self._emit(payload, direct=direct)
         elif kind == fk.UNKNOWN_MESSAGE:
             await self._emit(proto.encode(proto.UNKNOWN_MESSAGE), direct=direct)
+        elif kind == fk.CANCEL_TOOL_CALLS:
+            await self._cancel_tool_calls(direct=direct)
 
     async def _emit(
         self, payload: bytes, *, direct: bool, on_sent: Callable[[], None] | None = None
@@ -890,6 +1039,11 @@ def _mid_reply(spec: FaultSpec, *, default: bool) -> bool:
 def _after_chunks(spec: FaultSpec) -> int:
     value = spec.params.get("after_chunks", 2)
     return max(1, int(value))
+
+
+def _summary(result: Any) -> str:
+    text = json.dumps(result, separators=(", ", ": "), sort_keys=True, default=str)
+    return text[:_MAX_REPLY_TEXT]
 
 
 def _raw_preview(raw: str | bytes, limit: int = 200) -> str:

@@ -105,6 +105,10 @@ class EmulatorOptions:
     seed: int | None = None  # jitter and call ids
     models: tuple[ServedModel, ...] = DEFAULT_MODELS  # served, listed at GET /v1beta/models
     retired_models: tuple[str, ...] = ()  # refused from the start (see retire_model)
+    # Proactive audio (always on for 3.8, opt-in on 2.5): a turn the rule below says is
+    # not meant for the device gets no reply, only a bare turnComplete (inferred).
+    not_addressed_below_ms: int = 0  # audio turns with less speech than this
+    not_addressed_marker: str | None = None  # text turns containing this text
 
 
 class LiveEmulator:

@@ -15,6 +15,9 @@ When a fault fires:
 - Connection-level kinds (`never_setup`, `bad_key`, `missing_key`, `http_status`) only make
   sense in `connection_faults` and ignore timing.
 
+`cancel_tool_calls` is the service cancelling every function call it issued that has not
+been answered yet (toolCallCancellation), as it does when it no longer needs them.
+
 `vanish` is the client disappearing without a close (a Wi-Fi roam): the TCP connection is
 dropped, but the server does not notice for `hold_s` seconds and keeps the session
 attached to the dead connection, so resuming it gets 1011 until then.
@@ -31,6 +34,7 @@ DROP_TCP = "drop_tcp"
 VANISH = "vanish"
 BAD_FRAME = "bad_frame"
 UNKNOWN_MESSAGE = "unknown_message"
+CANCEL_TOOL_CALLS = "cancel_tool_calls"
 # Behaviours that hold from the moment they fire.
 NO_PONG = "no_pong"
 LATE_PONG = "late_pong"
@@ -41,7 +45,9 @@ BAD_KEY = "bad_key"
 MISSING_KEY = "missing_key"
 HTTP_STATUS = "http_status"
 
-ACTION_KINDS = frozenset({GO_AWAY, CLOSE_1011, DROP_TCP, VANISH, BAD_FRAME, UNKNOWN_MESSAGE})
+ACTION_KINDS = frozenset(
+    {GO_AWAY, CLOSE_1011, DROP_TCP, VANISH, BAD_FRAME, UNKNOWN_MESSAGE, CANCEL_TOOL_CALLS}
+)
 BEHAVIOUR_KINDS = frozenset({NO_PONG, LATE_PONG, DELAY})
 CONNECTION_KINDS = frozenset({NEVER_SETUP, BAD_KEY, MISSING_KEY, HTTP_STATUS})
 ALL_KINDS = ACTION_KINDS | BEHAVIOUR_KINDS | CONNECTION_KINDS
@@ -56,6 +62,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     VANISH: {"after_chunks": 2, "hold_s": 3600.0},
     BAD_FRAME: {"data": None},
     UNKNOWN_MESSAGE: {},
+    CANCEL_TOOL_CALLS: {},
     NO_PONG: {},
     LATE_PONG: {"delay_s": 25.0},
     DELAY: {"delay_s": 0.0, "jitter_s": 0.0},

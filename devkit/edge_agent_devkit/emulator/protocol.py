@@ -311,6 +311,18 @@ def declared_function_names(setup: Mapping[str, Any]) -> list[str]:
     return names
 
 
+def declared_function_behaviors(setup: Mapping[str, Any]) -> dict[str, str]:
+    """Name -> the declaration's ``behavior`` ("BLOCKING", "NON_BLOCKING", or "" if absent)."""
+    behaviors: dict[str, str] = {}
+    for tool in setup.get("tools") or []:
+        if not isinstance(tool, dict):
+            continue
+        for decl in tool.get("functionDeclarations") or []:
+            if isinstance(decl, dict) and isinstance(decl.get("name"), str):
+                behaviors[decl["name"]] = str(decl.get("behavior") or "").upper()
+    return behaviors
+
+
 # ---- server messages (camelCase, proto3 defaults omitted) ----
 
 

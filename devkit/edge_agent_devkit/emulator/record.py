@@ -42,6 +42,7 @@ class TurnRecord:
     transcript: str  # what inputTranscription reported
     ended_by: str  # activityEnd, audioStreamEnd, vad, turnComplete, text
     speech_s: float = 0.0
+    addressed: bool = True  # False: proactive audio judged it not meant for the device
 
 
 @dataclass
@@ -57,6 +58,9 @@ class ReplyRecord:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     completed: bool = False
+    # A reply that speaks a NON_BLOCKING tool answer (no user turn: turn_index -1).
+    answers_call: str | None = None
+    scheduling: str | None = None
 
 
 class SessionRecord:
@@ -185,6 +189,8 @@ class EmulatorRecord:
                     "tool_calls": r.tool_calls,
                     "interrupted": r.interrupted,
                     "completed": r.completed,
+                    "answers_call": r.answers_call,
+                    "scheduling": r.scheduling,
                 }
                 for r in self.replies
             ],

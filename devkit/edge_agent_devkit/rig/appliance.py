@@ -72,13 +72,33 @@ class Emulator:
         cmd = [
             sys.executable, "-m", "edge_agent_devkit.emulator", "--port", "0",
             "--ca-out", str(self.workdir / "ca"), "--api-key", API_KEY,
-            "--record-out", str(self.record_path), *self.args,
+            "--record-out", str(self.record_path), "--control-stdin", *self.args,
         ]  # fmt: skip
         with open(self.workdir / "emulator.log", "w") as log:  # the child keeps its own fd
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+            )
         line = _readline_with_timeout(self.proc, timeout)
         info = json.loads(line)
         self.base_url, self.ca_pem = info["base_url"], info["ca_pem"]
+
+    def command(self, line: str, timeout: float = 10.0) -> str:
+        """Send one control command (see the emulator's `--control-stdin`) and wait for its
+        acknowledgement in emulator.log; raises if it is refused or never acknowledged."""
+        assert self.proc is not None and self.proc.stdin is not None
+        log = self.workdir / "emulator.log"
+        seen = log.read_text(errors="replace").count("control: ")
+        self.proc.stdin.write(line.strip() + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            acks = [x for x in log.read_text(errors="replace").splitlines() if "control: " in x]
+            if len(acks) > seen:
+                if "control: error" in acks[seen]:
+                    raise RuntimeError(acks[seen])
+                return acks[seen]
+            time.sleep(0.05)
+        raise RuntimeError(f"emulator did not acknowledge {line!r}")
 
     def stop(self) -> dict[str, Any] | None:
         """Stop it and return its record (every message and the audio it consumed)."""
@@ -343,6 +363,10 @@ class Appliance:
 
     def status(self) -> dict[str, Any]:
         return control_request(self.state_dir / "control.sock", {"cmd": "status"})
+
+    def retire_model(self, model: str) -> None:
+        """The service retires `model` now: the next connection naming it is refused."""
+        self.emulator.command(f"retire {model}")
 
     def press(self, action: str = "press") -> float:
         """Press the (mock) button; returns the monotonic time just before the press."""
