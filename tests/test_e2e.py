@@ -426,7 +426,9 @@ def test_model_retired_mid_life_next_wake_is_answered_by_the_fallback(tmp_path: 
         emulator_args=["--no-espeak"],
         config={
             "gemini": {"fallback_models": [fallback]},
-            "conversation": {"cues": False, "follow_up_s": 0.0, "idle_close_s": 1.0},
+            # Shortened: the session closes soon after the first answer, so the second
+            # wake opens a new connection (where the retired model is refused).
+            "conversation": {"follow_up_s": 0.0, "idle_close_s": 1.0},
         },
     )
     second = one_breath("and what is the date today")
@@ -445,8 +447,12 @@ def test_model_retired_mid_life_next_wake_is_answered_by_the_fallback(tmp_path: 
         assert "WARNING" in gone.text
         assert app.wait_log(READY_RE, 30, t1), app.log_text()[-3000:]
         assert app.wait_state("follow_up", 60, t1) or app.wait_state("idle", 60, t1)
-        # LiveStatus.model / configured_model / model_note carry the replacement; the
-        # daemon's STATUS line is wired to them separately (edge_agent/app).
+        # `edge-agent status` and systemd's STATUS line show the replacement.
+        session = app.status()["session"]
+        assert (session["model"], session["configured_model"]) == (fallback, "gemini-3.8-live")
+        assert "gemini-3.8-live" in session["model_note"]
+        assert app.notify is not None
+        assert any(f"model: {fallback}" in line for line in app.notify.statuses())
         assert app.stop()[0] == 0
     assert len(re.findall(r"gemini-3\.8-live is gone", app.log_text())) == 1  # one WARNING
     record = app.record or {}

@@ -109,6 +109,8 @@ class Health:
         if runtime.session is not None:
             status = runtime.session.status()
             parts.append(f"session: {status.state}")
+            if status.model_note:  # a retired model replaced: say so where owners look
+                parts.append(f"model: {status.model} ({status.model_note})")
             if status.reconnect_count:
                 parts.append(f"reconnects: {status.reconnect_count}")
             if status.last_error:
@@ -143,6 +145,9 @@ class Health:
                 "reconnects": status.reconnect_count,
                 "handovers": status.handovers,
                 "last_error": status.last_error,
+                "model": status.model,
+                "configured_model": status.configured_model,
+                "model_note": status.model_note,
             }
         if runtime.ears is not None:
             out["ears"] = dataclasses.asdict(runtime.ears.stats)
