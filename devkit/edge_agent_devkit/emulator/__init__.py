@@ -9,8 +9,8 @@
     ...
     await emu.stop()
 
-See helpers/LIVE_CONTRACT.md for the contract with the session layer. Behaviour notes
-(choices where the contract leaves room; they follow the real service):
+Behaviour notes (choices where the public documentation leaves room; they follow the
+real service as public traces show it):
 - inputTranscription / outputTranscription are sent only when the setup enables
   inputAudioTranscription / outputAudioTranscription; sessionResumptionUpdate messages
   (the post-setup handle, `{}` while generating, the post-turn handle) only when the setup

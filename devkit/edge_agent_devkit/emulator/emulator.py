@@ -2,8 +2,9 @@
 
 The daemon, the offline demo, the benchmarks and the tests all need a Live API that
 behaves like the real one (message shapes and order, turn taking, interruptions, tool
-calls, resumption handles, close codes) and that can misbehave on demand. See
-helpers/LIVE_CONTRACT.md for the contract and DESIGN.md section 3 for the facts it copies.
+calls, resumption handles, close codes) and that can misbehave on demand. What it copies
+of the real service is written next to the code that does it (`protocol.py` for close
+codes and reasons, `models.py` for each model family's rules).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-# Close codes and reasons the real service uses (DESIGN.md section 3).
+# Close codes and reasons the real service uses (from public traces and reports).
 CLOSE_INVALID_ARGUMENT = 1007
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
