@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -253,8 +254,8 @@ async def _turn() -> None:
         finally:
             await session.stop()
     reply = b"".join(e.pcm24k for e in events if isinstance(e, ModelAudioReceived))
-    heard = " ".join(e.text for e in events if isinstance(e, InputTranscript)).strip()
-    said = " ".join(e.text for e in events if isinstance(e, OutputTranscript)).strip()
+    heard = " ".join(" ".join(e.text.split()) for e in events if isinstance(e, InputTranscript))
+    said = " ".join(" ".join(e.text.split()) for e in events if isinstance(e, OutputTranscript))
     reply_s = len(reply) / 2 / 24_000
     first = f"{first_audio * 1000:.0f} ms" if first_audio is not None else "?"
     emit(
@@ -304,7 +305,8 @@ def run_check(name: str, expected: list[str], timeout_s: float) -> list[dict[str
     t0 = time.monotonic()
     try:
         proc = subprocess.run(
-            [VENV_PYTHON, str(Path(__file__).resolve()), "--check", name],
+            # faulthandler: a segfault prints the Python frame it happened in.
+            [VENV_PYTHON, "-X", "faulthandler", str(Path(__file__).resolve()), "--check", name],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -327,7 +329,7 @@ def run_check(name: str, expected: list[str], timeout_s: float) -> list[dict[str
     if rc is None:
         why = f"timed out after {timeout_s:.0f} s"
     elif rc < 0:
-        why = f"killed by {signal.Signals(-rc).name}"
+        why = f"killed by {signal.Signals(-rc).name}{crash_site(err)}"
     elif rc:
         last = [ln for ln in err.splitlines() if ln.strip()]
         why = f"exit {rc}: {last[-1].strip() if last else 'no message'}"
@@ -341,6 +343,17 @@ def run_check(name: str, expected: list[str], timeout_s: float) -> list[dict[str
         if n not in reported
     ]
     return steps
+
+
+def crash_site(stderr: str) -> str:
+    """ " in FILE (line N)" for the innermost Python frame faulthandler printed, or ""."""
+    frames = re.findall(r'^\s*File "([^"]+)", line (\d+)', stderr.split("Fatal Python")[-1], re.M)
+    frames = [(path, line) for path, line in frames if not path.startswith("<frozen")]
+    if "Fatal Python" not in stderr or not frames:
+        return ""
+    path, line = frames[0]
+    short = path.split("site-packages/")[-1]
+    return f" in {short} (line {line})"
 
 
 def command_step(name: str, argv: list[str]) -> dict[str, Any]:
