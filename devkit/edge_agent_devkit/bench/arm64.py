@@ -7,7 +7,7 @@ workarounds that were active. `arm64_smoke` is that result's `all_passed`: true 
 when every step passed, false when the smoke ran and a step failed (the note names it),
 null with an error when the smoke could not run at all (no root, no result).
 
-It takes minutes (about 15 the first time, while the roots are built and cached), so the
+It takes minutes (about 10 the first time, while the roots are built and cached), so the
 bench runs it only when asked: `scripts/bench --only arm64`. It needs root (debootstrap,
 binfmt_misc, chroot): as root it runs directly, otherwise through `sudo -n`.
 """
