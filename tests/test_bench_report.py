@@ -1,4 +1,5 @@
-"""The benchmark report: every issue-6 key is present, and a failed measurement is an error.
+"""The benchmark report: every issue-6 and issue-15 key is present, and a failed
+measurement is an error.
 
 No timing here (rule 5): this checks the bookkeeping that turns measurements into
 `bench/results.json`, so a broken part can never pass off as a number.
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent_devkit.bench import report
+from edge_agent_devkit.bench import arm64, report
 from edge_agent_devkit.bench.report import PartReport
 
 ISSUE_6_KEYS = {
@@ -35,8 +36,12 @@ ISSUE_6_KEYS = {
 }
 
 
-def test_key_table_is_exactly_the_issue_6_keys_with_the_named_baselines() -> None:
-    assert set(report.result_keys()) == ISSUE_6_KEYS
+ISSUE_15_KEYS = {"arm64_smoke"}
+
+
+def test_key_table_is_exactly_the_issue_6_and_15_keys_with_the_named_baselines() -> None:
+    assert set(report.result_keys()) == ISSUE_6_KEYS | ISSUE_15_KEYS
+    assert report.FLAG_KEYS == ISSUE_15_KEYS
     assert set(report.baseline_keys()) == {
         "baseline_echo_self_triggers_aec_off",
         "baseline_underruns_per_minute_no_jitter_buffer",
@@ -134,3 +139,117 @@ def test_main_exits_non_zero_and_writes_every_key_when_a_figure_is_missing(
     assert doc["barge_in_ms"] == 45.0
     assert doc["startup_ready_s"] is None and doc["errors"]["startup_ready_s"]
     assert "figure(s) missing" in capsys.readouterr().out
+
+
+def _numbers_for(name: str) -> dict[str, Any]:
+    """A part that measured every one of its keys."""
+    keys = report.all_keys(name)
+    return {
+        "results": {k: 1.0 for k in keys if not k.startswith("baseline_")},
+        "baselines": {k: 2.0 for k in keys if k.startswith("baseline_")},
+    }
+
+
+def test_default_run_skips_the_arm64_part_but_writes_its_key_saying_how_to_run_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    loaded: list[str] = []
+
+    def load(name: str) -> Any:
+        loaded.append(name)
+        return lambda quick: _numbers_for(name)
+
+    monkeypatch.setattr(report, "_load_part", load)
+    out = tmp_path / "results.json"
+    assert report.main(["--out", str(out)]) == 0  # every figure of the default parts
+    assert loaded == ["audio", "system"]
+    doc = json.loads(out.read_text())
+    assert "arm64_smoke" in doc and doc["arm64_smoke"] is None
+    assert "scripts/bench --only arm64" in doc["errors"]["arm64_smoke"]
+    assert doc["meta"]["parts"] == ["audio", "system"]
+    row = next(ln for ln in report.table(doc).splitlines() if ln.startswith("arm64_smoke"))
+    assert "not run" in row
+
+
+@pytest.mark.parametrize(
+    ("smoke", "exit_code", "value", "error"),
+    [
+        (True, 0, True, None),
+        (False, 1, False, None),  # measured, and a step failed: a result, and exit 1
+        (1.0, 1, None, "non-flag"),  # a number is not a pass/fail
+        ("yes", 1, None, "non-flag"),
+    ],
+)
+def test_only_arm64_records_the_smoke_as_a_flag(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    smoke: Any,
+    exit_code: int,
+    value: bool | None,
+    error: str | None,
+) -> None:
+    monkeypatch.setattr(
+        report, "_load_part", lambda name: lambda quick: {"results": {"arm64_smoke": smoke}}
+    )
+    out = tmp_path / "results.json"
+    assert report.main(["--only", "arm64", "--out", str(out)]) == exit_code
+    doc = json.loads(out.read_text())
+    assert doc["arm64_smoke"] is value
+    if error is None:
+        assert "arm64_smoke" not in doc["errors"]
+    else:
+        assert error in doc["errors"]["arm64_smoke"]
+    assert doc["errors"]["peak_rss_mb"] == "not run (--only arm64)"
+    assert report.missing_keys(doc, ["arm64"]) == ([] if value is not None else ["arm64_smoke"])
+    assert report.failed_flags(doc, ["arm64"]) == (["arm64_smoke"] if value is False else [])
+
+
+def test_part_report_keeps_flags_and_numbers_apart() -> None:
+    part = PartReport(keys=report.all_keys("arm64") + report.all_keys("system"))
+    with pytest.raises(TypeError):
+        part.put("arm64_smoke", 1.0)
+    with pytest.raises(TypeError):
+        part.put("barge_in_ms", True)
+    part.put("arm64_smoke", False, "wake models failed")
+    out = part.finish()
+    assert out["results"]["arm64_smoke"] is False
+    assert "arm64_smoke" not in out["errors"]
+    assert out["notes"]["arm64_smoke"] == "wake models failed"
+
+
+def _smoke_result(*failed: str) -> dict[str, Any]:
+    names = ["install.sh", "check-config", "wake models", "detect hey jarvis", "Live turn"]
+    steps = [
+        {"name": n, "ok": n not in failed, "detail": "killed by SIGSEGV", "seconds": 3.0}
+        for n in names
+    ]
+    return {
+        "machine": {"arch": "aarch64", "os": "Debian GNU/Linux 12 (bookworm)"},
+        "steps": steps,
+        "versions": {"python": "3.11.2", "onnxruntime": None, "numpy": "1.26.4"},
+        "workarounds": {"arm_cpuinfo": {"active": True, "needed": True, "detail": "segfault"}},
+        "all_passed": not failed,
+    }
+
+
+def test_arm64_part_reads_check_arm64s_result() -> None:
+    passed = PartReport(keys=arm64.ARM64_KEYS)
+    arm64.report_from_result(_smoke_result(), passed)
+    done = passed.finish()
+    assert done["results"]["arm64_smoke"] is True
+    assert "5 of 5 steps passed on aarch64" in done["notes"]["arm64_smoke"]
+    assert done["notes"]["arm64_versions"] == "python 3.11.2, numpy 1.26.4"
+    assert done["notes"]["arm64_workarounds"].startswith("--arm-cpuinfo on, still needed")
+
+    failed = PartReport(keys=arm64.ARM64_KEYS)
+    arm64.report_from_result(_smoke_result("wake models"), failed)
+    done = failed.finish()
+    assert done["results"]["arm64_smoke"] is False
+    assert "failed: wake models (killed by SIGSEGV)" in done["notes"]["arm64_smoke"]
+    assert "FAIL wake models" in done["notes"]["arm64_steps"]
+
+    empty = PartReport(keys=arm64.ARM64_KEYS)
+    arm64.report_from_result({"steps": []}, empty)
+    done = empty.finish()
+    assert done["results"]["arm64_smoke"] is None
+    assert "no steps" in done["errors"]["arm64_smoke"]

@@ -1,10 +1,13 @@
 """Run the benchmark parts, merge them into one JSON object, print a table.
 
-The key set is fixed by issue 6: every key below is in `results.json` with a number
-or null, each followed by its `baseline_*` sibling where it has one; then "errors"
-(key -> why it is null), "notes" (key -> how it was measured) and "meta". A part that
-is missing, crashes or leaves a key out does not crash the run: its keys become null
-with an error, so a broken measurement is visible rather than silently absent.
+The key set is fixed by issues 6 and 15: every key below is in `results.json` with a
+number (a flag key: true or false) or null, each followed by its `baseline_*` sibling
+where it has one; then "errors" (key -> why it is null), "notes" (key -> how it was
+measured) and "meta". A part that is missing, crashes or leaves a key out does not crash
+the run: its keys become null with an error, so a broken measurement is visible rather
+than silently absent. A part too slow for every run (arm64: a smoke under QEMU) runs
+only when named with --only; otherwise its keys are null with an error that says how to
+run it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("audio", "system")
+PARTS = ("audio", "system", "arm64")
+# Parts that run only when named with --only, and how to ask for them.
+ON_REQUEST = {"arm64": "run scripts/bench --only arm64 (slow: an arm64 root under QEMU)"}
+DEFAULT_PARTS = tuple(p for p in PARTS if p not in ON_REQUEST)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class KeySpec:
     baseline: str | None = None
     baseline_unit: str | None = None  # when it differs from `unit` (no ratio then)
     is_ratio: bool = False  # the figure is already "ours / baseline"
+    is_flag: bool = False  # true/false (passed or not), not a number
 
 
 KEYS: tuple[KeySpec, ...] = (
@@ -76,7 +83,10 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("reconnect_ready_ms", "ms", "system", "baseline_reconnect_ready_ms_fixed_3s"),
     KeySpec("peak_rss_mb", "MB", "system"),
     KeySpec("startup_ready_s", "s", "system"),
+    # arm64 (issue 15): scripts/check-arm64, true only when every step of its smoke passed
+    KeySpec("arm64_smoke", "pass", "arm64", is_flag=True),
 )
+FLAG_KEYS = frozenset(k.name for k in KEYS if k.is_flag)
 
 
 def result_keys(part: str | None = None) -> list[str]:
@@ -100,19 +110,26 @@ def all_keys(part: str | None = None) -> list[str]:
 
 @dataclass
 class PartReport:
-    """What a part's `run()` returns, filled step by step (a key is a number or None)."""
+    """What a part's `run()` returns, filled step by step (a key is a number or None;
+    a flag key is True, False or None)."""
 
     keys: Sequence[str]
-    results: dict[str, float | None] = field(default_factory=dict)
+    results: dict[str, float | bool | None] = field(default_factory=dict)
     baselines: dict[str, float | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
-    def put(self, key: str, value: float | None, note: str | None = None) -> None:
+    def put(self, key: str, value: float | bool | None, note: str | None = None) -> None:
         if key not in self.keys:
             raise KeyError(f"{key!r} is not one of this part's keys")
-        target = self.baselines if key.startswith("baseline_") else self.results
-        if value is not None and not math.isfinite(float(value)):
+        target: dict[str, Any] = self.baselines if key.startswith("baseline_") else self.results
+        if key in FLAG_KEYS:
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"{key} is a flag: True, False or None, not {value!r}")
+            target[key] = value
+        elif isinstance(value, bool):
+            raise TypeError(f"{key} is a number, not a flag ({value!r})")
+        elif value is not None and not math.isfinite(float(value)):
             target[key] = None
             self.errors[key] = f"measurement gave a non-finite value ({value})"
         else:
@@ -130,7 +147,7 @@ class PartReport:
                 self.put(key, None)
                 self.errors.setdefault(key, why)
 
-    def value(self, key: str) -> float | None:
+    def value(self, key: str) -> float | bool | None:
         return (self.baselines if key.startswith("baseline_") else self.results).get(key)
 
     def guard(self, keys: Sequence[str], step: Callable[[], None]) -> None:
@@ -170,6 +187,13 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _value(key: str, raw: Any) -> float | bool | None:
+    """A key's value as results.json holds it: a flag key's bool, else a finite number."""
+    if key in FLAG_KEYS:
+        return raw if isinstance(raw, bool) else None
+    return _number(raw)
+
+
 def run_part(name: str, quick: bool) -> tuple[dict[str, Any], float]:
     """Run one part and normalise its output to exactly its keys; never raises."""
     keys = all_keys(name)
@@ -200,7 +224,7 @@ def run_part(name: str, quick: bool) -> tuple[dict[str, Any], float]:
     notes = {str(k): str(v) for k, v in (out.get("notes") or {}).items()}
     for key in keys:
         raw = reported.get(key)
-        value = _number(raw)
+        value = _value(key, raw)
         values[key] = value
         if key in part_errors:
             errors[key] = part_errors[key]
@@ -210,7 +234,8 @@ def run_part(name: str, quick: bool) -> tuple[dict[str, Any], float]:
             errors[key] = (
                 f"{name} part did not report it"
                 if key not in reported
-                else f"{name} part reported a non-number: {raw!r}"
+                else f"{name} part reported a non-{'flag' if key in FLAG_KEYS else 'number'}: "
+                f"{raw!r}"
             )
     extra = sorted(set(reported) - set(keys))
     if extra:
@@ -255,11 +280,12 @@ def merge(
             part = parts.get(spec.part)
             if part is None:
                 doc[key] = None
-                errors[key] = (
-                    f"not run (--only {', '.join(selected)})"
-                    if spec.part not in selected
-                    else f"{spec.part} part did not run"
-                )
+                if spec.part in selected:
+                    errors[key] = f"{spec.part} part did not run"
+                elif spec.part in ON_REQUEST:
+                    errors[key] = f"not run: {ON_REQUEST[spec.part]}"
+                else:
+                    errors[key] = f"not run (--only {', '.join(selected)})"
                 continue
             doc[key] = part["values"].get(key)
             if key in part["errors"]:
@@ -277,8 +303,13 @@ def merge(
 
 
 def missing_keys(doc: dict[str, Any], parts: Iterable[str]) -> list[str]:
-    """Keys of the given parts that have no number."""
-    return [k for p in parts for k in all_keys(p) if _number(doc.get(k)) is None]
+    """Keys of the given parts that have no number (a flag key: no true or false)."""
+    return [k for p in parts for k in all_keys(p) if _value(k, doc.get(k)) is None]
+
+
+def failed_flags(doc: dict[str, Any], parts: Iterable[str]) -> list[str]:
+    """Flag keys of the given parts that are false: measured, and the check failed."""
+    return [k for p in parts for k in all_keys(p) if k in FLAG_KEYS and doc.get(k) is False]
 
 
 # --------------------------------------------------------------------------- table
@@ -304,7 +335,15 @@ def _fmt(value: float | None, unit: str = "") -> str:
 def table(doc: dict[str, Any]) -> str:
     """key | value | unit | baseline | ratio; errors listed under the table."""
     rows = [("key", "value", "unit", "baseline", "ratio")]
+    errs = doc.get("errors") or {}
     for spec in KEYS:
+        if spec.is_flag:
+            flag = doc.get(spec.name)
+            cell = "true" if flag is True else "false" if flag is False else "ERROR"
+            if flag is None and str(errs.get(spec.name, "")).startswith("not run"):
+                cell = "not run"
+            rows.append((spec.name, cell, spec.unit, "-", "-"))
+            continue
         value = _number(doc.get(spec.name))
         base = _number(doc.get(spec.baseline)) if spec.baseline else None
         base_unit = spec.baseline_unit or spec.unit
@@ -337,7 +376,6 @@ def table(doc: dict[str, Any]) -> str:
         )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    errs = doc.get("errors") or {}
     if errs:
         lines.append("")
         lines.append("errors:")
@@ -363,7 +401,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="JSON output path (default: bench/results.json in the repository)",
     )
     parser.add_argument(
-        "--only", choices=PARTS, action="append", help="run only this part (repeatable)"
+        "--only",
+        choices=PARTS,
+        action="append",
+        help="run only this part (repeatable); "
+        + "; ".join(f"{p} runs only when named" for p in ON_REQUEST),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
@@ -381,10 +423,11 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the selected parts; write JSON; print the table. 0 iff every figure is a number."""
+    """Run the selected parts; write JSON; print the table. 0 iff every figure is a number
+    and every flag is true."""
     args = parse_args(argv)
     _setup_logging(args.verbose)
-    selected = tuple(p for p in PARTS if not args.only or p in args.only)
+    selected = tuple(p for p in PARTS if p in args.only) if args.only else DEFAULT_PARTS
     root = repo_root()
     out_path: Path = args.out if args.out is not None else root / "bench" / "results.json"
     started = dt.datetime.now(dt.UTC)
@@ -416,8 +459,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.replace(tmp, out_path)
     print(table(doc))
     missing = missing_keys(doc, selected)
+    failed = failed_flags(doc, selected)
     print(
         f"\nwrote {out_path} ({meta['total_s']:.0f} s; "
         + (f"{len(missing)} figure(s) missing)" if missing else "every figure measured)")
     )
-    return 1 if missing else 0
+    if failed:
+        print(f"failed: {', '.join(failed)} (see notes in {out_path.name})")
+    return 1 if missing or failed else 0
