@@ -1,4 +1,4 @@
-"""Benchmarks of edge-agent on its real code paths (issue 6).
+"""Benchmarks of edge-agent on its real code paths.
 
 `python -m edge_agent_devkit.bench` (or `scripts/bench`) runs the audio part (`audio.py`,
 in-process: ALSA rig + PyAudio, openWakeWord, webrtcvad, AEC3, JitterBuffer) and the

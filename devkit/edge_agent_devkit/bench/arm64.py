@@ -1,4 +1,4 @@
-"""The arm64 part: run `scripts/check-arm64` and report `arm64_smoke` (issue 15).
+"""The arm64 part: run `scripts/check-arm64` and report `arm64_smoke`.
 
 check-arm64 installs the appliance in a Debian 12 arm64 root under QEMU user-mode and
 runs a smoke there (check-config, wake models, "hey jarvis", AEC3, webrtcvad, one Live

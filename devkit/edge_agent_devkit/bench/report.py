@@ -1,6 +1,6 @@
 """Run the benchmark parts, merge them into one JSON object, print a table.
 
-The key set is fixed by issues 6 and 15: every key below is in `results.json` with a
+The key set is fixed: every key below is in `results.json` with a
 number (a flag key: true or false) or null, each followed by its `baseline_*` sibling
 where it has one; then "errors" (key -> why it is null), "notes" (key -> how it was
 measured) and "meta". A part that is missing, crashes or leaves a key out does not crash
@@ -83,7 +83,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("reconnect_ready_ms", "ms", "system", "baseline_reconnect_ready_ms_fixed_3s"),
     KeySpec("peak_rss_mb", "MB", "system"),
     KeySpec("startup_ready_s", "s", "system"),
-    # arm64 (issue 15): scripts/check-arm64, true only when every step of its smoke passed
+    # arm64: scripts/check-arm64, true only when every step of its smoke passed
     KeySpec("arm64_smoke", "pass", "arm64", is_flag=True),
 )
 FLAG_KEYS = frozenset(k.name for k in KEYS if k.is_flag)
