@@ -108,8 +108,9 @@ def build_live_connect_config(
         # No `transparent`: the Developer API rejects it (1007); replay is ours to do.
         config.session_resumption = types.SessionResumptionConfig(handle=handle or None)
     _apply_family_settings(config, cfg, profile)
-    if tools is not None and cfg.tools:
-        declarations = tools.declarations(list(cfg.tools))
+    if tools is not None and (cfg.tools or tools.always_declared):
+        wanted = [*cfg.tools, *(n for n in tools.always_declared if n not in cfg.tools)]
+        declarations = tools.declarations(wanted)
         if tool_behavior is not None and profile.blocking_per_tool:
             behavior = types.Behavior(tool_behavior.name)
             declarations = [d.model_copy(update={"behavior": behavior}) for d in declarations]
