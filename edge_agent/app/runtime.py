@@ -272,7 +272,8 @@ class Runtime:
     def on_timer_event(self, event: TimerEvent) -> None:
         """The timer service's events (loop thread): the machine learns of every ring."""
         if isinstance(event, TimerFired):
-            label = event.timer.label
+            timer = event.timer
+            label = f"timer {timer.name!r}" if timer.name else timer.label
             self.dispatch(ev.TimerRang(label))
             machine = self.machine
             if machine is not None and machine.session_open:

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reply-text", default=None, help="fixed reply sentence")
     p.add_argument("--no-espeak", action="store_true", help="reply with a tone, not speech")
     p.add_argument("--voice", default="en-us")
+    p.add_argument("--speech-wpm", type=int, default=175, help="espeak-ng words per minute")
     p.add_argument("--tool", action="append", default=None, help="function the model may call")
     p.add_argument("--force-tool-call", action="store_true")
     p.add_argument(
@@ -106,6 +107,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         ca_dir=args.ca_out,
         reply_text=args.reply_text,
         voice=args.voice,
+        speech_wpm=args.speech_wpm,
         force_tool_call=args.force_tool_call,
         tool_args=tool_args,
         tool_turns=tuple(args.tool_turn),
