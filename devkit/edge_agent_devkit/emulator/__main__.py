@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="arguments of a call to NAME, e.g. set_timer={\"seconds\": 3} (repeatable)",
+        help='arguments of a call to NAME, e.g. set_timer={"seconds": 3} (repeatable)',
     )
     p.add_argument(
         "--tool-turn",
