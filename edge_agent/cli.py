@@ -1,10 +1,13 @@
-"""Command line: `edge-agent run | check-config | probe | devices | status | button | version`."""
+"""Command line: `edge-agent run | check-config | probe | devices | version` and, for the
+running daemon over its control socket: `status | trigger | stop | mute | unmute | volume |
+timers | say | announce | history | button`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from edge_agent import __version__
 from edge_agent.app.checks import model_problems
@@ -70,7 +73,12 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _control(args: argparse.Namespace, request: dict[str, str]) -> int:
+def _control(
+    args: argparse.Namespace,
+    request: dict[str, Any],
+    show: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """One request to the running daemon; `show` prints a successful answer."""
     import json
 
     from edge_agent.app.control import control_request
@@ -89,19 +97,111 @@ def _control(args: argparse.Namespace, request: dict[str, str]) -> int:
             file=sys.stderr,
         )
         return 1
-    except OSError as exc:
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(
+            f"edge-agent is not running (nothing answers at {path}); start it with "
+            "sudo systemctl start edge-agent, and see journalctl -u edge-agent",
+            file=sys.stderr,
+        )
+        return 1
+    except (OSError, ValueError) as exc:
         print(f"edge-agent is not reachable at {path}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(reply, indent=2))
-    return 0 if reply.get("ok") else 1
+    if not reply.get("ok"):
+        print(f"edge-agent: {reply.get('error') or 'the request failed'}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False) or show is None:
+        print(json.dumps(reply, indent=2))
+    else:
+        show(reply)
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    return _control(args, {"cmd": "status"})
+    return _control(args, {"cmd": "status"}, _show_status)
+
+
+def _show_status(reply: dict[str, Any]) -> None:
+    session = reply.get("session") or {}
+    lines = [f"state:     {reply.get('state')}{' (muted)' if reply.get('muted') else ''}"]
+    if session:
+        extra = f", {session['reconnects']} reconnects" if session.get("reconnects") else ""
+        lines.append(f"session:   {session.get('state')}{extra}")
+    if "volume_percent" in reply:
+        lines.append(f"volume:    {reply['volume_percent']}%")
+    timers = reply.get("timers") or {}
+    ringing = timers.get("ringing") or []
+    running = [f"{t['name']} ({t.get('remaining', '?')} left)" for t in timers.get("running", [])]
+    if ringing:
+        lines.append(f"ringing:   {', '.join(ringing)}")
+    lines.append(f"timers:    {', '.join(running) if running else 'none'}")
+    if "uptime_s" in reply:
+        lines.append(f"uptime:    {_duration(int(reply['uptime_s']))}")
+    error = session.get("last_error") or reply.get("last_error")
+    if error:
+        lines.append(f"last error: {error}")
+    print("\n".join(lines))
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
 def _button(args: argparse.Namespace) -> int:
-    return _control(args, {"cmd": "button", "action": args.action})
+    return _control(args, {"cmd": "button", "action": args.action}, lambda _r: None)
+
+
+def _trigger(args: argparse.Namespace) -> int:
+    return _control(args, {"cmd": "trigger"}, lambda r: print(f"listening ({r['state']})"))
+
+
+def _stop(args: argparse.Namespace) -> int:
+    return _control(args, {"cmd": "stop"}, lambda r: print(f"stopped the {r['stopped']}"))
+
+
+def _mute(args: argparse.Namespace) -> int:
+    cmd = args.command
+    return _control(args, {"cmd": cmd}, lambda r: print("muted" if r["muted"] else "unmuted"))
+
+
+def _volume(args: argparse.Namespace) -> int:
+    return _control(
+        args, {"cmd": "volume", "percent": args.percent}, lambda r: print(f"{r['percent']}%")
+    )
+
+
+def _timers(args: argparse.Namespace) -> int:
+    def show(reply: dict[str, Any]) -> None:
+        rows = [
+            f"{t['name']}: rings at {t['rings_at']}, {t.get('remaining', '?')} left"
+            for t in reply.get("running", [])
+        ]
+        rows += [f"{t['name']}: RINGING" for t in reply.get("ringing", [])]
+        rows += [f"{t['name']}: ended while the device was off" for t in reply.get("missed", [])]
+        print("\n".join(rows) if rows else "no timers")
+
+    return _control(args, {"cmd": "timers"}, show)
+
+
+def _say(args: argparse.Namespace) -> int:
+    text = " ".join(args.text)
+
+    def show(reply: dict[str, Any]) -> None:
+        print("queued behind the current reply" if reply.get("queued") else "sent")
+
+    return _control(args, {"cmd": args.command, "text": text}, show)
+
+
+def _history(args: argparse.Namespace) -> int:
+    from edge_agent.abilities.history import format_entry
+
+    def show(reply: dict[str, Any]) -> None:
+        entries = reply.get("entries") or []
+        print("\n".join(format_entry(e) for e in entries) if entries else "no history yet")
+
+    return _control(args, {"cmd": "history", "n": args.n}, show)
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -148,14 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", help="list audio devices by ALSA name")
     devices.set_defaults(func=_devices)
 
-    status = sub.add_parser("status", help="show the running daemon's state (JSON)")
-    status.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
-    status.set_defaults(func=_status)
+    def control(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> Any:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
+        command.add_argument("--json", action="store_true", help="print the answer as JSON")
+        command.set_defaults(func=func)
+        return command
 
-    button = sub.add_parser("button", help="press the button of the running daemon")
+    control("status", "show the running daemon's state", _status)
+    control("trigger", "start listening, as if the wake word was heard", _trigger)
+    control("stop", "stop a ringing timer, or end the conversation", _stop)
+    control("mute", "mute the microphone", _mute)
+    control("unmute", "unmute the microphone", _mute)
+    volume = control("volume", "show or set the speaker volume (0-100)", _volume)
+    volume.add_argument("percent", nargs="?", type=int, default=None)
+    control("timers", "list the timers", _timers)
+    say = control("say", "send text to Gemini as if you had said it; the reply is spoken", _say)
+    say.add_argument("text", nargs="+")
+    announce = control("announce", "play a chime and speak this text on the device", _say)
+    announce.add_argument("text", nargs="+")
+    history = control("history", "print the last utterances ([history] enabled)", _history)
+    history.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    button = control("button", "press the button of the running daemon", _button)
     button.add_argument("action", choices=("press", "hold"))
-    button.add_argument("--config", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
-    button.set_defaults(func=_button)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)

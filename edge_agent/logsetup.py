@@ -87,5 +87,7 @@ def setup_logging(level: str = "INFO", target: str = "auto") -> None:
     # A failing handler must not print the record's raw arguments to stderr (the journal).
     logging.raiseExceptions = False
     # Chatty libraries stay at WARNING unless we debug them on purpose.
-    for name in ("websockets", "httpx", "httpcore", "google_genai", "asyncio"):
+    # httpx logs every MCP request at INFO: one line per tool call is noise in the journal.
+    logging.getLogger("httpx").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    for name in ("websockets", "httpcore", "google_genai", "asyncio"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -137,3 +137,24 @@ def test_mute_file_in_a_missing_directory_warns_instead_of_failing(
         mute.save(True)
     assert "cannot remember mute state" in caplog.text
     assert mute.load() is False
+
+
+def test_transcript_utterances_carry_the_turn_number_and_the_model_side_its_latency(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transcript = TurnTranscript(wall_clock=lambda: 1000.0)
+    with caplog.at_level(logging.INFO, logger="edge_agent.app.runtime"):
+        transcript.heard("set a timer")
+        transcript.said("Done.")
+        first = transcript.log_and_clear({"first_audio_ms": 412.34})
+        transcript.said("Your timer ended.")
+        second = transcript.log_and_clear()
+    assert [(u.role, u.text, u.turn) for u in first] == [
+        ("user", "set a timer", 1),
+        ("model", "Done.", 1),
+    ]
+    assert first[1].latency_ms == {"first_audio_ms": 412.34} and first[0].latency_ms == {}
+    assert [(u.role, u.turn) for u in second] == [("model", 2)]
+    fields = caplog.records[1].__dict__
+    assert fields["TRANSCRIPT_ROLE"] == "model" and fields["TRANSCRIPT_TURN"] == 1
+    assert fields["LATENCY_FIRST_AUDIO_MS"] == 412.3

@@ -63,3 +63,17 @@ def test_check_config_accepts_a_real_custom_model(tmp_path: Path) -> None:
     path.write_text('[wake_word]\nmodels = ["mine.tflite"]\n')
     result = run_cli("check-config", str(path))
     assert result.returncode == 0, result.stderr
+
+
+def test_control_commands_say_clearly_when_the_daemon_is_not_running(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n')
+    for command in (["status"], ["stop"], ["say", "hello"], ["volume", "30"], ["history"]):
+        cli = subprocess.run(
+            [sys.executable, "-m", "edge_agent", *command, "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 1, command
+        assert "edge-agent is not running" in cli.stderr and "Traceback" not in cli.stderr

@@ -8,8 +8,19 @@ import pytest
 
 from edge_agent.config import ConversationConfig
 from edge_agent.core.cues import Cue
-from edge_agent.core.events import BargeInDetected, BargeInReason
-from edge_agent.core.leds import pattern_for
+from edge_agent.core.events import (
+    BargeInDetected,
+    BargeInReason,
+    EndConversationRequested,
+    ListenRequested,
+    MuteRequested,
+    StopRequested,
+    TextTurnKind,
+    TextTurnRequested,
+    TimerRang,
+    TimerRingStopped,
+)
+from edge_agent.core.leds import pattern_for, timer_ringing_pattern
 from edge_agent.core.policy import NO_BARGE_IN, BargeInRules, Listen, Uplink, decide
 from edge_agent.core.state import (
     Action,
@@ -34,6 +45,7 @@ from edge_agent.core.state import (
     PlayCue,
     SendActivityEnd,
     SendActivityStart,
+    SendText,
     ServerInterrupted,
     SessionClosed,
     SessionLost,
@@ -43,6 +55,7 @@ from edge_agent.core.state import (
     ShowLeds,
     SpeechEnded,
     SpeechStarted,
+    StopRinging,
     Timer,
     TimerFired,
     TurnCompleted,
@@ -725,6 +738,15 @@ def test_random_event_storms_keep_the_invariants(seed: int) -> None:
         AudioDeviceLost("gone"),
         AudioDeviceRestored(),
         *[TimerFired(t.value) for t in Timer],
+        TimerRang("pasta"),
+        TimerRingStopped("timed_out"),
+        TextTurnRequested("hello"),
+        TextTurnRequested("dinner", TextTurnKind.ANNOUNCE),
+        ListenRequested(),
+        StopRequested(),
+        MuteRequested(True),
+        MuteRequested(False),
+        EndConversationRequested(),
     ]
     m = make(barge_in=BargeInRules(wake_word=seed % 3 > 0, voice=bool(seed % 2)))
     now = 0.0
@@ -762,5 +784,202 @@ def test_random_event_storms_keep_the_invariants(seed: int) -> None:
         if m.state is S.MUTED:
             assert not m.session_open and not m.policy.uplink_open and not pending
         assert session_open == m.session_open
-        if m.last_transitions:
-            assert actions[-1] == leds(m.state)
+        if m.last_transitions:  # the ring's look covers every state while it rings
+            look = timer_ringing_pattern() if m.ringing else pattern_for(m.state)
+            assert actions[-1] == ShowLeds(look)
+
+
+# ------------------------------------------------------------- ringing timers
+
+RING = TimerRang("pasta")
+
+
+def test_a_ring_shows_its_leds_over_any_state_and_the_state_pattern_comes_back() -> None:
+    m = make()
+    assert m.handle(RING, 1.0) == [ShowLeds(timer_ringing_pattern())]
+    m.handle(WAKE, 2.0)  # consumed by the ring: no conversation
+    assert m.state is S.IDLE and not m.ringing
+    to_speaking(m, 10.0)
+    actions = m.handle(RING, 20.0)
+    assert actions == [ShowLeds(timer_ringing_pattern())]
+    m.handle(TurnCompleted(), 20.5)
+    actions = m.handle(PlaybackDrained(), 21.0)
+    assert m.state is S.FOLLOW_UP
+    assert ShowLeds(timer_ringing_pattern()) in actions  # a state change keeps the ring look
+    assert m.handle(TimerRingStopped("timed_out"), 22.0) == [leds(S.FOLLOW_UP)]
+
+
+def test_a_press_while_ringing_only_stops_the_ring_and_its_release_starts_nothing() -> None:
+    m = make()
+    m.handle(RING, 1.0)
+    assert m.handle(ButtonPressed(), 2.0) == [StopRinging("button"), leds(S.IDLE)]
+    assert m.handle(ButtonHeld(), 3.0) == []  # not a mute either
+    assert m.handle(ButtonReleased(), 3.5) == []
+    assert m.state is S.IDLE and not m.session_open
+    m.handle(ButtonPressed(), 5.0)  # the next press is an ordinary one again
+    assert of(m.handle(ButtonReleased(), 5.1), OpenSession)
+
+
+def test_while_ringing_idle_ears_watch_for_the_wake_word_and_voice_with_no_uplink() -> None:
+    m = make(barge_in=BargeInRules(wake_word=False, voice=True))
+    m.handle(RING, 1.0)
+    policy = m.policy
+    assert policy.listen is Listen.BARGE_IN and policy.uplink is None
+    assert policy.reply_audio_stale  # no reply is due
+    assert policy.interrupts(BargeInReason.WAKE_WORD)  # always stops a ring
+    assert policy.interrupts(BargeInReason.SPEECH)
+    actions = m.handle(BargeInDetected(BargeInReason.SPEECH, 5_000), 2.0)
+    assert actions == [StopRinging("voice"), leds(S.IDLE)]
+    assert m.state is S.IDLE and m.policy.listen is Listen.WAKE_WORD
+    no_aec = make(barge_in=BargeInRules(wake_word=False, voice=False))
+    no_aec.handle(RING, 1.0)
+    assert not no_aec.policy.interrupts(BargeInReason.SPEECH)  # the mic hears the ring
+
+
+def test_a_wake_word_over_a_reply_while_ringing_stops_the_ring_and_does_not_barge_in() -> None:
+    m = make()
+    t = to_speaking(m)
+    m.handle(RING, t + 0.5)
+    assert m.policy.listen is Listen.BARGE_IN and not m.policy.reply_audio_stale
+    actions = m.handle(WAKE, t + 1.0)
+    assert actions == [StopRinging("wake_word"), leds(S.SPEAKING)]
+    # The same phrase reported by the barge-in detector is not a second command.
+    assert m.handle(BargeInDetected(BargeInReason.WAKE_WORD, 16_000), t + 1.1) == []
+    assert m.state is S.SPEAKING
+    later = m.handle(BargeInDetected(BargeInReason.WAKE_WORD, 90_000), t + 5.0)
+    assert of(later, InterruptSession)  # a later wake word barges in as usual
+
+
+def test_speech_in_a_turn_stops_the_ring_and_stays_in_the_turn() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    m.handle(SessionReady(), 1.5)
+    m.handle(RING, 2.0)
+    assert m.policy.listen is Listen.TURN  # the user's turn is not taken away
+    actions = m.handle(SpeechStarted(30_000), 2.5)
+    assert StopRinging("voice") in actions and SendActivityStart() in actions
+
+
+def test_follow_up_while_ringing_closes_the_uplink_and_reopens_a_new_window_after() -> None:
+    m = make()
+    t = to_speaking(m)
+    m.handle(TurnCompleted(), t + 1)
+    m.handle(PlaybackDrained(), t + 2)
+    window = m.policy.uplink
+    m.handle(RING, t + 3)
+    assert m.policy.uplink is None and m.policy.listen is Listen.BARGE_IN
+    m.handle(StopRequested(), t + 4)  # `edge-agent stop` stops only the ring
+    assert m.state is S.FOLLOW_UP
+    assert m.policy.uplink is not None and m.policy.uplink != window
+
+
+def test_a_ring_ended_elsewhere_restores_the_leds_and_stop_then_ends_the_conversation() -> None:
+    m = make()
+    t = to_speaking(m)
+    m.handle(RING, t)
+    assert m.handle(TimerRingStopped("cancelled"), t + 1) == [leds(S.SPEAKING)]
+    actions = m.handle(StopRequested(), t + 2)
+    assert FlushPlayback() in actions and CloseSession() in actions
+    assert m.state is S.IDLE and not m.session_open
+
+
+# ------------------------------------------------------------------ text turns
+
+
+def test_say_while_idle_opens_a_session_sends_the_text_when_ready_and_goes_back_to_idle() -> None:
+    m = make()
+    actions = m.handle(TextTurnRequested("what is the weather"), 1.0)
+    assert OpenSession() in actions and not of(actions, SendText) and not cues(actions)
+    assert m.state is S.THINKING
+    assert m.policy.uplink is None and not m.policy.reply_audio_stale
+    assert of(m.handle(SessionReady(), 1.5), SendText) == [SendText("what is the weather")]
+    m.handle(ModelAudioReceived(), 2.0)
+    m.handle(TurnCompleted(), 3.0)
+    m.handle(PlaybackDrained(), 3.5)
+    assert m.state is S.IDLE  # no follow-up window after a text from the console
+
+
+def test_announce_plays_its_cue_even_with_cues_off_and_sends_at_once_on_a_ready_session() -> None:
+    m = make(ConversationConfig(follow_up_s=6.0, idle_close_s=20.0, cues=False))
+    t = to_speaking(m)
+    m.handle(TurnCompleted(), t + 1)
+    m.handle(PlaybackDrained(), t + 2)
+    assert m.state is S.FOLLOW_UP
+    actions = m.handle(TextTurnRequested("dinner is ready", TextTurnKind.ANNOUNCE), t + 3)
+    assert cues(actions) == [Cue.WAKE]
+    assert SendText("dinner is ready") in actions
+    m.handle(ModelAudioReceived(), t + 4)
+    m.handle(TurnCompleted(), t + 5)
+    m.handle(PlaybackDrained(), t + 6)
+    assert m.state is S.FOLLOW_UP  # back to what it was doing
+
+
+def test_text_turns_queue_behind_a_reply_and_start_in_order_when_it_has_played() -> None:
+    m = make()
+    t = to_speaking(m)
+    assert m.handle(TextTurnRequested("one"), t + 0.1) == []
+    m.handle(TextTurnRequested("two", TextTurnKind.ANNOUNCE), t + 0.2)
+    assert m.queued_texts == 2 and m.state is S.SPEAKING
+    m.handle(TurnCompleted(), t + 1)
+    actions = m.handle(PlaybackDrained(), t + 2)
+    assert of(actions, SendText) == [SendText("one")] and m.state is S.THINKING
+    m.handle(ModelAudioReceived(), t + 3)
+    m.handle(TurnCompleted(), t + 4)
+    actions = m.handle(PlaybackDrained(), t + 5)
+    assert of(actions, SendText) == [SendText("two")] and cues(actions) == [Cue.WAKE]
+    assert m.queued_texts == 0
+
+
+def test_text_turns_are_refused_while_muted_and_dropped_by_a_mute() -> None:
+    m = make(muted_at_start=True)
+    assert m.handle(TextTurnRequested("hi"), 1.0) == []
+    m = make()
+    t = to_speaking(m)
+    m.handle(TextTurnRequested("later"), t)
+    m.handle(MuteRequested(True), t + 1)
+    assert m.state is S.MUTED and m.queued_texts == 0
+
+
+# ------------------------------------------------------------- requests
+
+
+def test_listen_requested_is_a_wake_without_a_phrase_to_skip() -> None:
+    m = make()
+    actions = m.handle(ListenRequested(), 1.0)
+    assert OpenSession() in actions and m.state is S.CONNECTING
+    assert m.policy.uplink == Uplink(None, 1)
+
+
+def test_mute_and_unmute_requests_name_the_outcome_and_repeat_harmlessly() -> None:
+    m = make()
+    actions = m.handle(MuteRequested(True), 1.0)
+    assert SetMicMuted(True) in actions and PersistMute(True) in actions
+    assert m.handle(MuteRequested(True), 2.0) == []
+    assert SetMicMuted(False) in m.handle(MuteRequested(False), 3.0)
+    assert m.state is S.IDLE
+    assert m.handle(MuteRequested(False), 4.0) == []
+
+
+def test_stop_while_listening_ends_the_conversation_and_closes_the_session() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    m.handle(SessionReady(), 1.5)
+    m.handle(SpeechStarted(20_000), 2.0)
+    actions = m.handle(StopRequested(), 2.5)
+    assert SendActivityEnd() in actions and CloseSession() in actions
+    assert m.state is S.IDLE
+    assert m.handle(StopRequested(), 3.0) == []  # nothing to stop
+
+
+def test_end_conversation_waits_for_the_reply_then_closes_instead_of_following_up() -> None:
+    m = make()
+    t = to_speaking(m)
+    assert m.handle(EndConversationRequested(), t) == []
+    m.handle(TurnCompleted(), t + 1)
+    actions = m.handle(PlaybackDrained(), t + 2)
+    assert m.state is S.IDLE and CloseSession() in actions
+    t = to_speaking(m, 100.0)  # the next conversation follows up as usual
+    m.handle(TurnCompleted(), t + 1)
+    m.handle(PlaybackDrained(), t + 2)
+    assert m.state is S.FOLLOW_UP
+    assert CloseSession() in m.handle(EndConversationRequested(), t + 3)

@@ -1,9 +1,11 @@
 """The daemon's lifecycle: start the components, run until SIGTERM, reload on SIGHUP.
 
-`Daemon` builds the devices and the Live session, installs them in the `Runtime`
-(`app.runtime`: events, actions, playback) and starts `Health` (`app.health`: watchdog,
-device monitor, status). It owns what only the process as a whole has: signals, the
-READY/RELOADING/STOPPING messages to systemd, the control socket and the exit code.
+`Daemon` builds the devices, the model's tools (`app.abilities`) and the Live session,
+installs them in the `Runtime` (`app.runtime`: events, actions, playback) and starts
+`Health` (`app.health`: watchdog, device monitor, status) and the timer ringer. The
+control socket's requests are answered by `app.commands`. It owns what only the process
+as a whole has: signals, the READY/RELOADING/STOPPING messages to systemd, the control
+socket and the exit code.
 A config.toml that fails to load or names missing models keeps the running one.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.app.checks import model_problems
+from edge_agent.app.commands import ControlCommands
 from edge_agent.app.control import ControlServer
 from edge_agent.app.health import Health
 from edge_agent.app.runtime import MuteFile, Runtime, require
@@ -34,6 +37,7 @@ from edge_agent.logsetup import setup_logging
 from edge_agent.secrets import ApiKeyMissing, redact, resolve_api_key
 
 if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow part of startup
+    from edge_agent.app.abilities import Abilities
     from edge_agent.audio.ears import EarsConfig
     from edge_agent.audio.engine import AudioEngine
     from edge_agent.device.gpio import GpioPanel, NullPanel
@@ -113,6 +117,9 @@ class Daemon:
             watchdog_stall_s=cfg.daemon.watchdog_stall_s,
         )
         self.control: ControlServer | None = None
+        self.commands = ControlCommands(
+            self.runtime, snapshot=self.snapshot, press=self._press, reload=self.reload
+        )
 
     def dispatch(self, event: Any) -> None:
         """Feed one event to the conversation (loop thread)."""
@@ -155,6 +162,8 @@ class Daemon:
         log.info("edge-agent ready (state %s)", machine.state if machine else "?")
         self._spawn(self.health.watchdog_loop(), "watchdog")
         self._spawn(self.health.device_monitor(), "device-monitor")
+        if self.runtime.abilities is not None:
+            self._spawn(self.runtime.abilities.run_ringer(), "timer-ringer")
         await self._stop.wait()
         self.notifier.stopping()
         await self._shutdown()
@@ -211,12 +220,16 @@ class Daemon:
         )
         runtime.machine = machine
         runtime.panel = self._open_panel(cfg)
+        abilities = self._make_abilities(cfg)
+        runtime.abilities = abilities
         session: LiveSession = live.LiveSession(
             cfg.gemini,
             cfg.reconnect,
             ApiKeyProvider(cfg.gemini.api_key_file),
             self.state_dir,
             runtime.on_live_event,
+            tools=abilities.registry(),
+            tools_provider=abilities.session_tools,
         )
         runtime.session = session
         session.start()
@@ -227,6 +240,7 @@ class Daemon:
             runtime.last_error = str(exc)
             log.error("%s; the device will wake but cannot answer until a key is added", exc)
         runtime.run_actions(machine.initial_actions())
+        await abilities.start()  # saved volume; timers due while down ring now
         runtime.sync_ears()
         runtime.start_capture()
         engine = self._make_engine(cfg)
@@ -251,6 +265,26 @@ class Daemon:
 
         return open_panel(cfg.gpio, emit=emit)
 
+    def _make_abilities(self, cfg: Config) -> Abilities:
+        from edge_agent.app.abilities import Abilities
+        from edge_agent.core.cues import Cue
+
+        runtime = self.runtime
+        playback = runtime.playback
+
+        def apply_volume(percent: int) -> None:
+            playback.jitter.gain = percent / 100
+
+        return Abilities(
+            cfg,
+            environ=self.environ,
+            apply_volume=apply_volume,
+            play_timer_cue=lambda: playback.cues.play(Cue.TIMER),
+            on_timer_event=runtime.on_timer_event,
+            end_conversation=lambda: runtime.dispatch(ev.EndConversationRequested()),
+            device_status=self.health.device_status,
+        )
+
     def _make_engine(self, cfg: Config) -> AudioEngine:
         from edge_agent.audio.engine import AudioEngine
 
@@ -274,6 +308,8 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         steps: list[Any] = []
+        if runtime.abilities is not None:
+            steps.append(runtime.abilities.close())
         if runtime.session is not None:
             steps.append(runtime.session.stop())
         if self.control is not None:
@@ -335,7 +371,8 @@ class Daemon:
         require(runtime.session, "Live session").config_changed(
             new.gemini, ApiKeyProvider(new.gemini.api_key_file), new.reconnect
         )
-        runtime.playback.jitter.gain = new.audio.volume_percent / 100
+        # The volume stays where the owner (or the model) set it: audio.volume_percent is
+        # the level of a device that was never set.
         runtime.playback.cues.set_volume(new.audio.cue_volume_percent / 100)
         runtime.dispatch(
             st.ConfigReloaded(conversation=new.conversation, barge_in=BargeInRules.from_config(new))
@@ -368,18 +405,11 @@ class Daemon:
     # ------------------------------------------------------------ control socket
 
     async def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        cmd = request.get("cmd")
-        if cmd == "status":
-            return {"ok": True, **self.snapshot()}
-        if cmd == "button":
-            action = request.get("action", "press")
-            if action not in ("press", "hold"):
-                return {"ok": False, "error": "action must be press or hold"}
-            await asyncio.to_thread(self.runtime.started_panel().simulate, action)
-            return {"ok": True}
-        if cmd == "reload":
-            return {"ok": await self.reload()}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
+        return await self.commands.handle(request)
+
+    async def _press(self, action: str) -> None:
+        """The virtual button drives the (mock) GPIO pin, so it takes the real path."""
+        await asyncio.to_thread(self.runtime.started_panel().simulate, action)
 
 
 def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEVICE_POLL_S = 0.5
+NETWORK_CHECK_TIMEOUT_S = 2.0
+GOOGLE_LIVE_HOST = "generativelanguage.googleapis.com"
 
 
 class Health:
@@ -45,6 +47,7 @@ class Health:
         self.watchdog_stall_s = watchdog_stall_s  # a reload may change it
         self._speaker_missing = False  # engine degraded: listening without playback
         self._audio_ok = True
+        self.started_at = time.monotonic()
 
     async def watchdog_loop(self) -> None:
         """WATCHDOG=1 only while the mic delivers and this loop is responsive.
@@ -121,6 +124,27 @@ class Health:
             parts.append(f"no speaker: {runtime.engine.last_error or 'output device missing'}")
         self.notifier.status(redact("; ".join(parts)))
 
+    async def device_status(self) -> dict[str, Any]:
+        """What the model's device_status tool reports: uptime, state, network, last error."""
+        runtime = self.runtime
+        machine = runtime.machine
+        session = runtime.session
+        out: dict[str, Any] = {
+            "uptime_s": round(time.monotonic() - self.started_at),
+            "state": str(machine.state) if machine else "starting",
+            "muted": runtime.capture.muted,
+            "last_error": runtime.last_error,
+        }
+        if session is not None:
+            status = session.status()
+            out["service_connected"] = status.ready
+            out["reconnects"] = status.reconnect_count
+            out["last_error"] = status.last_error or runtime.last_error
+            out["network_reachable"] = await _reachable(session.cfg.base_url)
+        if runtime.abilities is not None:
+            out["volume_percent"] = runtime.abilities.volume.percent
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """What `edge-agent status` shows; also read by the demo and the tests."""
         runtime = self.runtime
@@ -153,7 +177,32 @@ class Health:
             out["ears"] = dataclasses.asdict(runtime.ears.stats)
         if engine is not None:
             out["engine"] = engine.stats()
+        abilities = runtime.abilities
+        if abilities is not None:
+            book = abilities.timers.book
+            out["volume_percent"] = abilities.volume.percent
+            out["timers"] = {
+                "running": [abilities.timers.describe(t) for t in book.running()],
+                "ringing": [t.label for t in book.ringing()],
+            }
+        out["uptime_s"] = round(time.monotonic() - self.started_at)
         return out
+
+
+async def _reachable(base_url: str) -> bool:
+    """Whether a TCP connection to the Live endpoint opens within a couple of seconds."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url) if base_url else None
+    host = (parts.hostname if parts else None) or GOOGLE_LIVE_HOST
+    port = (parts.port if parts else None) or 443
+    try:
+        async with asyncio.timeout(NETWORK_CHECK_TIMEOUT_S):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 def _stalled(engine: AudioEngine) -> bool:

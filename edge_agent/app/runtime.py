@@ -11,6 +11,11 @@ Threads exist only at the edges (sound card, ears worker, gpiozero); everything 
 report becomes an event on the asyncio loop, where the state machine decides. Nothing on
 the loop blocks: file writes and LED changes run in worker threads. The lifecycle
 (`app.daemon`) builds the components and installs them here; `app.health` reads them.
+
+Kitchen timers (`app.abilities`) report to `on_timer_event`: a ring becomes `TimerRang`
+for the machine (and, with a session open, a notice the model speaks when the device is
+free); the end of every ring becomes `TimerRingStopped`. Transcripts are logged once per
+utterance, whole, with journal fields, and appended to the history file when it is on.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edge_agent.abilities.history import Utterance
+from edge_agent.abilities.timers import RingEnded, StopReason, TimerEvent, TimerFired
 from edge_agent.app.playback import ReplyPlayback
 from edge_agent.audio.capture import CapturePipeline
 from edge_agent.config import Config
@@ -31,6 +38,7 @@ from edge_agent.core import events as ev
 from edge_agent.core import state as st
 
 if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow part of startup
+    from edge_agent.app.abilities import Abilities
     from edge_agent.audio.ears import Ears
     from edge_agent.audio.engine import AudioEngine
     from edge_agent.device.gpio import GpioPanel, NullPanel
@@ -40,6 +48,13 @@ log = logging.getLogger(__name__)
 
 MUTE_FILE = "muted"
 TRANSCRIPT_MAX_PIECES = 1000  # a turn that never completes must not grow memory for ever
+ANNOUNCE_INSTRUCTION = (
+    "Say exactly the following words to the people in the room, word for word, and nothing else: "
+)
+TIMER_NOTICE = (
+    "(A message from the device, not from the user: the {label} has just ended and is "
+    "ringing. Tell the user in a few words.)"
+)
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
 _Part = TypeVar("_Part")
@@ -67,6 +82,7 @@ class Runtime:
         self.session: LiveSession | None = None
         self.panel: GpioPanel | NullPanel | None = None
         self.engine: AudioEngine | None = None
+        self.abilities: Abilities | None = None
         self.mute_file = mute_file
         self.last_error: str | None = None  # shown in STATUS= and `edge-agent status`
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,6 +91,8 @@ class Runtime:
         self._status_changed = status_changed
         self._timers = Timers(self._fire_timer)
         self._transcript = TurnTranscript()
+        self._turn_sent_at: float | None = None  # the user's turn (or text) went up
+        self._first_audio_at: float | None = None  # first reply audio after it
         self._led_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="leds")
         self.capture = CapturePipeline(
             None, self._ear_events_to_loop, max_blocks=cfg.audio.capture_queue_blocks
@@ -141,6 +159,8 @@ class Runtime:
             case ev.ModelAudioReceived(pcm24k=pcm):
                 if not machine.accepting_model_audio:
                     return  # the rest of a reply the user barged into
+                if self._first_audio_at is None and self._turn_sent_at is not None:
+                    self._first_audio_at = time.monotonic()
                 self.playback.push(pcm)
             case ev.InputTranscript(text=text):
                 self._transcript.heard(text)
@@ -153,7 +173,7 @@ class Runtime:
                 log.info("tool call: %s(%s)", name, args)
                 return
             case ev.TurnCompleted():
-                self._transcript.log_and_clear()
+                self._log_transcript()
                 self.playback.turn_completed()
             case ev.ServerInterrupted():
                 log.info("server: interrupted")
@@ -204,6 +224,13 @@ class Runtime:
                 require(self.session, "Live session").activity_start()
             case st.SendActivityEnd():
                 require(self.session, "Live session").activity_end()
+                self._turn_went_up()
+            case st.SendText(text=text):
+                require(self.session, "Live session").send_text(text)
+                self._turn_went_up()
+            case st.StopRinging(reason=reason):
+                timers = require(self.abilities, "abilities").timers
+                self._spawn(timers.stop_ringing(StopReason(reason)), "stop-ringing")
             case st.FlushPlayback():
                 discarded = self.playback.flush()
                 written = self.engine.played_device_samples if self.engine is not None else 0
@@ -239,6 +266,51 @@ class Runtime:
 
     def _fire_timer(self, name: str) -> None:
         self.dispatch(ev.TimerFired(name))
+
+    # ---------------------------------------------------- timers, text, transcripts
+
+    def on_timer_event(self, event: TimerEvent) -> None:
+        """The timer service's events (loop thread): the machine learns of every ring."""
+        if isinstance(event, TimerFired):
+            timer = event.timer
+            label = f"timer {timer.name!r}" if timer.name else timer.label
+            self.dispatch(ev.TimerRang(label))
+            machine = self.machine
+            if machine is not None and machine.session_open:
+                notice = TIMER_NOTICE.format(label=label)
+                self.dispatch(ev.TextTurnRequested(notice, ev.TextTurnKind.NOTICE))
+        elif isinstance(event, RingEnded):
+            abilities = self.abilities
+            if abilities is None or not abilities.timers.book.is_ringing:
+                self.dispatch(ev.TimerRingStopped(event.reason.value))
+
+    def request_text_turn(self, text: str, kind: ev.TextTurnKind) -> str | None:
+        """`edge-agent say` / `announce`; returns why it cannot be done, or None."""
+        machine = self.machine
+        if machine is None:
+            return "the device is still starting"
+        if machine.state in (st.AgentState.MUTED, st.AgentState.ERROR, st.AgentState.OFFLINE):
+            return f"the device is {machine.state} and cannot speak now"
+        if kind is ev.TextTurnKind.ANNOUNCE:
+            text = ANNOUNCE_INSTRUCTION + text
+        self.dispatch(ev.TextTurnRequested(text, kind))
+        return None
+
+    def _turn_went_up(self) -> None:
+        self._turn_sent_at = time.monotonic()
+        self._first_audio_at = None
+
+    def _log_transcript(self) -> None:
+        latency: dict[str, float] = {}
+        sent, first = self._turn_sent_at, self._first_audio_at
+        if sent is not None and first is not None:
+            latency["first_audio_ms"] = 1000 * (first - sent)
+            latency["turn_ms"] = 1000 * (time.monotonic() - sent)
+        utterances = self._transcript.log_and_clear(latency)
+        self._turn_sent_at = self._first_audio_at = None
+        history = self.abilities.history if self.abilities is not None else None
+        if history is not None and utterances:
+            self._spawn(asyncio.to_thread(_append_all, history, utterances), "history")
 
 
 def require(part: _Part | None, what: str) -> _Part:
@@ -278,11 +350,17 @@ class Timers:
 
 
 class TurnTranscript:
-    """What was said in a turn, logged in one line per side when the turn completes."""
+    """What was said in a turn, logged in one line per side when the turn completes.
 
-    def __init__(self) -> None:
+    Each line carries journal fields (TRANSCRIPT_ROLE, TRANSCRIPT_TURN, TRANSCRIPT_TEXT,
+    and LATENCY_* on the model's side); the returned utterances go to the history file.
+    """
+
+    def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
         self._heard: list[str] = []
         self._said: list[str] = []
+        self._wall_clock = wall_clock
+        self.turn = 0  # turns with words, since the daemon started
 
     def heard(self, text: str) -> None:
         _append_bounded(self._heard, text)
@@ -290,13 +368,36 @@ class TurnTranscript:
     def said(self, text: str) -> None:
         _append_bounded(self._said, text)
 
-    def log_and_clear(self) -> None:
-        if self._heard:
-            log.info("you said: %s", "".join(self._heard).strip())
-        if self._said:
-            log.info("gemini said: %s", "".join(self._said).strip())
+    def log_and_clear(self, latency_ms: dict[str, float] | None = None) -> list[Utterance]:
+        heard, said = "".join(self._heard).strip(), "".join(self._said).strip()
         self._heard.clear()
         self._said.clear()
+        if not heard and not said:
+            return []
+        self.turn += 1
+        now = self._wall_clock()
+        out = []
+        if heard:
+            out.append(Utterance("user", heard, self.turn, now))
+        if said:
+            out.append(Utterance("model", said, self.turn, now, dict(latency_ms or {})))
+        for utterance in out:
+            who = "you said" if utterance.role == "user" else "gemini said"
+            fields: dict[str, Any] = {
+                "TRANSCRIPT_ROLE": utterance.role,
+                "TRANSCRIPT_TURN": utterance.turn,
+                "TRANSCRIPT_TEXT": utterance.text,
+            }
+            for key, value in utterance.latency_ms.items():
+                fields[f"LATENCY_{key.upper()}"] = round(value, 1)
+            log.info("%s: %s", who, utterance.text, extra=fields)
+        return out
+
+
+def _append_all(history: Any, utterances: list[Utterance]) -> None:
+    """Worker thread: one history line per utterance."""
+    for utterance in utterances:
+        history.append(utterance)
 
 
 def _append_bounded(pieces: list[str], text: str) -> None:

@@ -192,6 +192,63 @@ class AudioDeviceRestored:
     pass
 
 
+# ------------------------------------------------- timers that ring, and requests
+
+
+@dataclass(frozen=True)
+class TimerRang:
+    """A kitchen timer started ringing (the ringer repeats the cue; the machine decides
+    what the button, the wake word and speech mean while it rings)."""
+
+    label: str
+
+
+@dataclass(frozen=True)
+class TimerRingStopped:
+    """No timer rings any more (stopped, cancelled or rang for `max_ring_s`)."""
+
+    reason: str
+
+
+class TextTurnKind(StrEnum):
+    """Where a text turn for the model comes from."""
+
+    SAY = "say"  # `edge-agent say`: the text is the user's turn
+    ANNOUNCE = "announce"  # `edge-agent announce`: a cue, then the model says it verbatim
+    NOTICE = "notice"  # the device tells the model something (a timer ended)
+
+
+@dataclass(frozen=True)
+class TextTurnRequested:
+    """Send `text` to the model as a turn of its own and play the reply (queued behind a
+    reply that is playing or a turn the user is taking)."""
+
+    text: str
+    kind: TextTurnKind = TextTurnKind.SAY
+
+
+@dataclass(frozen=True)
+class ListenRequested:
+    """`edge-agent trigger`: listen as if the wake word was heard."""
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """`edge-agent stop`: stop a ringing timer, or else end the conversation."""
+
+
+@dataclass(frozen=True)
+class MuteRequested:
+    """`edge-agent mute` / `unmute`: the same as a long press, with the outcome named."""
+
+    muted: bool
+
+
+@dataclass(frozen=True)
+class EndConversationRequested:
+    """The model called end_conversation: stop listening once its reply has played."""
+
+
 EarEvent = WakeWordDetected | SpeechStarted | SpeechEnded | UplinkAudio | BargeInDetected
 ButtonEvent = ButtonPressed | ButtonHeld | ButtonReleased
 LiveEvent = (

@@ -10,7 +10,11 @@ Pure: no I/O, no clock. One place answers, for every ``AgentState``:
   place that rule is decided;
 - whether reply audio arriving now is stale (outside a reply, or while an interrupted
   turn is still draining from the server);
-- whether the uplink is open, and from which capture sample (``Uplink``).
+- whether the uplink is open, and from which capture sample (``Uplink``);
+- while a kitchen timer rings: in the states where nobody is taking a turn (IDLE,
+  OFFLINE, FOLLOW_UP) the ears watch for what stops the ring (the wake word always, the
+  user's voice when it may barge in), with no uplink; in a reply the same rules apply.
+  The machine turns what they detect into the ring's end and nothing else.
 
 The conversation machine (``edge_agent.core.state``) keeps the facts (its state, the
 current uplink window, whether an interrupted turn is draining) and exposes
@@ -94,6 +98,15 @@ class BargeInRules:
 
 NO_BARGE_IN = BargeInRules(wake_word=False, voice=False)  # what an unarmed detector allows
 
+# States whose listening a ringing timer replaces: nobody is taking a turn in them.
+_RING_WATCHED = frozenset({AgentState.IDLE, AgentState.OFFLINE, AgentState.FOLLOW_UP})
+
+
+def ring_rules(rules: BargeInRules) -> BargeInRules:
+    """What stops a ringing timer: the wake word always, the voice as it may barge in
+    (without echo cancellation the mic hears the ring itself)."""
+    return BargeInRules(wake_word=True, voice=rules.voice)
+
 
 @dataclass(frozen=True)
 class Uplink:
@@ -136,6 +149,7 @@ def decide(
     *,
     uplink: Uplink | None = None,
     draining_interrupted_turn: bool = False,
+    ringing: bool = False,
 ) -> ConversationPolicy:
     """The policy for `state` under `rules`.
 
@@ -143,15 +157,19 @@ def decide(
         user's turn, ignored (closed) in every other state.
     draining_interrupted_turn: the user barged in and the server has not yet ended the
         interrupted turn, so its reply audio still in flight is stale.
+    ringing: a kitchen timer rings (see the module docstring).
     """
     listen = _LISTEN[state]
     if listen is Listen.TURN and uplink is None:
         raise ValueError(f"state {state} takes the user's turn: it needs an uplink window")
     replying = listen is Listen.BARGE_IN
+    barge_in = rules if replying else None
+    if ringing and (replying or state in _RING_WATCHED):
+        listen, barge_in = Listen.BARGE_IN, ring_rules(rules)
     return ConversationPolicy(
         state=state,
         listen=listen,
-        barge_in=rules if replying else None,
+        barge_in=barge_in,
         reply_audio_stale=not replying or draining_interrupted_turn,
         uplink=uplink if listen is Listen.TURN else None,
     )

@@ -45,6 +45,10 @@ Contract for the actions (what the daemon must do with them):
 - ``SetTimer(name, at)`` / ``CancelTimer(name)``: one timer per name; setting a name
   again replaces it. When it fires, send ``TimerFired(name)``. A fire that raced with a
   cancel or a re-arm is recognised and ignored here, so the daemon need not be exact.
+- ``SendText(text)``: send ``text`` to the model as a complete turn of its own (only
+  emitted once the session is ready).
+- ``StopRinging(reason)``: silence every ringing kitchen timer; the daemon answers with
+  ``TimerRingStopped`` (which it also sends when a ring ends any other way).
 
 Decisions worth knowing:
 
@@ -69,6 +73,18 @@ Decisions worth knowing:
 - A fatal loss (bad key, permission) goes OFFLINE; the session layer keeps retrying at
   its slow fatal rate and ``SessionReady`` brings the device back to IDLE. A wake word
   or press while OFFLINE plays the error cue (and asks for a session if none is open).
+- Kitchen timers ring whatever the conversation does (``TimerRang`` ..
+  ``TimerRingStopped``); the LEDs show the ring pattern over the state's. While one
+  rings, the button, the wake word, speech (what the policy lets the ears hear) and
+  ``StopRequested`` stop the ring and do nothing else: the press's hold and release are
+  used up with it, and the barge-in a wake word also reports is ignored. Speech in a
+  turn the user is already taking still belongs to that turn.
+- Text turns (``TextTurnRequested``: ``edge-agent say`` / ``announce``, a timer's notice)
+  start at once when the device is free (IDLE, FOLLOW_UP) and queue behind a turn or a
+  reply otherwise; they go THINKING with no uplink, and after the reply the device goes
+  back to what it was doing (IDLE, or the follow-up window it was in).
+- ``EndConversationRequested`` (the model's end_conversation tool): after the reply
+  plays, go IDLE and close the session instead of listening for a follow-up.
 - Events and cues are shared with their producers: ``BargeInDetected`` is the one
   ``edge_agent.core.barge_in.BargeInDetector`` returns (its ``sample`` becomes the
   uplink window's start), ``PlayCue.name`` is an ``edge_agent.core.cues.Cue``.
@@ -90,9 +106,12 @@ from edge_agent.core.events import (
     ButtonHeld,
     ButtonPressed,
     ButtonReleased,
+    EndConversationRequested,
     GenerationCompleted,
     GoAwayReceived,
+    ListenRequested,
     ModelAudioReceived,
+    MuteRequested,
     PlaybackDrained,
     ServerInterrupted,
     SessionClosed,
@@ -100,11 +119,16 @@ from edge_agent.core.events import (
     SessionReady,
     SpeechEnded,
     SpeechStarted,
+    StopRequested,
+    TextTurnKind,
+    TextTurnRequested,
     TimerFired,
+    TimerRang,
+    TimerRingStopped,
     TurnCompleted,
     WakeWordDetected,
 )
-from edge_agent.core.leds import LedPattern, pattern_for
+from edge_agent.core.leds import LedPattern, pattern_for, timer_ringing_pattern
 from edge_agent.core.policy import AgentState, BargeInRules, ConversationPolicy, Uplink, decide
 
 # AgentState is defined beside the per-state policy (core.policy); importing it from
@@ -151,6 +175,13 @@ Event = (
     | AudioDeviceLost
     | AudioDeviceRestored
     | ConfigReloaded
+    | TimerRang
+    | TimerRingStopped
+    | TextTurnRequested
+    | ListenRequested
+    | StopRequested
+    | MuteRequested
+    | EndConversationRequested
 )
 
 # --------------------------------------------------------------------------- actions
@@ -217,6 +248,16 @@ class SetMicMuted:
     muted: bool
 
 
+@dataclass(frozen=True)
+class SendText:
+    text: str
+
+
+@dataclass(frozen=True)
+class StopRinging:
+    reason: str  # button, wake_word, voice, control
+
+
 Action = (
     OpenSession
     | CloseSession
@@ -230,6 +271,8 @@ Action = (
     | CancelTimer
     | PersistMute
     | SetMicMuted
+    | SendText
+    | StopRinging
 )
 
 
@@ -244,6 +287,10 @@ class Transition:
 # A timer may fire this much before its deadline (event loops round) and still count.
 _TIMER_TOLERANCE_S = 0.05
 _HISTORY = 200  # transitions kept for status pages and tests
+_MAX_QUEUED_TEXTS = 8  # text turns waiting for the device to be free (oldest dropped)
+# A wake word over a ring is reported twice (WakeWordDetected, BargeInDetected): the
+# second report within this long of the stop belongs to the same phrase.
+_RING_STOP_ECHO_S = 1.0
 
 _CONVERSING = frozenset(
     {
@@ -294,6 +341,13 @@ class ConversationMachine:
         self._discard_model_audio = False  # waiting for an interrupted turn to end
         self._audio_ok = True
         self._timers: dict[Timer, float] = {}
+        self._ringing = False  # a kitchen timer rings
+        self._press_consumed = False  # this press stopped a ring: its hold/release do nothing
+        self._ring_stopped_by_wake_at: float | None = None
+        self._queued_texts: deque[TextTurnRequested] = deque(maxlen=_MAX_QUEUED_TEXTS)
+        self._text_to_send: str | None = None  # a text turn waiting for the session
+        self._back_to_follow_up = True  # after this reply: follow-up window (else IDLE)
+        self._end_requested = False  # end_conversation: close after this reply
         self._last_activity_at: float | None = None
         self._now = 0.0
         self._actions: list[Action] = []
@@ -319,7 +373,17 @@ class ConversationMachine:
             self._barge_in_rules,
             uplink=self._uplink,
             draining_interrupted_turn=self._discard_model_audio,
+            ringing=self._ringing,
         )
+
+    @property
+    def ringing(self) -> bool:
+        return self._ringing
+
+    @property
+    def queued_texts(self) -> int:
+        """Text turns waiting for the device to be free."""
+        return len(self._queued_texts)
 
     @property
     def uplink_active(self) -> bool:
@@ -334,7 +398,7 @@ class ConversationMachine:
     def initial_actions(self) -> list[Action]:
         """Bring LEDs and the mic in line with the starting state (call once at start)."""
         muted = self._state is AgentState.MUTED
-        return [SetMicMuted(muted), ShowLeds(pattern_for(self._state))]
+        return [SetMicMuted(muted), ShowLeds(self._leds())]
 
     def handle(self, event: Event, now: float) -> list[Action]:
         """Apply one event at monotonic time ``now``; return the actions to carry out."""
@@ -348,6 +412,13 @@ class ConversationMachine:
     # ---------------------------------------------------------------- event handlers
 
     def _dispatch(self, event: Event) -> None:
+        if self._ring_consumes(event):
+            return
+        self._dispatch_event(event)
+        if self._queued_texts and self._state in (AgentState.IDLE, AgentState.FOLLOW_UP):
+            self._start_text_turn(self._queued_texts.popleft())
+
+    def _dispatch_event(self, event: Event) -> None:
         match event:
             case WakeWordDetected():
                 self._on_wake_word(event)
@@ -389,17 +460,33 @@ class ConversationMachine:
                 self._on_audio_restored()
             case ConfigReloaded():
                 self._on_config_reloaded(event)
+            case TimerRang():
+                self._on_timer_rang(event)
+            case TimerRingStopped():
+                self._on_ring_stopped(event)
+            case TextTurnRequested():
+                self._on_text_turn(event)
+            case ListenRequested():
+                self._on_wake("listen requested", from_sample=None)
+            case StopRequested():
+                self._on_stop_requested()
+            case MuteRequested():
+                self._on_mute_requested(event)
+            case EndConversationRequested():
+                self._on_end_requested()
             case _:
                 pass  # not ours: ignored
 
     def _on_wake_word(self, ev: WakeWordDetected) -> None:
-        why = f"wake word {ev.model} ({ev.score:.2f})"
+        self._on_wake(f"wake word {ev.model} ({ev.score:.2f})", from_sample=ev.end_sample)
+
+    def _on_wake(self, why: str, from_sample: int | None) -> None:
         if self._state is AgentState.IDLE:
-            self._start_conversation(why, from_sample=ev.end_sample)
+            self._start_conversation(why, from_sample=from_sample)
         elif self._state is AgentState.FOLLOW_UP:
-            self._listen_again(why, from_sample=ev.end_sample)
+            self._listen_again(why, from_sample=from_sample)
         elif self.policy.interrupts(BargeInReason.WAKE_WORD):
-            self._barge_in(f"barge-in by {why}", ev.end_sample, interrupt=True, cue=True)
+            self._barge_in(f"barge-in by {why}", from_sample, interrupt=True, cue=True)
         elif self._state is AgentState.OFFLINE:
             self._offline_nudge()
 
@@ -426,18 +513,25 @@ class ConversationMachine:
 
     def _on_button_held(self) -> None:
         self._idle_press_pending = False  # this press was a hold: it mutes, nothing else
-        if self._state is AgentState.MUTED:
+        self._set_muted(self._state is not AgentState.MUTED, "button held")
+
+    def _on_mute_requested(self, ev: MuteRequested) -> None:
+        if ev.muted != (self._state is AgentState.MUTED):
+            self._set_muted(ev.muted, "mute requested" if ev.muted else "unmute requested")
+
+    def _set_muted(self, muted: bool, why: str) -> None:
+        if not muted:
             self._emit(SetMicMuted(False), PersistMute(False))
             self._cue(Cue.MUTE_OFF)
             if self._audio_ok:
-                self._go(AgentState.IDLE, "button held: unmuted")
+                self._go(AgentState.IDLE, f"{why}: unmuted")
             else:
-                self._go(AgentState.ERROR, "button held: unmuted, audio device still missing")
+                self._go(AgentState.ERROR, f"{why}: unmuted, audio device still missing")
             return
         self._teardown(flush=True, close_session=True)
         self._emit(SetMicMuted(True), PersistMute(True))
         self._cue(Cue.MUTE_ON)
-        self._go(AgentState.MUTED, "button held: muted")
+        self._go(AgentState.MUTED, f"{why}: muted")
 
     def _on_speech_started(self) -> None:
         if self._state in _TAKING_TURN:
@@ -472,6 +566,9 @@ class ConversationMachine:
         elif self._state is AgentState.THINKING:
             # The turn is (re)sent on this connection: the reply is due from now.
             self._set_timer(Timer.RESPONSE, self._now + self.RESPONSE_TIMEOUT_S)
+            if self._text_to_send is not None:
+                self._emit(SendText(self._text_to_send))
+                self._text_to_send = None
         elif self._state is AgentState.OFFLINE:
             self._go_idle(f"back online ({why})", cue=None)
 
@@ -592,11 +689,111 @@ class ConversationMachine:
         if ev.barge_in is not None:
             self._barge_in_rules = ev.barge_in
 
+    # ------------------------------------------------------- timers, text, requests
+
+    def _ring_consumes(self, event: Event) -> bool:
+        """While a timer rings, what stops it is used up by it (True: handled)."""
+        match event:
+            case ButtonPressed() if self._ringing:
+                self._press_consumed = True
+                self._stop_ring("button")
+                return True
+            case ButtonHeld() if self._press_consumed:
+                return True
+            case ButtonReleased() if self._press_consumed:
+                self._press_consumed = False
+                return True
+            case StopRequested() if self._ringing:
+                self._stop_ring("control")
+                return True
+            case WakeWordDetected() if self._ringing:
+                self._ring_stopped_by_wake_at = self._now
+                self._stop_ring("wake_word")
+                return True
+            case BargeInDetected() if self._ringing:
+                self._stop_ring("voice" if event.reason is BargeInReason.SPEECH else "wake_word")
+                return True
+            case BargeInDetected(reason=BargeInReason.WAKE_WORD) if (
+                self._ring_stopped_by_wake_at is not None
+                and self._now - self._ring_stopped_by_wake_at < _RING_STOP_ECHO_S
+            ):
+                self._ring_stopped_by_wake_at = None
+                return True  # the same phrase that stopped the ring
+            case SpeechStarted() if self._ringing:
+                self._stop_ring("voice")
+                return self._state not in _TAKING_TURN  # a turn in progress keeps its words
+        return False
+
+    def _on_timer_rang(self, ev: TimerRang) -> None:
+        if not self._ringing:
+            self._ringing = True
+            self._emit(ShowLeds(self._leds()))
+
+    def _on_ring_stopped(self, ev: TimerRingStopped) -> None:
+        if self._ringing:
+            self._ring_ended()
+
+    def _stop_ring(self, reason: str) -> None:
+        self._emit(StopRinging(reason))
+        self._ring_ended()
+
+    def _ring_ended(self) -> None:
+        self._ringing = False
+        self._emit(ShowLeds(self._leds()))
+        if self._state is AgentState.FOLLOW_UP:
+            self._open_uplink(None)  # listening again from now: the ring is not a turn
+
+    def _on_text_turn(self, ev: TextTurnRequested) -> None:
+        if self._state in (AgentState.IDLE, AgentState.FOLLOW_UP):
+            self._start_text_turn(ev)
+        elif self._state in _CONVERSING:
+            self._queued_texts.append(ev)  # started when the device is free
+        # MUTED, OFFLINE, ERROR: nothing can be said (the daemon refuses before asking).
+
+    def _start_text_turn(self, ev: TextTurnRequested) -> None:
+        """IDLE/FOLLOW_UP -> THINKING: the text is the turn; no uplink."""
+        self._back_to_follow_up = self._state is AgentState.FOLLOW_UP
+        for name in (Timer.LISTEN, Timer.FOLLOW_UP, Timer.IDLE_CLOSE):
+            self._cancel_timer(name)
+        self._ensure_session()
+        self._activity_open = False
+        self._reset_turn()
+        if ev.kind is TextTurnKind.ANNOUNCE:
+            self._emit(PlayCue(Cue.WAKE))  # an announcement always opens with its chime
+        if self._session_ready:
+            self._emit(SendText(ev.text))
+        else:
+            self._text_to_send = ev.text
+        self._touch()
+        self._set_timer(Timer.RESPONSE, self._now + self.RESPONSE_TIMEOUT_S)
+        self._go(AgentState.THINKING, f"text turn ({ev.kind.value})")
+
+    def _on_stop_requested(self) -> None:
+        self._queued_texts.clear()
+        if self._state not in _CONVERSING:
+            return
+        if self._state in _REPLYING:
+            self._emit(FlushPlayback())
+        elif self._activity_open:
+            self._emit(SendActivityEnd())
+        if self._session_open:
+            self._close_session()
+        self._end_conversation("stop requested", Cue.END)
+
+    def _on_end_requested(self) -> None:
+        if self._state in _REPLYING:
+            self._end_requested = True  # after the reply has played
+        elif self._state in _CONVERSING:
+            if self._session_open:
+                self._close_session()
+            self._end_conversation("the conversation was ended", cue=None)
+
     # ------------------------------------------------------------- building blocks
 
     def _start_conversation(self, why: str, from_sample: int | None) -> None:
         """IDLE -> CONNECTING (or LISTENING when the kept-open session is ready)."""
         self._cancel_timer(Timer.IDLE_CLOSE)
+        self._end_requested = False
         self._ensure_session()
         self._reset_turn()
         self._activity_open = False
@@ -620,6 +817,7 @@ class ConversationMachine:
         """The user's turn is over: mark it, stop sending, wait for the reply."""
         self._emit(SendActivityEnd())
         self._activity_open = False
+        self._back_to_follow_up = True
         self._cancel_timer(Timer.LISTEN)
         self._reset_turn()
         self._touch()
@@ -636,6 +834,8 @@ class ConversationMachine:
         self._discard_model_audio = not self._turn_complete
         self._reset_turn()
         self._cancel_timer(Timer.RESPONSE)
+        self._text_to_send = None
+        self._back_to_follow_up = True
         self._open_uplink(from_sample)
         self._activity_open = False
         if cue:
@@ -647,7 +847,13 @@ class ConversationMachine:
     def _follow_up(self, why: str) -> None:
         """The reply is over: listen a while without the wake word, or go idle."""
         self._cancel_timer(Timer.RESPONSE)
-        if self._config.follow_up_s <= 0:
+        if self._end_requested:
+            self._end_requested = False
+            if self._session_open:
+                self._close_session()
+            self._end_conversation(f"{why}; the conversation was ended", cue=None)
+            return
+        if not self._back_to_follow_up or self._config.follow_up_s <= 0:
             self._end_conversation(why, cue=None)
             return
         self._open_uplink(None)
@@ -658,6 +864,7 @@ class ConversationMachine:
     def _end_conversation(self, why: str, cue: Cue | None) -> None:
         """Any conversation state -> IDLE, keeping an open session for a quick return."""
         self._activity_open = False
+        self._text_to_send = None
         for name in (Timer.LISTEN, Timer.RESPONSE, Timer.FOLLOW_UP):
             self._cancel_timer(name)
         self._go_idle(why, cue)
@@ -684,6 +891,9 @@ class ConversationMachine:
             self._close_session()
         self._activity_open = False
         self._discard_model_audio = False
+        self._text_to_send = None
+        self._queued_texts.clear()
+        self._end_requested = False
         self._reset_turn()
 
     def _offline_nudge(self) -> None:
@@ -743,4 +953,7 @@ class ConversationMachine:
         self._state = to
         self.transitions.append(transition)
         self.last_transitions.append(transition)
-        self._emit(ShowLeds(pattern_for(to)))
+        self._emit(ShowLeds(self._leds()))
+
+    def _leds(self) -> LedPattern:
+        return timer_ringing_pattern() if self._ringing else pattern_for(self._state)

@@ -111,12 +111,14 @@ def build_live_connect_config(
         # No `transparent`: the Developer API rejects it (1007); replay is ours to do.
         config.session_resumption = types.SessionResumptionConfig(handle=handle or None)
     _apply_family_settings(config, cfg, profile)
-    if tools is not None and cfg.tools:
+    if tools is not None and (cfg.tools or tools.always_declared):
+        wanted = [*cfg.tools, *(n for n in tools.always_declared if n not in cfg.tools)]
         declared = tools.declared_behaviors()
         declarations = []
-        for declaration in tools.declarations(list(cfg.tools)):
-            wanted = tool_behavior or declared.get(declaration.name or "")
-            behavior = declaration_behavior(profile, wanted)
+        for declaration in tools.declarations(wanted):
+            behavior = declaration_behavior(
+                profile, tool_behavior or declared.get(declaration.name or "")
+            )
             if behavior is not None:
                 declaration = declaration.model_copy(update={"behavior": behavior})
             declarations.append(declaration)

@@ -251,6 +251,10 @@ class LiveProtocol:
 
     # ---- what the daemon asks ------------------------------------------------------------
 
+    def set_tool_behaviors(self, tool_behaviors: Mapping[str, ToolCalls | None]) -> None:
+        """The tools declared on the next connection (MCP servers list theirs anew)."""
+        self._tool_behaviors = dict(tool_behaviors)
+
     @property
     def ready(self) -> bool:
         return self.state in (SessionState.READY, SessionState.HANDING_OVER)

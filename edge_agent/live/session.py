@@ -46,6 +46,7 @@ import logging
 import random as random_module
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,13 @@ from edge_agent.core.replay import UplinkKind, UplinkMessage
 from edge_agent.live.connect_config import (
     build_http_options,
     build_live_connect_config,
+    profile_for,
     ssl_context_for,
 )
 from edge_agent.live.failures import Caught
 from edge_agent.live.fallback import ListedModel
 from edge_agent.live.handles import DEFAULT_VALIDITY_S, HandleStore, StoredHandle
+from edge_agent.live.profiles import MidSessionText
 from edge_agent.live.protocol import End, LiveProtocol, LiveStatus, SessionState
 from edge_agent.live.tools import ToolRegistry, builtin_tools
 from edge_agent.secrets import redact, register_secret
@@ -75,6 +78,7 @@ __all__ = ["LiveSession", "LiveStatus", "SessionState"]
 logger = logging.getLogger(__name__)
 
 AUDIO_IN_MIME = "audio/pcm;rate=16000"
+MAX_PENDING_TEXTS = 8  # text turns waiting for a connection (oldest dropped)
 
 
 class _NoKey(Exception):
@@ -98,9 +102,12 @@ class LiveSession:
         wall_clock: Callable[[], float] = time.time,
         tools: ToolRegistry | None = None,
         handle_validity_s: float = DEFAULT_VALIDITY_S,
+        tools_provider: Callable[[], Awaitable[ToolRegistry]] | None = None,
     ) -> None:
         """No I/O here. ``clock``/``sleep`` pace the reconnect policy only (tests pass a
-        fast fake pair); socket timeouts and the goAway deadline use the loop's time."""
+        fast fake pair); socket timeouts and the goAway deadline use the loop's time.
+        ``tools_provider``, when given, is awaited before each connection for the tools
+        to declare (MCP servers list theirs at session start); it must not take long."""
         self._tools = tools if tools is not None else builtin_tools()
         self._proto = LiveProtocol(
             cfg, reconnect, random, handle_validity_s, self._tools.declared_behaviors()
@@ -110,6 +117,8 @@ class LiveSession:
         self._clock = clock
         self._sleep = sleep
         self._wall_clock = wall_clock
+        self._tools_provider = tools_provider
+        self._texts: deque[str] = deque(maxlen=MAX_PENDING_TEXTS)
         self._handles = _HandleWriter(HandleStore(state_dir, handle_validity_s, wall_clock))
         self._clients = _ClientCache()
         self._stopping = False
@@ -195,6 +204,14 @@ class LiveSession:
         """Barge-in: open the user's turn (see ``LiveProtocol.interrupt``). The rest of the
         reply is not dropped here: the conversation machine decides what audio is stale."""
         self._proto.interrupt()
+        self._uplink.set()
+
+    def send_text(self, text: str) -> None:
+        """A complete text turn for the model (``edge-agent say``, announcements), in the
+        form the model's family takes. Sent on the connection that is up, or the next one;
+        not replayed after a connection is lost mid-turn (the daemon's reply timeout
+        covers that)."""
+        self._texts.append(text)
         self._uplink.set()
 
     # ---- status ----------------------------------------------------------------------
@@ -287,6 +304,12 @@ class LiveSession:
             return proto.failure(Caught.NO_KEY, None, str(exc))
         except (OSError, ssl.SSLError) as exc:
             return proto.failure(Caught.CLIENT_SETUP, None, f"TLS setup: {exc}")
+        if self._tools_provider is not None:
+            try:
+                self._tools = await self._tools_provider()
+                proto.set_tool_behaviors(self._tools.declared_behaviors())
+            except Exception:  # keep the last tools: a tool source must not stop the session
+                logger.exception("could not gather the tools; declaring the previous ones")
         model = proto.model
         config = build_live_connect_config(
             cfg, handle.handle if handle else None, self._tools, model=model
@@ -340,6 +363,18 @@ class LiveSession:
     async def _send_loop(self, session: Any) -> Failure:
         proto = self._proto
         while True:
+            if self._texts:
+                text = self._texts.popleft()
+                try:
+                    await _send_text(session, text, profile_for(proto.cfg.model).mid_session_text)
+                except websockets.ConnectionClosed as exc:
+                    self._texts.appendleft(text)  # for the next connection
+                    frame = exc.rcvd
+                    if frame is None:
+                        return proto.failure(Caught.CLOSED)
+                    return proto.failure(Caught.CLOSED, frame.code, frame.reason)
+                logger.info("sent a text turn (%d characters)", len(text))
+                continue
             item = proto.next_uplink()
             if item is None:
                 self._uplink.clear()
@@ -513,6 +548,15 @@ async def _send_one(session: Any, message: UplinkMessage) -> None:
         await session.send_realtime_input(activity_end=types.ActivityEnd())
     elif kind is UplinkKind.AUDIO_STREAM_END:
         await session.send_realtime_input(audio_stream_end=True)
+
+
+async def _send_text(session: Any, text: str, form: MidSessionText) -> None:
+    """One text turn: clientContent with turn_complete, or realtime text (3.1)."""
+    if form is MidSessionText.REALTIME_TEXT:
+        await session.send_realtime_input(text=text)
+    else:
+        turn = types.Content(role="user", parts=[types.Part(text=text)])
+        await session.send_client_content(turns=turn, turn_complete=True)
 
 
 def _api_error_code(exc: errors.APIError) -> int | None:

@@ -47,9 +47,16 @@ class Tool:
 class ToolRegistry:
     """Name -> tool; ``call`` always returns a response dict."""
 
-    def __init__(self, tools: list[Tool] | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        tools: list[Tool] | None = None,
+        timeout_s: float = 10.0,
+        always_declared: tuple[str, ...] = (),
+    ) -> None:
         self._tools = {tool.name: tool for tool in tools or []}
         self.timeout_s = timeout_s
+        # Declared whatever gemini.tools lists (MCP and command tools, configured apart).
+        self.always_declared = always_declared
 
     def declarations(self, names: list[str] | None = None) -> list[types.FunctionDeclaration]:
         """Declarations of the enabled tools (all registered ones when names is None)."""

@@ -26,6 +26,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .emulator import EmulatorOptions, LiveEmulator
 from .faults import FaultSpec, parse_fault_arg
@@ -48,8 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reply-text", default=None, help="fixed reply sentence")
     p.add_argument("--no-espeak", action="store_true", help="reply with a tone, not speech")
     p.add_argument("--voice", default="en-us")
+    p.add_argument("--speech-wpm", type=int, default=175, help="espeak-ng words per minute")
     p.add_argument("--tool", action="append", default=None, help="function the model may call")
     p.add_argument("--force-tool-call", action="store_true")
+    p.add_argument(
+        "--tool-args",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='arguments of a call to NAME, e.g. set_timer={"seconds": 3} (repeatable)',
+    )
+    p.add_argument(
+        "--tool-turn",
+        action="append",
+        type=int,
+        default=[],
+        metavar="N",
+        help="only turn N of a session (0 = first) may call a tool (repeatable)",
+    )
     p.add_argument("--cancel-tool-calls", action="store_true")
     p.add_argument("--vad-silence-ms", type=int, default=500)
     p.add_argument(
@@ -77,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    tool_args: dict[str, dict[str, Any]] = {}
+    for text in args.tool_args:
+        name, sep, raw = text.partition("=")
+        value = json.loads(raw) if sep else None
+        if not name or not isinstance(value, dict):
+            raise ValueError(f"--tool-args wants NAME=JSON-object, got {text!r}")
+        tool_args[name] = value
     faults: dict[int, list[FaultSpec]] = {}
     for text in args.fault:
         conn, spec = parse_fault_arg(text)
@@ -97,7 +121,10 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         ca_dir=args.ca_out,
         reply_text=args.reply_text,
         voice=args.voice,
+        speech_wpm=args.speech_wpm,
         force_tool_call=args.force_tool_call,
+        tool_args=tool_args,
+        tool_turns=tuple(args.tool_turn),
         cancel_tool_calls=args.cancel_tool_calls,
         vad_silence_ms=args.vad_silence_ms,
         seed=args.seed,

@@ -776,6 +776,8 @@ class ConnectionHandler:
     def _choose_tool(self, turn: TurnRecord, text: str) -> tuple[str, dict[str, Any]] | None:
         if not self._functions:
             return None
+        if self.opts.tool_turns and turn.index not in self.opts.tool_turns:
+            return None
         lowered = f"{text} {turn.transcript}".lower()
         chosen = None
         for name in self._functions:

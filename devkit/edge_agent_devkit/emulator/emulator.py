@@ -94,6 +94,7 @@ class EmulatorOptions:
     speech_wpm: int = 175
     tool_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     force_tool_call: bool = False  # call the first eligible function on every turn
+    tool_turns: tuple[int, ...] = ()  # turns (index in the session) that may call; () = all
     cancel_tool_calls: bool = False  # send toolCallCancellation instead of waiting
     vad_threshold_dbfs: float = -40.0
     vad_min_speech_ms: int = 60

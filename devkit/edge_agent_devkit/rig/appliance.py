@@ -280,6 +280,26 @@ class Appliance:
         self.config_path.write_text(self.config_text())
         self.rig.start()
         self.notify = NotifySocket(self.workdir / "notify.sock")
+        return self._start_daemon(timeout)
+
+    def restart_daemon(self, timeout: float = 90.0) -> float:
+        """Stop the daemon (SIGTERM) and start it again with the same config, emulator and
+        rig; returns seconds from the new process's start to READY=1."""
+        self.stop()
+        return self._start_daemon(timeout)
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """`edge-agent ARGS --config <this config>` as a person would run it over SSH."""
+        return subprocess.run(
+            [sys.executable, "-m", "edge_agent", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.rig_env()},
+        )
+
+    def _start_daemon(self, timeout: float) -> float:
+        assert self.notify is not None
         env = {
             **os.environ,
             **self.rig_env(),
@@ -307,7 +327,7 @@ class Appliance:
         )
         self._reader = threading.Thread(target=self._read_stderr, name="daemon-log", daemon=True)
         self._reader.start()
-        ready = self.notify.wait_for("READY=1", timeout)
+        ready = self.notify.wait_for("READY=1", timeout, since=self.started_at)
         if ready is None:
             raise RuntimeError("daemon never sent READY=1:\n" + self.log_text()[-4000:])
         return ready - self.started_at
@@ -317,7 +337,7 @@ class Appliance:
 
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        with open(self.workdir / "daemon.log", "w") as logfile:
+        with open(self.workdir / "daemon.log", "a") as logfile:
             for raw in self.proc.stderr:
                 line = LogLine(time.monotonic(), raw.rstrip("\n"))
                 logfile.write(raw)
