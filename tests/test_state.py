@@ -983,3 +983,51 @@ def test_end_conversation_waits_for_the_reply_then_closes_instead_of_following_u
     m.handle(PlaybackDrained(), t + 2)
     assert m.state is S.FOLLOW_UP
     assert CloseSession() in m.handle(EndConversationRequested(), t + 3)
+
+
+def test_a_tool_answer_spoken_while_idle_or_in_the_follow_up_is_played() -> None:
+    """On 3.8 a non-blocking tool's answer comes as a new generation after the reply
+    ended: in the follow-up window or idle (session still open) it is played, and the
+    follow-up window comes after it as after any reply."""
+    m = make()
+    t = to_speaking(m)
+    m.handle(TurnCompleted(), t + 0.5)
+    m.handle(PlaybackDrained(), t + 0.6)
+    assert m.state is S.FOLLOW_UP and m.policy.uplink is not None
+    actions = m.handle(ModelAudioReceived(), t + 1.0)
+    assert m.state is S.SPEAKING and m.accepting_model_audio
+    assert m.policy.uplink is None  # the follow-up window closed while it speaks
+    assert CancelTimer(Timer.FOLLOW_UP) in actions
+    m.handle(TurnCompleted(), t + 2.0)
+    m.handle(PlaybackDrained(), t + 2.1)
+    assert m.state is S.FOLLOW_UP
+    m.handle(TimerFired(Timer.FOLLOW_UP), t + 2.1 + CFG.follow_up_s)
+    assert m.state is S.IDLE and m.session_open
+    actions = m.handle(ModelAudioReceived(), t + 9.0)
+    assert m.state is S.SPEAKING and CancelTimer(Timer.IDLE_CLOSE) in actions
+
+
+def test_model_audio_with_no_session_or_while_muted_is_not_played() -> None:
+    m = make()
+    assert m.handle(ModelAudioReceived(), 1.0) == [] and m.state is S.IDLE  # no session
+    muted = make(muted_at_start=True)
+    assert muted.handle(ModelAudioReceived(), 1.0) == [] and muted.state is S.MUTED
+
+
+def test_server_interrupting_an_earlier_generation_while_we_wait_keeps_our_turn() -> None:
+    """Our turn went out (THINKING) and the server cuts a generation it was still
+    running (a tool's answer; on 3.8 our complete turn interrupts it): its audio is
+    stale until its turnComplete, and the answer to our turn then plays."""
+    m = make()
+    m.handle(WAKE, 1.0)
+    m.handle(SessionReady(), 1.5)
+    m.handle(SpeechStarted(17_000), 2.0)
+    m.handle(SpeechEnded(40_000), 3.5)
+    assert m.state is S.THINKING
+    assert m.handle(ServerInterrupted(), 3.6) == []
+    assert m.state is S.THINKING and not m.accepting_model_audio
+    assert m.handle(ModelAudioReceived(), 3.7) == []  # the cut generation's last chunk
+    assert m.handle(TurnCompleted(), 3.8) == []  # ... and its end
+    assert m.state is S.THINKING and m.accepting_model_audio
+    m.handle(ModelAudioReceived(), 4.0)
+    assert m.state is S.SPEAKING

@@ -157,11 +157,15 @@ class Runtime:
             return
         match event:
             case ev.ModelAudioReceived(pcm24k=pcm):
+                # The machine first: a chunk may start a reply nobody asked for (a
+                # non-blocking tool's answer spoken when idle); it decides what is stale.
+                self.dispatch(event)
                 if not machine.accepting_model_audio:
                     return  # the rest of a reply the user barged into
                 if self._first_audio_at is None and self._turn_sent_at is not None:
                     self._first_audio_at = time.monotonic()
                 self.playback.push(pcm)
+                return
             case ev.InputTranscript(text=text):
                 self._transcript.heard(text)
                 return

@@ -573,6 +573,13 @@ class ConversationMachine:
             self._go_idle(f"back online ({why})", cue=None)
 
     def _on_model_audio(self) -> None:
+        if (
+            self._state in (AgentState.IDLE, AgentState.FOLLOW_UP)
+            and self._session_open
+            and not self._discard_model_audio
+        ):
+            self._speak_unasked()
+            return
         if self.policy.reply_audio_stale:
             return
         self._drained = False
@@ -584,8 +591,29 @@ class ConversationMachine:
     def _on_server_interrupted(self) -> None:
         if self._discard_model_audio:
             return  # the server acknowledging our own interruption
+        if self._state is AgentState.THINKING:
+            # Nothing of the answer to our turn has come yet, so what the server cut is
+            # an earlier generation: a tool's answer it was speaking, or a reply our own
+            # new turn interrupted (on 3.8 a complete text turn interrupts a running
+            # generation). Its turnComplete is still to come: drop its audio until then
+            # and keep waiting for ours.
+            self._discard_model_audio = True
+            return
         if self._state in _REPLYING:
             self._barge_in("interrupted by the server", None, interrupt=False, cue=False)
+
+    def _speak_unasked(self) -> None:
+        """IDLE/FOLLOW_UP -> SPEAKING: the model speaks without a turn of ours (on 3.8 a
+        non-blocking tool's answer scheduled for when the conversation is idle, or a
+        notice). No user turn is in progress in these states, so it is played; the
+        follow-up window comes after it as after any reply."""
+        for name in (Timer.FOLLOW_UP, Timer.IDLE_CLOSE, Timer.LISTEN):
+            self._cancel_timer(name)
+        self._activity_open = False
+        self._back_to_follow_up = True
+        self._reset_turn()
+        self._touch()
+        self._go(AgentState.SPEAKING, "the model spoke on its own (a tool's answer)")
 
     def _on_turn_completed(self) -> None:
         if self._discard_model_audio:
