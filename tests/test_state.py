@@ -988,7 +988,7 @@ def test_end_conversation_waits_for_the_reply_then_closes_instead_of_following_u
 def test_a_tool_answer_spoken_while_idle_or_in_the_follow_up_is_played() -> None:
     """On 3.8 a non-blocking tool's answer comes as a new generation after the reply
     ended: in the follow-up window or idle (session still open) it is played, and the
-    follow-up window comes after it as after any reply."""
+    device goes back to where it was: the follow-up window, or idle."""
     m = make()
     t = to_speaking(m)
     m.handle(TurnCompleted(), t + 0.5)
@@ -1005,6 +1005,9 @@ def test_a_tool_answer_spoken_while_idle_or_in_the_follow_up_is_played() -> None
     assert m.state is S.IDLE and m.session_open
     actions = m.handle(ModelAudioReceived(), t + 9.0)
     assert m.state is S.SPEAKING and CancelTimer(Timer.IDLE_CLOSE) in actions
+    m.handle(TurnCompleted(), t + 10.0)
+    m.handle(PlaybackDrained(), t + 10.1)
+    assert m.state is S.IDLE  # back to idle, not a follow-up window nobody asked for
 
 
 def test_model_audio_with_no_session_or_while_muted_is_not_played() -> None:

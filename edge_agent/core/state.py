@@ -605,12 +605,12 @@ class ConversationMachine:
     def _speak_unasked(self) -> None:
         """IDLE/FOLLOW_UP -> SPEAKING: the model speaks without a turn of ours (on 3.8 a
         non-blocking tool's answer scheduled for when the conversation is idle, or a
-        notice). No user turn is in progress in these states, so it is played; the
-        follow-up window comes after it as after any reply."""
+        notice). No user turn is in progress in these states, so it is played; then
+        the device goes back to where it was (the follow-up window, or idle)."""
+        self._back_to_follow_up = self._state is AgentState.FOLLOW_UP
         for name in (Timer.FOLLOW_UP, Timer.IDLE_CLOSE, Timer.LISTEN):
             self._cancel_timer(name)
         self._activity_open = False
-        self._back_to_follow_up = True
         self._reset_turn()
         self._touch()
         self._go(AgentState.SPEAKING, "the model spoke on its own (a tool's answer)")
