@@ -55,6 +55,7 @@ from edge_agent.audio.echo import (
     PlaybackGuard,
     reference_active,
 )
+from edge_agent.audio.wakeword import FRAME_SAMPLES as WAKE_FRAME_SAMPLES
 from edge_agent.audio.wakeword import WakeWordDetector
 from edge_agent.core.barge_in import BargeInConfig, BargeInDetector
 from edge_agent.core.events import (
@@ -232,6 +233,18 @@ class Ears:
         self._orders = _Orders()  # the orders the block path carries out
         self._next_sample: int | None = None
         self._zeros = np.zeros(160, dtype=np.int16)
+        # Where the wake model's next 80 ms frame ends (the detector frames the stream from
+        # the first sample it is given and again after every jump; mirrored here).
+        self._wake_next: int | None = None
+        self._wake_frame_end = 0
+        self.due_grid: tuple[int, int] | None = None
+        """Read on other threads (capture pipeline, sound card): ``(phase, period)`` in mic
+        samples. Only a block whose span reaches a position ``phase + k * period`` can
+        make these ears say anything, so blocks before it may wait and be handed over
+        with it; None: every block counts, hand each over as it comes. Set only while
+        the ears listen for the wake word alone, nothing plays and no orders are
+        pending: then the only possible event, a wake word, comes out at the end of a
+        wake-model frame (80 ms apart, lagging the mic by the canceller's latency)."""
         self.stats = EarsStats()
 
     @classmethod
@@ -284,6 +297,7 @@ class Ears:
         if orders != self._requested:
             self._requested = orders
             self._queue(orders)
+            self.due_grid = None  # every block counts until the orders are carried out
 
     def _queue(self, command: _Orders) -> None:
         # deque append/popleft are thread-safe; the bound only guards against a
@@ -305,6 +319,7 @@ class Ears:
         events: list[EarEvent] = []
         try:
             self._apply_commands(events)
+            self.due_grid = None
             if self._orders.listen is Listen.NOTHING:
                 self._drop_block()
                 return events
@@ -346,6 +361,7 @@ class Ears:
                 self.stats.guarded_samples += n
 
             wake_input = self._silence(n) if guarded else cleaned
+            self._follow_wake_frames(start, n)
             for det in self._wake.process(wake_input, start):
                 self.stats.wake_detections += 1
                 events.append(det)
@@ -362,9 +378,34 @@ class Ears:
                 vad_input = self._noise_fill.process(heard, cleaned, playing)
             for frame in self._frames(uplink, vad_input, start, guarded):
                 self._route_frame(frame, events)
+            if not (playing or guarded or self._commands):
+                self._set_due_grid()
             return events
         finally:
             self.stats.cpu_s += time.thread_time() - t0
+
+    def _follow_wake_frames(self, start: int, n: int) -> None:
+        """Mirror the wake detector's framing: a jump restarts its frames at `start`."""
+        if start != self._wake_next:
+            self._wake_frame_end = start + WAKE_FRAME_SAMPLES
+        self._wake_next = start + n
+        while self._wake_frame_end <= self._wake_next:
+            self._wake_frame_end += WAKE_FRAME_SAMPLES
+
+    def _set_due_grid(self) -> None:
+        """See `due_grid`: wake frames end every 80 ms, seen at the mic one canceller
+        latency later."""
+        orders = self._orders
+        if orders.listen is not Listen.WAKE_WORD or orders.barge_in is not None:
+            return
+        if self._echo is not None and not getattr(self._echo, "bypassed", False):
+            return  # the canceller is running: something played just now
+        tail, heard_to = self._ref_active_until, self._next_sample
+        if tail is not None and heard_to is not None and heard_to - self._latency < tail:
+            return  # double-talk tail after playback
+        self.due_grid = (self._wake_frame_end + self._latency, WAKE_FRAME_SAMPLES)
+        if self._commands:  # orders queued meanwhile (apply() may have cleared it first)
+            self.due_grid = None
 
     def _drop_block(self) -> None:
         """Listening to nothing: forget partial frames; the next block heard is no jump."""

@@ -371,10 +371,16 @@ class _IdlePipeline:
         ids = {self.capture.worker_thread_id, self._bare_thread.native_id}
         return {tid for tid in ids if tid is not None}
 
-    def on_block(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> None:
-        """PortAudio callback thread: mark, then the pipeline's own (non-blocking) hand-off."""
+    @property
+    def due_grid(self) -> tuple[int, int] | None:
+        """The real Ears' coalescing hint, as the pipeline reads it from the daemon's Ears."""
+        return self.ears.due_grid
+
+    def on_block(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> Any:
+        """PortAudio callback thread: mark, then the pipeline's own (non-blocking) hand-off
+        (its answer goes back to the engine, as when the daemon passes it directly)."""
         self.callback.see(pos)
-        self.capture.on_block(mic, ref, pos)
+        return self.capture.on_block(mic, ref, pos)
 
     def process(self, mic: np.ndarray, ref: np.ndarray | None, sample_pos: int) -> list[Any]:
         """The pipeline's worker thread: mark, tee to the baseline, then the real Ears."""
@@ -727,9 +733,17 @@ class _TapEcho:
         self.inner = inner
         return self
 
-    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
+    @property
+    def latency_samples(self) -> int:
+        return int(self.inner.latency_samples)
+
+    @property
+    def bypassed(self) -> bool:
+        return bool(self.inner.bypassed)
+
+    def process(self, mic: np.ndarray, ref: np.ndarray | None) -> Any:
         y = self.inner.process(mic, ref)
-        self.out.append(np.array(y, dtype=np.int16, copy=True))
+        self.out.append(np.array(y.cleaned, dtype=np.int16, copy=True))
         return y
 
 
@@ -790,7 +804,7 @@ def measure_echo(report: PartReport, model: Any, quick: bool) -> None:
         aec = Aec3EchoCanceller.create()
         cleaned = np.concatenate(
             [
-                aec.process(quiet_mic[i : i + BLOCK], track.played[i : i + BLOCK])
+                aec.process(quiet_mic[i : i + BLOCK], track.played[i : i + BLOCK]).cleaned
                 for i in range(0, n, BLOCK)
             ]
         )
