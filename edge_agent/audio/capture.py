@@ -55,7 +55,7 @@ Grid = tuple[int, int]
 def _audible(ref: np.ndarray | None) -> bool:
     """A reference block with any playback in it is never merged with others: the ears
     switch echo handling per block, so it keeps the block boundaries it would have."""
-    return ref is not None and bool(ref.any())
+    return ref is not None and np.count_nonzero(ref) > 0
 
 
 def _due_grid(listener: Listener | None) -> Grid | None:
@@ -196,7 +196,8 @@ class CapturePipeline:
     def _work(self, stop: threading.Event) -> None:
         blocks, bell = self._blocks, self._bell
         while not stop.is_set():
-            bell.wait(self._poll_s)
+            if not bell.wait(self._poll_s):
+                continue  # timed out: only a look at the stop flag; waiting blocks wait on
             bell.clear()  # before taking: a block queued from now on rings again
             while blocks and not stop.is_set():
                 self._take(blocks)

@@ -319,7 +319,6 @@ class Ears:
         events: list[EarEvent] = []
         try:
             self._apply_commands(events)
-            self.due_grid = None
             if self._orders.listen is Listen.NOTHING:
                 self._drop_block()
                 return events
@@ -378,8 +377,7 @@ class Ears:
                 vad_input = self._noise_fill.process(heard, cleaned, playing)
             for frame in self._frames(uplink, vad_input, start, guarded):
                 self._route_frame(frame, events)
-            if not (playing or guarded or self._commands):
-                self._set_due_grid()
+            self._set_due_grid(idle=not (playing or guarded))
             return events
         finally:
             self.stats.cpu_s += time.thread_time() - t0
@@ -392,20 +390,23 @@ class Ears:
         while self._wake_frame_end <= self._wake_next:
             self._wake_frame_end += WAKE_FRAME_SAMPLES
 
-    def _set_due_grid(self) -> None:
+    def _set_due_grid(self, *, idle: bool) -> None:
         """See `due_grid`: wake frames end every 80 ms, seen at the mic one canceller
-        latency later."""
-        orders = self._orders
-        if orders.listen is not Listen.WAKE_WORD or orders.barge_in is not None:
-            return
-        if self._echo is not None and not getattr(self._echo, "bypassed", False):
-            return  # the canceller is running: something played just now
-        tail, heard_to = self._ref_active_until, self._next_sample
-        if tail is not None and heard_to is not None and heard_to - self._latency < tail:
-            return  # double-talk tail after playback
-        self.due_grid = (self._wake_frame_end + self._latency, WAKE_FRAME_SAMPLES)
+        latency later; None unless the ears only wait for the wake word, idle."""
+        self.due_grid = self._wake_grid() if idle else None
         if self._commands:  # orders queued meanwhile (apply() may have cleared it first)
             self.due_grid = None
+
+    def _wake_grid(self) -> tuple[int, int] | None:
+        orders = self._orders
+        if orders.listen is not Listen.WAKE_WORD or orders.barge_in is not None:
+            return None
+        if self._echo is not None and not getattr(self._echo, "bypassed", False):
+            return None  # the canceller is running: something played just now
+        tail, heard_to = self._ref_active_until, self._next_sample
+        if tail is not None and heard_to is not None and heard_to - self._latency < tail:
+            return None  # double-talk tail after playback
+        return (self._wake_frame_end + self._latency, WAKE_FRAME_SAMPLES)
 
     def _drop_block(self) -> None:
         """Listening to nothing: forget partial frames; the next block heard is no jump."""

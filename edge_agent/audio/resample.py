@@ -80,14 +80,14 @@ class StreamResampler:
         if self._stream is None:
             out = x.copy()
         else:
-            silent = self._can_skip and not x.any()
+            silent = self._can_skip and not np.count_nonzero(x)
             if silent:
                 m = self.skip_silence(n)
                 if m is not None:
                     return np.zeros(m, dtype=np.int16)
             out = _to_int16(self._stream.resample_chunk(x.astype(np.float32)))
             exact = out.size * self.in_rate_hz == n * self.out_rate_hz
-            self._quiet_run = self._quiet_run + n if silent and exact and not out.any() else 0
+            self._quiet_run = self._quiet_run + n if silent and exact and not np.count_nonzero(out) else 0
         self.in_samples += n
         self.out_samples += out.size
         return out

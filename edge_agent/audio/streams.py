@@ -500,7 +500,7 @@ class Session:
         if not len(ring) and self.out_rs.quiet:
             # Idle: the source's silence needs no resampling (StreamResampler.skip_silence).
             x = self._pull(math.ceil(frames * SOURCE_RATE_HZ / self.out_rate))
-            m = None if x.any() else self.out_rs.skip_silence(len(x))
+            m = None if np.count_nonzero(x) else self.out_rs.skip_silence(len(x))
             if m == frames:
                 self._count_played(frames)
                 self.out_silent = True
