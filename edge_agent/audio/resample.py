@@ -87,7 +87,8 @@ class StreamResampler:
                     return np.zeros(m, dtype=np.int16)
             out = _to_int16(self._stream.resample_chunk(x.astype(np.float32)))
             exact = out.size * self.in_rate_hz == n * self.out_rate_hz
-            self._quiet_run = self._quiet_run + n if silent and exact and not np.count_nonzero(out) else 0
+            quiet = silent and exact and not np.count_nonzero(out)
+            self._quiet_run = self._quiet_run + n if quiet else 0
         self.in_samples += n
         self.out_samples += out.size
         return out
