@@ -524,21 +524,35 @@ def test_pipeline_detects_wherever_the_bare_model_does(jarvis_model) -> None:
 
 def run_coalesced(ears: Ears, mic: np.ndarray, ref: np.ndarray, on_event=None):
     """Feed 10 ms blocks the way the capture pipeline hands them over: while the ears
-    publish a `due_grid`, blocks wait until one reaches it and go over in one call.
-    Returns ([(block_end, event)], number of process calls)."""
+    publish a `due_grid`, blocks wait until one reaches it and go over in one call; a
+    block with playback in its reference goes on its own. Returns
+    ([(block_end, event)], number of process calls)."""
     out, calls, start = [], 0, None
+
+    def hand_over(s: int, e: int) -> None:
+        nonlocal calls
+        calls += 1
+        for ev in ears.process(mic[s:e], ref[s:e], s):
+            out.append((e, ev))
+            if on_event is not None:
+                on_event(ev)
+
     for i in range(0, mic.size - BLOCK + 1, BLOCK):
+        if ref[i : i + BLOCK].any():
+            if start is not None:
+                hand_over(start, i)
+                start = None
+            hand_over(i, i + BLOCK)
+            continue
         start = i if start is None else start
         grid = ears.due_grid
         waiting = grid is not None and i + BLOCK - start < 8 * BLOCK
         if waiting and not reaches_grid(grid, i, BLOCK):
             continue
-        calls += 1
-        for ev in ears.process(mic[start : i + BLOCK], ref[start : i + BLOCK], start):
-            out.append((i + BLOCK, ev))
-            if on_event is not None:
-                on_event(ev)
+        hand_over(start, i + BLOCK)
         start = None
+    if start is not None:  # the end of the test audio: what still waits
+        hand_over(start, mic.size // BLOCK * BLOCK)
     return out, calls
 
 
@@ -567,6 +581,26 @@ def test_due_grid_is_the_wake_frames_and_goes_at_once_when_orders_change() -> No
     loud = np.full(ms(100), 3000, np.int16)
     run(ears, np.zeros(ms(100), np.int16), loud, start=ms(400))
     assert ears.due_grid is None  # something plays
+
+
+def test_without_aec_coalescing_waits_for_the_playback_guard_to_end() -> None:
+    """No canceller: the playback guard silences the wake model while the device plays
+    and 500 ms after. Blocks handed over coalesced (idle, wake word only) feed the wake
+    model exactly what block by block does, guard included."""
+    ref = speech.concat(speech.silence(1), voiced(700), speech.silence(3))
+    mic = speech.concat(speech.silence(0.5), voiced(2500), speech.silence(1.7))
+    fed = []
+    for feed in ("blocks", "coalesced"):
+        wake = FakeWake()
+        ears = make_ears(wake)  # echo=None -> guard on
+        ears.apply(idle())
+        if feed == "blocks":
+            run(ears, mic, ref)
+        else:
+            _, calls = run_coalesced(ears, mic, ref)
+            assert calls < mic.size // BLOCK // 2
+        fed.append((np.concatenate([x for _, x in wake.inputs]), ears.stats.guarded_samples))
+    assert np.array_equal(fed[0][0], fed[1][0]) and fed[0][1] == fed[1][1] == ms(1200)
 
 
 @needs_espeak

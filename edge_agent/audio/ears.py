@@ -405,7 +405,7 @@ class Ears:
             return None  # the canceller is running: something played just now
         tail, heard_to = self._ref_active_until, self._next_sample
         if tail is not None and heard_to is not None and heard_to - self._latency < tail:
-            return None  # double-talk tail after playback
+            return None  # double-talk tail after playback (the guard's tail: `idle` above)
         return (self._wake_frame_end + self._latency, WAKE_FRAME_SAMPLES)
 
     def _drop_block(self) -> None:
