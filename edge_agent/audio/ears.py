@@ -1,4 +1,4 @@
-"""The "ears": from a 10 ms mic block (+ aligned echo reference) to events and uplink audio.
+"""The "ears": from mic blocks (+ aligned echo reference) to events and uplink audio.
 
 Per block, in order:
 1. echo cancellation (AEC3, bypassed while nothing has played for ~1 s); with
@@ -23,6 +23,13 @@ called from any thread: the orders are queued and take effect at the start of
 the next `process` call, so one block is always handled under one policy.
 Synchronous and device-free: the daemon calls `process` from one worker thread
 (inference must stay off the asyncio loop).
+
+Blocks are whole multiples of 10 ms. While the ears only wait for the wake word and
+nothing plays, they publish `due_grid` (the ends of the wake model's 80 ms frames) and the
+capture pipeline and the audio engine hand idle audio over up to 80 ms at a time, in one
+call at the block where a frame ends; every step above works in 10 ms units inside a
+block, so the events, their positions and the uplinked audio are those of block-by-block
+processing (tests/test_ears.py compares both on the real models).
 
 What each kind of listening means here:
 - WAKE_WORD: wake word only; nothing is gated or sent.

@@ -18,8 +18,10 @@ What each figure counts (all measured in this run; a failed step gives None + an
   (which stand in for the sound card), read from ``/proc/self/task/*/stat`` (10 ms ticks):
   in practice the engine's supervisor thread.
   The baseline is a bare ``openwakeword.Model.predict`` loop (its own model instance, 80 ms
-  frames) running in another thread on exactly the same 16 kHz blocks in the same window,
-  counted with ``thread_time()`` (openWakeWord's TFLite interpreters run single-threaded).
+  frames) running in another thread on exactly the same 16 kHz audio in the same window,
+  handed to it as the pipeline hands it to ``Ears.process`` (while idle, up to 80 ms at a
+  time: see ``edge_agent.audio.capture``), counted with ``thread_time()`` (openWakeWord's
+  TFLite interpreters run single-threaded).
   The ALSA ``file`` plugin does a read()/write() per period where a real card uses DMA, so
   the capture share is, if anything, overstated.
 * ``wake_detection_delay_ms``: median over espeak-ng voices of (end of the 10 ms block in
