@@ -7,8 +7,9 @@ What each figure counts (all measured in this run; a failed step gives None + an
   ``audio.duplex_rate_hz`` (48 kHz by default; echo cancellation on means one full-duplex
   stream) is fed espeak-ng speech, silence and -60 dBFS noise in real time; the real
   ``AudioEngine`` (PyAudio) resamples the mic to 16 kHz, renders the (silent) output from a
-  real ``JitterBuffer`` and hands 10 ms blocks to the daemon's own ``CapturePipeline``
-  (bounded drop-oldest queue, ears worker thread) running ``Ears`` (built as
+  real ``JitterBuffer`` and ``CueMixer`` (as the daemon's output source does) and hands
+  10 ms blocks to the daemon's own ``CapturePipeline`` (bounded drop-oldest queue, ears
+  worker thread) running ``Ears`` (built as
   ``Ears.create`` builds it from the default config: AEC3 with idle bypass, openWakeWord,
   webrtcvad). Counted over a window of whole blocks (60 s; quick: 8 s) after a 1.5 s
   lead-in: the PortAudio callback thread (``time.thread_time()`` read inside the block
@@ -465,6 +466,7 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
     from edge_agent.audio.engine import AudioEngine, EngineState
     from edge_agent.audio.vad import WebRtcVad
     from edge_agent.audio.wakeword import WakeWordDetector
+    from edge_agent.core.cues import CueMixer
     from edge_agent.core.jitter import JitterBuffer
     from edge_agent_devkit.rig import speech
     from edge_agent_devkit.rig.alsa_rig import AlsaRig
@@ -505,6 +507,13 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
         fade_ms=cfg.playback.fade_ms,
         gain=cfg.audio.volume_percent / 100,
     )
+    cues = CueMixer(cue_volume=cfg.audio.cue_volume_percent / 100)
+
+    def output_source(n: int) -> np.ndarray:
+        """What the daemon's output source does on every idle callback: reply audio plus
+        cues (its other checks only look further while a reply is due or playing)."""
+        return cues.mix_into(jitter.pull(n))
+
     pipe = _IdlePipeline(ears, model, start, end, cfg.audio.capture_queue_blocks)
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-rig-") as tmp:
         rig = AlsaRig(Path(tmp) / "rig")
@@ -517,7 +526,7 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
             duplex=cfg.echo.enabled,
             duplex_rate_hz=rate,
             block_ms=cfg.audio.block_ms,
-            output_source=jitter.pull,
+            output_source=output_source,
             on_block=pipe.on_block,
         )
         pipe.start()
