@@ -204,16 +204,24 @@ class CapturePipeline:
 
     def _take(self, blocks: deque[Block]) -> None:
         """Hand the oldest block(s) to the ears: one, or a contiguous run when the ears
-        coalesce (their ``due_sample`` is set)."""
-        mic, ref, pos = blocks.popleft()
+        coalesce (their ``due_grid`` is set). Pops before it looks: the sound card thread
+        may drop the oldest block at any moment (a full queue)."""
+        try:
+            mic, ref, pos = blocks.popleft()
+        except IndexError:  # dropped by the sound card thread meanwhile
+            return
         taken = 1
         if blocks and _due_grid(self._ears) is not None and not _audible(ref):
             mics, refs, end = [mic], [ref], pos + len(mic)
-            while blocks and taken < self.max_coalesce:
-                nxt_mic, nxt_ref, nxt_pos = blocks[0]
-                if nxt_pos != end or (nxt_ref is None) != (ref is None) or _audible(nxt_ref):
+            while taken < self.max_coalesce:
+                try:
+                    nxt = blocks.popleft()
+                except IndexError:
                     break
-                blocks.popleft()
+                nxt_mic, nxt_ref, nxt_pos = nxt
+                if nxt_pos != end or (nxt_ref is None) != (ref is None) or _audible(nxt_ref):
+                    blocks.appendleft(nxt)  # it goes next, on its own terms
+                    break
                 mics.append(nxt_mic)
                 refs.append(nxt_ref)
                 end += len(nxt_mic)
