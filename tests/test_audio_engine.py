@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import soxr
 
+from edge_agent.audio.capture import reaches_grid
 from edge_agent.audio.engine import AudioEngine, EngineState
 from edge_agent.audio.resample import StreamResampler, resample_all
 from edge_agent_devkit.rig.alsa_rig import AlsaRig
@@ -151,6 +153,49 @@ def test_resampler_streaming_has_no_clicks_and_keeps_pitch_and_length():
     ref = resample_all(x, 48000, 16000)
     n = min(len(ref), len(y))
     assert np.abs(ref[:n].astype(np.int32) - y[:n]).max() <= 2
+
+
+def _soxr_every_chunk(x: np.ndarray, in_rate: int, out_rate: int, chunk: int) -> np.ndarray:
+    """What the resampler gave before it skipped silence: soxr sees every chunk, zeros too."""
+    stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ", vr=True)
+    out = [
+        np.clip(np.rint(stream.resample_chunk(x[i : i + chunk].astype(np.float32))), -32768, 32767)
+        for i in range(0, len(x), chunk)
+    ]
+    return np.concatenate(out).astype(np.int16)
+
+
+@pytest.mark.parametrize(
+    ("in_rate", "out_rate", "skips"),
+    [
+        (24000, 48000, True),
+        (24000, 16000, True),
+        (24000, 32000, True),
+        (24000, 96000, True),
+        (48000, 16000, True),
+        (32000, 16000, True),
+        (96000, 16000, True),
+        (24000, 44100, False),  # soxr's phase is not exactly periodic there: never skips
+        (44100, 16000, False),
+    ],
+)
+def test_resampler_skips_silence_without_changing_a_sample(in_rate, out_rate, skips):
+    """Bursts between silences of every length, 10 ms chunks as the callbacks give them:
+    skipping quiet stretches leaves every output sample and every count as soxr's own."""
+    rng = np.random.default_rng(in_rate + out_rate)
+    parts = []
+    for _ in range(10):
+        parts.append(np.zeros(int(rng.integers(0, in_rate // 2)), np.int16))
+        parts.append(noise(int(rng.integers(1, in_rate // 5)), int(rng.integers(1000))))
+    chunk = in_rate // 100 if in_rate != 24000 else 240
+    x = np.concatenate([*parts, np.zeros(in_rate, np.int16)])
+    x = x[: len(x) // chunk * chunk]
+    rs = StreamResampler(in_rate, out_rate)
+    got = [rs.process(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+    expected = _soxr_every_chunk(x, in_rate, out_rate, chunk)
+    assert np.array_equal(np.concatenate(got), expected)
+    assert rs.in_samples == len(x) and rs.out_samples == len(expected)
+    assert (rs.skipped_samples > len(x) // 4) is skips and (rs.skipped_samples > 0) is skips
 
 
 def test_resampler_rejects_aliases_when_downsampling():
@@ -404,6 +449,77 @@ def test_duplex_48k_reference_is_the_played_signal_resampled(rig, engines):
     assert n > 16000
     assert np.array_equal(ref[:n], expected[:n])
     assert engine.played_device_samples >= 3 * n
+
+
+class HoldingCollector(Collector):
+    """A consumer that, like the capture pipeline while the ears wait for the wake word,
+    lets idle input wait until a block reaches phase + k * 1280 (an 80 ms grid)."""
+
+    def __init__(self, phase: int = 128) -> None:
+        super().__init__()
+        self.hold_grid: tuple[int, int] | None = (phase, 1280)
+        self.arrivals: list[float] = []
+        self.due_blocks: list[int] = []
+
+    def __call__(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> HoldingCollector:
+        super().__call__(mic, ref, pos)
+        self.arrivals.append(time.monotonic())
+        if self.hold_grid is not None and reaches_grid(self.hold_grid, pos, len(mic)):
+            self.due_blocks.append(pos)
+        return self
+
+
+def test_duplex_48k_idle_input_waits_for_its_grid_and_comes_out_unchanged(rig, engines):
+    """Held back while nothing plays, the mic comes out in bursts that end with the block
+    reaching the grid, yet every block is 10 ms at its position and every sample is the
+    offline streaming resampler's; the reference stays exactly the played signal
+    resampled across the switch from held silence to a reply."""
+    mic48 = noise(48000 * 3, seed=12)
+    duplex = rig.add_duplex("dup", 48000, source=mic48)
+    rig.start()
+    clip = noise(12000, seed=13)
+    got, source = HoldingCollector(), Source(clip)
+    engine = AudioEngine(
+        input_device="dup",
+        output_device="dup",
+        duplex=True,
+        duplex_rate_hz=48000,
+        output_source=source,
+        on_block=got,
+    )
+    engines.append(engine)
+    assert engine.start() is EngineState.RUNNING
+    assert wait_for(lambda: got.samples >= 16000)  # 1 s of idle input
+    source.armed.set()
+    assert wait_for(lambda: source.pos >= len(clip))
+    assert wait_for(lambda: got.samples >= 16000 * 2)
+    engine.stop()
+    assert all(len(m) == 160 for m in got.mic)
+    assert got.pos == list(range(0, 160 * len(got.pos), 160))
+    rs = StreamResampler(48000, 16000)
+    expected = np.concatenate([rs.process(mic48[i : i + 480]) for i in range(0, len(mic48), 480)])
+    mic = got.mic_all()
+    assert np.array_equal(mic, expected[: len(mic)])
+    # Idle (the first second, after the resampler's start-up): bursts, each ending with
+    # its due block; a burst is blocks arriving within 3 ms of each other.
+    idle = [k for k, p in enumerate(got.pos) if 3200 <= p < 14000]
+    bursts = [k for k in idle if got.arrivals[k] - got.arrivals[k - 1] > 0.003]
+    assert len(bursts) <= len(idle) // 4, f"{len(bursts)} bursts for {len(idle)} idle blocks"
+    ends = [k - 1 for k in bursts[1:]]
+    assert sum(got.pos[k] in got.due_blocks for k in ends) >= 0.8 * len(ends)
+    # The reference: zeros while held, then the played signal, resampled without a seam.
+    ref = got.ref_all()
+    played = duplex.recorder.samples()
+    lead48 = first_nonzero(played) - 3 * first_nonzero(ref)
+    lead48 = 480 * round(lead48 / 480)
+    device_out = played[lead48:]
+    rs = StreamResampler(48000, 16000)
+    expected_ref = np.concatenate(
+        [rs.process(device_out[i : i + 480]) for i in range(0, len(device_out) - 479, 480)]
+    )
+    n = min(len(ref), len(expected_ref))
+    assert n > 16000 and first_nonzero(ref) > 14000
+    assert np.array_equal(ref[:n], expected_ref[:n])
 
 
 def test_duplex_across_two_different_alsa_devices(rig, engines):

@@ -239,3 +239,58 @@ def test_on_the_rig_a_slow_listener_loses_the_oldest_blocks_not_the_newest(tmp_p
     for pos, mic, ref in ears.seen:
         assert ref is None and np.array_equal(mic, data[pos : pos + BLOCK])
     assert [batch[0][1] for batch in events.batches] == ears.positions
+
+
+class GridEars(FakeEars):
+    """Fake ears that, like the real ones waiting for the wake word, only need the blocks
+    reaching phase + k * period; everything else may be handed over with them."""
+
+    def __init__(self, grid: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.due_grid = grid
+
+
+def test_idle_blocks_wait_for_the_grid_and_go_over_in_one_call(pipelines):
+    ears, events = GridEars((5 * BLOCK, 8 * BLOCK)), Events()
+    pipe = started(pipelines, ears, events, poll_s=30.0)  # no timed wake-ups in this test
+    assert pipe.on_block(*block(0)) is pipe and pipe.hold_grid == (5 * BLOCK, 8 * BLOCK)
+    for pos in range(BLOCK, 4 * BLOCK, BLOCK):
+        pipe.on_block(*block(pos))
+    time.sleep(0.05)  # nothing reached 5 * BLOCK: the worker was not woken
+    assert ears.seen == [] and pipe.queued_blocks == 4
+    pipe.on_block(*block(4 * BLOCK))  # ends at 5 * BLOCK: due
+    assert wait_for(lambda: pipe.processed_blocks == 5)
+    assert ears.positions == [0]  # one call, the five blocks joined in order
+    mic, ref = ears.seen[0][1], ears.seen[0][2]
+    assert np.array_equal(mic, np.repeat(np.arange(5, dtype=np.int16), BLOCK))
+    assert ref is not None and ref.size == 5 * BLOCK and pipe.capture_pos == 5 * BLOCK
+    # A block with playback in its reference is never joined with others.
+    loud = np.full(BLOCK, 300, np.int16)
+    for k in range(5, 13):
+        mic_k, ref_k, pos = block(k * BLOCK)
+        pipe.on_block(mic_k, loud if k == 9 else ref_k, pos)
+    assert wait_for(lambda: pipe.processed_blocks == 13)
+    assert ears.positions == [0, 5 * BLOCK, 9 * BLOCK, 10 * BLOCK]
+    assert [len(m) for _, m, _ in ears.seen] == [5 * BLOCK, 4 * BLOCK, BLOCK, 3 * BLOCK]
+    # No grid (the ears need every block): each block on its own, as it comes; muted:
+    # nothing to hold for.
+    ears.due_grid = None
+    for k in range(13, 15):
+        pipe.on_block(*block(k * BLOCK))
+    assert wait_for(lambda: pipe.processed_blocks == 15)
+    assert ears.positions[-2:] == [13 * BLOCK, 14 * BLOCK] and pipe.hold_grid is None
+    ears.due_grid = (0, 1280)
+    pipe.muted = True
+    assert pipe.hold_grid is None
+
+
+def test_a_wrong_grid_delays_a_block_by_at_most_max_coalesce_blocks(pipelines):
+    ears = GridEars((10**9, 1280))  # a grid point that never comes
+    pipe = started(pipelines, ears, max_coalesce=3, poll_s=30.0)
+    for k in range(2):
+        pipe.on_block(*block(k * BLOCK))
+    time.sleep(0.05)
+    assert ears.seen == []
+    pipe.on_block(*block(2 * BLOCK))  # the third waiting block wakes the worker
+    assert wait_for(lambda: pipe.processed_blocks == 3)
+    assert ears.positions == [0] and len(ears.seen[0][1]) == 3 * BLOCK

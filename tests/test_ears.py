@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 
+from edge_agent.audio.capture import reaches_grid
 from edge_agent.audio.ears import Ears, EarsConfig
 from edge_agent.audio.echo import Aec3EchoCanceller, EchoOutput
 from edge_agent.audio.vad import WebRtcVad
@@ -531,6 +532,130 @@ def test_pipeline_detects_wherever_the_bare_model_does(jarvis_model) -> None:
     assert bare_hits >= 6, (
         f"the bare model detected only {bare_hits} of {len(speech.WAKE_CASES)} clips"
     )
+
+
+def run_coalesced(ears: Ears, mic: np.ndarray, ref: np.ndarray, on_event=None):
+    """Feed 10 ms blocks the way the capture pipeline hands them over: while the ears
+    publish a `due_grid`, blocks wait until one reaches it and go over in one call; a
+    block with playback in its reference goes on its own. Returns
+    ([(block_end, event)], number of process calls)."""
+    out, calls, start = [], 0, None
+
+    def hand_over(s: int, e: int) -> None:
+        nonlocal calls
+        calls += 1
+        for ev in ears.process(mic[s:e], ref[s:e], s):
+            out.append((e, ev))
+            if on_event is not None:
+                on_event(ev)
+
+    for i in range(0, mic.size - BLOCK + 1, BLOCK):
+        if ref[i : i + BLOCK].any():
+            if start is not None:
+                hand_over(start, i)
+                start = None
+            hand_over(i, i + BLOCK)
+            continue
+        start = i if start is None else start
+        grid = ears.due_grid
+        waiting = grid is not None and i + BLOCK - start < 8 * BLOCK
+        if waiting and not reaches_grid(grid, i, BLOCK):
+            continue
+        hand_over(start, i + BLOCK)
+        start = None
+    if start is not None:  # the end of the test audio: what still waits
+        hand_over(start, mic.size // BLOCK * BLOCK)
+    return out, calls
+
+
+class BypassedEcho(PassThroughEcho):
+    """A canceller in its idle bypass (nothing has played for a while)."""
+
+    bypassed = True
+
+
+def test_due_grid_is_the_wake_frames_and_goes_at_once_when_orders_change() -> None:
+    assert make_ears(echo=PassThroughEcho()).due_grid is None
+    ears = make_ears(echo=BypassedEcho())
+    ears.apply(idle())
+    assert ears.due_grid is None  # orders pending
+    run(ears, np.zeros(ms(200), np.int16), np.zeros(ms(200), np.int16))
+    phase, period = ears.due_grid
+    assert period == FRAME_SAMPLES and phase % FRAME_SAMPLES == 0  # frames from sample 0
+    ears.apply(turn(None))
+    assert ears.due_grid is None  # at once, from the thread that applied it
+    run(ears, np.zeros(ms(100), np.int16), np.zeros(ms(100), np.int16), start=ms(200))
+    assert ears.due_grid is None  # the user's turn: every block counts
+    ears.apply(speaking())
+    run(ears, np.zeros(ms(100), np.int16), np.zeros(ms(100), np.int16), start=ms(300))
+    assert ears.due_grid is None  # barge-in armed
+    ears.apply(idle())
+    loud = np.full(ms(100), 3000, np.int16)
+    run(ears, np.zeros(ms(100), np.int16), loud, start=ms(400))
+    assert ears.due_grid is None  # something plays
+
+
+def test_without_aec_coalescing_waits_for_the_playback_guard_to_end() -> None:
+    """No canceller: the playback guard silences the wake model while the device plays
+    and 500 ms after. Blocks handed over coalesced (idle, wake word only) feed the wake
+    model exactly what block by block does, guard included."""
+    ref = speech.concat(speech.silence(1), voiced(700), speech.silence(3))
+    mic = speech.concat(speech.silence(0.5), voiced(2500), speech.silence(1.7))
+    fed = []
+    for feed in ("blocks", "coalesced"):
+        wake = FakeWake()
+        ears = make_ears(wake)  # echo=None -> guard on
+        ears.apply(idle())
+        if feed == "blocks":
+            run(ears, mic, ref)
+        else:
+            _, calls = run_coalesced(ears, mic, ref)
+            assert calls < mic.size // BLOCK // 2
+        fed.append((np.concatenate([x for _, x in wake.inputs]), ears.stats.guarded_samples))
+    assert np.array_equal(fed[0][0], fed[1][0]) and fed[0][1] == fed[1][1] == ms(1200)
+
+
+@needs_espeak
+@pytest.mark.timeout(240)
+def test_coalesced_idle_blocks_give_the_same_events_at_the_same_blocks(jarvis_model) -> None:
+    """Real AEC3 (warm-up, then bypassed), webrtcvad and the wake model on 'hey jarvis,
+    what time is it' in room noise, the daemon's switch to the user's turn on the wake
+    word: handed over as the capture pipeline coalesces idle blocks, the ears emit the
+    same events, with the same scores, positions and uplinked audio, out of the same
+    10 ms block as block by block, in far fewer calls."""
+    rng = np.random.default_rng(5)
+    for voice, speed, gap in speech.WAKE_CASES[:3]:
+        clip = speech.wake_phrase_clip(voice, speed, gap_s=gap)
+        mic = speech.to_int16(speech.add_noise(clip.audio, -60.0, rng))
+        ref = np.zeros(mic.size, np.int16)
+        results = []
+        for feed in ("blocks", "coalesced"):
+            ears = real_ears(jarvis_model)
+            ears.apply(idle())
+
+            def on_event(ev, e=ears):
+                if isinstance(ev, WakeWordDetected):
+                    e.apply(turn(ev.end_sample))
+
+            if feed == "blocks":
+                events, calls = run(ears, mic, ref, on_event=on_event), mic.size // BLOCK
+            else:
+                events, calls = run_coalesced(ears, mic, ref, on_event=on_event)
+            results.append((events, calls, ears.stats.blocks, ears._echo.bypassed_blocks))
+        (by_block, n_blocks, _, bypassed), (joined, n_calls, _, joined_bypassed) = results
+        case = f"{voice} {speed} wpm"
+        assert of(by_block, WakeWordDetected), case
+        assert [(end, repr(ev)) for end, ev in joined] == [
+            (end, repr(ev)) for end, ev in by_block
+        ], case
+        for a, b in zip(of(joined, UplinkAudio), of(by_block, UplinkAudio), strict=True):
+            assert a.pcm == b.pcm, case
+        assert bypassed == joined_bypassed, case  # counted in 10 ms blocks either way
+        # Coalesced from the end of AEC3's 1 s warm-up to the wake word: 8 blocks a call.
+        woke_at = next(end for end, ev in by_block if isinstance(ev, WakeWordDetected))
+        idle_blocks = woke_at // BLOCK - 100
+        assert idle_blocks > 50, case
+        assert n_blocks - n_calls >= 0.8 * idle_blocks * 7 / 8, case
 
 
 @needs_espeak

@@ -86,9 +86,7 @@ def _best_lag(cleaned: np.ndarray, mic: np.ndarray, start: int) -> int:
     seg = cleaned.astype(np.float64)
     return max(
         range(-40, 41),
-        key=lambda d: float(
-            np.dot(seg, mic[start + d : start + d + seg.size].astype(np.float64))
-        ),
+        key=lambda d: float(np.dot(seg, mic[start + d : start + d + seg.size].astype(np.float64))),
     )
 
 

@@ -1,4 +1,4 @@
-"""The "ears": from a 10 ms mic block (+ aligned echo reference) to events and uplink audio.
+"""The "ears": from mic blocks (+ aligned echo reference) to events and uplink audio.
 
 Per block, in order:
 1. echo cancellation (AEC3, bypassed while nothing has played for ~1 s); with
@@ -23,6 +23,13 @@ called from any thread: the orders are queued and take effect at the start of
 the next `process` call, so one block is always handled under one policy.
 Synchronous and device-free: the daemon calls `process` from one worker thread
 (inference must stay off the asyncio loop).
+
+Blocks are whole multiples of 10 ms. While the ears only wait for the wake word and
+nothing plays, they publish `due_grid` (the ends of the wake model's 80 ms frames) and the
+capture pipeline and the audio engine hand idle audio over up to 80 ms at a time, in one
+call at the block where a frame ends; every step above works in 10 ms units inside a
+block, so the events, their positions and the uplinked audio are those of block-by-block
+processing (tests/test_ears.py compares both on the real models).
 
 What each kind of listening means here:
 - WAKE_WORD: wake word only; nothing is gated or sent.
@@ -55,6 +62,7 @@ from edge_agent.audio.echo import (
     PlaybackGuard,
     reference_active,
 )
+from edge_agent.audio.wakeword import FRAME_SAMPLES as WAKE_FRAME_SAMPLES
 from edge_agent.audio.wakeword import WakeWordDetector
 from edge_agent.core.barge_in import BargeInConfig, BargeInDetector
 from edge_agent.core.events import (
@@ -244,6 +252,18 @@ class Ears:
         self._orders = _Orders()  # the orders the block path carries out
         self._next_sample: int | None = None
         self._zeros = np.zeros(160, dtype=np.int16)
+        # Where the wake model's next 80 ms frame ends (the detector frames the stream from
+        # the first sample it is given and again after every jump; mirrored here).
+        self._wake_next: int | None = None
+        self._wake_frame_end = 0
+        self.due_grid: tuple[int, int] | None = None
+        """Read on other threads (capture pipeline, sound card): ``(phase, period)`` in mic
+        samples. Only a block whose span reaches a position ``phase + k * period`` can
+        make these ears say anything, so blocks before it may wait and be handed over
+        with it; None: every block counts, hand each over as it comes. Set only while
+        the ears listen for the wake word alone, nothing plays and no orders are
+        pending: then the only possible event, a wake word, comes out at the end of a
+        wake-model frame (80 ms apart, lagging the mic by the canceller's latency)."""
         self.stats = EarsStats()
 
     @classmethod
@@ -296,6 +316,7 @@ class Ears:
         if orders != self._requested:
             self._requested = orders
             self._queue(orders)
+            self.due_grid = None  # every block counts until the orders are carried out
 
     def _queue(self, command: _Orders) -> None:
         # deque append/popleft are thread-safe; the bound only guards against a
@@ -363,6 +384,7 @@ class Ears:
                 self.stats.guarded_samples += n
 
             wake_input = self._silence(n) if guarded else cleaned
+            self._follow_wake_frames(start, n)
             for det in self._wake.process(wake_input, start):
                 self.stats.wake_detections += 1
                 events.append(det)
@@ -381,9 +403,36 @@ class Ears:
                 vad_input = self._noise_fill.process(heard, cleaned, playing)
             for frame in self._frames(uplink, vad_input, start, guarded):
                 self._route_frame(frame, events)
+            self._set_due_grid(idle=not (playing or guarded))
             return events
         finally:
             self.stats.cpu_s += time.thread_time() - t0
+
+    def _follow_wake_frames(self, start: int, n: int) -> None:
+        """Mirror the wake detector's framing: a jump restarts its frames at `start`."""
+        if start != self._wake_next:
+            self._wake_frame_end = start + WAKE_FRAME_SAMPLES
+        self._wake_next = start + n
+        while self._wake_frame_end <= self._wake_next:
+            self._wake_frame_end += WAKE_FRAME_SAMPLES
+
+    def _set_due_grid(self, *, idle: bool) -> None:
+        """See `due_grid`: wake frames end every 80 ms, seen at the mic one canceller
+        latency later; None unless the ears only wait for the wake word, idle."""
+        self.due_grid = self._wake_grid() if idle else None
+        if self._commands:  # orders queued meanwhile (apply() may have cleared it first)
+            self.due_grid = None
+
+    def _wake_grid(self) -> tuple[int, int] | None:
+        orders = self._orders
+        if orders.listen is not Listen.WAKE_WORD or orders.barge_in is not None:
+            return None
+        if self._echo is not None and not getattr(self._echo, "bypassed", False):
+            return None  # the canceller is running: something played just now
+        tail, heard_to = self._ref_active_until, self._next_sample
+        if tail is not None and heard_to is not None and heard_to - self._latency < tail:
+            return None  # double-talk tail after playback (the guard's tail: `idle` above)
+        return (self._wake_frame_end + self._latency, WAKE_FRAME_SAMPLES)
 
     def _drop_block(self) -> None:
         """Listening to nothing: forget partial frames; the next block heard is no jump."""

@@ -180,7 +180,7 @@ class Aec3EchoCanceller:
         if (self.bypassed and not playing) or n % self._block:
             if n % self._block:
                 self._log_bad("mic block of %d samples is not a multiple of 10 ms: bypassed", n)
-            self.bypassed_blocks += 1
+            self.bypassed_blocks += max(1, n // self._block)
             self._engine_fed = False
             self._played_samples = 0
             self._remember(mic16)
@@ -195,7 +195,7 @@ class Aec3EchoCanceller:
             self._played_samples += n
         far = ref if ref is not None else np.zeros(n, dtype=np.int16)
         far16 = np.ascontiguousarray(far, dtype=np.int16)
-        self.processed_blocks += 1
+        self.processed_blocks += n // self._block
         if n == self._block:
             cleaned = np.asarray(self._engine.process(mic16, far16), dtype=np.int16)
         else:
@@ -288,6 +288,7 @@ class NoiseFill:
         self._bank_margin = bank_margin_db
         self._fill_below = fill_below_db
         self._since_ref = self._learn_after  # nothing has played yet
+        self._step = sample_rate_hz // 100
         self._next = 0
         self.floor_db: float | None = None
         self.filled_blocks = 0
@@ -297,9 +298,13 @@ class NoiseFill:
         if ref_active:
             self._since_ref = 0
         else:
-            self._since_ref = min(self._since_ref + mic.size, self._learn_after)
-            if self._since_ref >= self._learn_after:
-                self._learn(mic)
+            # 10 ms at a time, so a block of several (the capture pipeline hands those over
+            # while idle) is learned exactly as its 10 ms blocks one by one would be.
+            step = self._step if mic.size % self._step == 0 else mic.size
+            for i in range(0, mic.size, step):
+                self._since_ref = min(self._since_ref + step, self._learn_after)
+                if self._since_ref >= self._learn_after:
+                    self._learn(mic[i : i + step] if step < mic.size else mic)
         if cleaned is mic or self.floor_db is None or not self._bank:
             return cleaned  # AEC bypassed (nothing gated), or nothing learned yet
         if block_energy_db(cleaned) >= self.floor_db - self._fill_below:

@@ -26,6 +26,18 @@ The echo reference (``ref``) is what the speaker was given, at 16 kHz:
 * **Degraded** (capture only, the speaker is missing): ``ref`` is zeros (nothing plays, so
   nothing echoes), and the output source is still pulled at the mic's real-time pace and
   discarded, so a reply drains as if it had played.
+
+Idle (full duplex, what the device does nearly all of its life): the callback still runs
+every ``block_ms`` (the period sets the output latency, hence barge-in and cue delays), but
+does as little as it can there. While the source gives digital silence and the output
+resampler is quiet (:meth:`StreamResampler.skip_silence`), the device gets a prebuilt block
+of zeros. And when ``on_block`` answered with an object whose ``hold_grid`` is
+``(phase, period)`` (the capture pipeline: the ears listen for the wake word alone), the raw
+mic input of silent-output callbacks is held back until the blocks it makes would reach a
+position ``phase + k * period``, then resampled in one piece (soxr's streaming output does not
+depend on how the input is cut: same samples, measured) and delivered as the same 10 ms
+blocks at the same positions. Nothing is held while anything plays, nor for more than
+``_MAX_HELD_CALLBACKS`` callbacks.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ import numpy as np
 import pyaudio
 
 from edge_agent.audio import devices as dev
+from edge_agent.audio.capture import reaches_grid
 from edge_agent.audio.resample import StreamResampler
 
 logger = logging.getLogger(__name__)
@@ -52,12 +65,14 @@ SOURCE_RATE_HZ = 24_000
 OutputSource = Callable[[int], np.ndarray]
 """``output_source(n)`` -> exactly ``n`` int16 samples at 24 kHz (called on the audio thread)."""
 
-BlockCallback = Callable[[np.ndarray, np.ndarray | None, int], None]
-"""``on_block(mic, ref, capture_sample_pos)``: 16 kHz int16 blocks; must not block."""
+BlockCallback = Callable[[np.ndarray, np.ndarray | None, int], Any]
+"""``on_block(mic, ref, capture_sample_pos)``: 16 kHz int16 blocks; must not block. It may
+return an object with a ``hold_grid`` attribute (read on the audio thread): see "Idle" above."""
 
 _SILENCE = np.zeros(0, dtype=np.int16)
 _PLAYED_HANDOFF_SAMPLES = MIC_RATE_HZ // 5  # 200 ms: more means the mic side is stalled
 _MAX_RENDER_PULLS = 8  # per callback; only the resampler's first call needs more than one
+_MAX_HELD_CALLBACKS = 8  # idle mic input held back at most this many callbacks (80 ms)
 
 
 @dataclass
@@ -140,6 +155,14 @@ class Session:
     stable: bool = False
     closing: bool = False
     discard_credit: float = 0.0  # degraded: 24 kHz samples owed to the output source
+    # Idle (see the module docstring): raw mic input held back, what on_block answered, and
+    # whether the last rendered block was the prebuilt silence.
+    held: list[bytes] = field(default_factory=list)
+    held_frames: int = 0
+    hold_source: Any = None
+    out_silent: bool = False
+    silent_out: np.ndarray = field(default_factory=lambda: _SILENCE)
+    silent_bytes: bytes = b""
 
     # ------------------------------------------------------------- open and close
 
@@ -297,14 +320,44 @@ class Session:
             if status & pyaudio.paOutputUnderflow:
                 counters.output_underflows += 1
             out = self._render(frames)
-            assert self.mic_rs is not None and self.ref_rs is not None
-            mic16 = self.mic_rs.process(self._mic(in_data))
-            ref16 = self.ref_rs.process(out)
-            self._deliver(mic16, ref16)
+            if self.out_silent and self._may_hold(frames):
+                self.held.append(in_data)
+                self.held_frames += frames
+            else:
+                self._duplex_mic(in_data, out, frames)
         except Exception as exc:
             self._callback_failed(exc)
             out = np.zeros(frames, dtype=np.int16)
         return self._device_bytes(out), pyaudio.paContinue
+
+    def _duplex_mic(self, in_data: bytes, out: np.ndarray, frames: int) -> None:
+        """Resample the mic input (with any held back) and its reference; deliver blocks."""
+        assert self.mic_rs is not None and self.ref_rs is not None
+        if self.held:
+            self.held.append(in_data)
+            mic = self._mic(b"".join(self.held))
+            ref = np.zeros(self.held_frames + frames, dtype=np.int16)  # held: silence played
+            ref[self.held_frames :] = out
+            self.held, self.held_frames = [], 0
+        else:
+            mic, ref = self._mic(in_data), out
+        self._deliver(self.mic_rs.process(mic), self.ref_rs.process(ref))
+
+    def _may_hold(self, frames: int) -> bool:
+        """Idle: may this callback's mic input wait? Yes while the blocks it would complete
+        reach no position of the consumer's hold grid (see the module docstring)."""
+        source, mic_rs = self.hold_source, self.mic_rs
+        if source is None or mic_rs is None or len(self.held) >= _MAX_HELD_CALLBACKS:
+            return False
+        grid = getattr(source, "hold_grid", None)
+        if grid is None or (frames * MIC_RATE_HZ) % self.in_rate:
+            return False
+        if mic_rs.in_samples < self.in_rate // 10:  # past the resampler's start-up
+            return False
+        start = self.setup.counters.captured_samples  # the next block delivered starts here
+        ready = len(self.mic_acc) + (self.held_frames + frames) * MIC_RATE_HZ // self.in_rate
+        whole = ready - ready % self.setup.block_samples
+        return not whole or not reaches_grid(grid, start, whole)
 
     def _callback_failed(self, exc: Exception) -> None:
         counters = self.setup.counters
@@ -345,13 +398,24 @@ class Session:
         counters = self.setup.counters
         if counters.input_stalled and len(mic16):
             counters.input_stalled = False
+        n = self.setup.block_samples
+        if (
+            len(mic16) == n
+            and not len(self.mic_acc)
+            and (ref16 is None or (len(ref16) == n and not len(self.ref_acc)))
+        ):
+            # The steady state at every rate the resamplers map exactly: one callback, one
+            # block. Both arrays are fresh (never written again), so they go on uncopied.
+            pos = counters.captured_samples
+            counters.captured_samples = pos + n
+            self._emit(mic16, ref16, pos)
+            return
         self.mic_acc = np.concatenate((self.mic_acc, mic16)) if len(self.mic_acc) else mic16
         if ref16 is not None:
             self.ref_acc = np.concatenate((self.ref_acc, ref16)) if len(self.ref_acc) else ref16
             ready = min(len(self.mic_acc), len(self.ref_acc))
         else:
             ready = len(self.mic_acc)
-        n = self.setup.block_samples
         while ready >= n:
             mic = self.mic_acc[:n].copy()
             self.mic_acc = self.mic_acc[n:]
@@ -369,8 +433,10 @@ class Session:
         if on_block is None:
             return
         try:
-            on_block(mic, ref, pos)
+            answer = on_block(mic, ref, pos)
+            self.hold_source = answer if hasattr(answer, "hold_grid") else None
         except Exception as exc:
+            self.hold_source = None
             counters = self.setup.counters
             counters.callback_errors += 1
             if counters.callback_errors == 1:
@@ -379,6 +445,8 @@ class Session:
     # ------------------------------------------------------------------ speaker side
 
     def _device_bytes(self, out: np.ndarray) -> bytes:
+        if out is self.silent_out:
+            return self.silent_bytes
         if self.out_channels > 1:
             out = np.repeat(out, self.out_channels)
         return out.astype("<i2", copy=False).tobytes()
@@ -424,10 +492,21 @@ class Session:
         at 48 kHz as at 24 kHz. What that keeps is under 1 ms of leftover plus the filter's
         ~2 ms delay (measured in tests/test_audio_engine.py).
         """
+        self.out_silent = False
         if self.out_rs is None:  # no output open: nothing to render
             return np.zeros(frames, dtype=np.int16)
         ring = self.out_ring
         pulls = 0
+        if not len(ring) and self.out_rs.quiet:
+            # Idle: the source's silence needs no resampling (StreamResampler.skip_silence).
+            x = self._pull(math.ceil(frames * SOURCE_RATE_HZ / self.out_rate))
+            m = None if np.count_nonzero(x) else self.out_rs.skip_silence(len(x))
+            if m == frames:
+                self._count_played(frames)
+                self.out_silent = True
+                return self._silent_block(frames)
+            ring = np.zeros(m, dtype=np.int16) if m is not None else self.out_rs.process(x)
+            pulls = 1
         while len(ring) < frames and pulls < _MAX_RENDER_PULLS:
             need = math.ceil((frames - len(ring)) * SOURCE_RATE_HZ / self.out_rate)
             y = self.out_rs.process(self._pull(need))
@@ -436,7 +515,18 @@ class Session:
         if len(ring) < frames:  # resampler warm-up: pad the very first block
             ring = np.concatenate((ring, np.zeros(frames - len(ring), dtype=np.int16)))
         out, self.out_ring = ring[:frames], ring[frames:]
+        self._count_played(frames)
+        return out
+
+    def _count_played(self, frames: int) -> None:
         counters = self.setup.counters
         counters.played_device_samples += frames
         counters.played_24k += frames * SOURCE_RATE_HZ / self.out_rate
-        return out
+
+    def _silent_block(self, frames: int) -> np.ndarray:
+        """A prebuilt block of zeros (read-only) and its device bytes."""
+        if len(self.silent_out) != frames:
+            self.silent_out = np.zeros(frames, dtype=np.int16)
+            self.silent_out.flags.writeable = False
+            self.silent_bytes = bytes(frames * 2 * self.out_channels)
+        return self.silent_out

@@ -212,6 +212,12 @@ class JitterBuffer:
             raise ValueError(f"pull size must not be negative, got {n}")
         out = np.zeros(n, dtype=np.int16)
         with self._lock:
+            if not (self._buffered or self._playing or self._tail_remaining or self._rebuffering):
+                # Idle (the device's usual state, 100 pulls a second): nothing buffered,
+                # nothing fading out, no underrun being counted; what follows would only
+                # return this silence.
+                self._last_pull_was_audio = False
+                return out
             pos = self._write_tail(out, 0)
             audio = 0
             if not self._playing and self._tail_remaining == 0 and self._ready_to_start():

@@ -7,8 +7,9 @@ What each figure counts (all measured in this run; a failed step gives None + an
   ``audio.duplex_rate_hz`` (48 kHz by default; echo cancellation on means one full-duplex
   stream) is fed espeak-ng speech, silence and -60 dBFS noise in real time; the real
   ``AudioEngine`` (PyAudio) resamples the mic to 16 kHz, renders the (silent) output from a
-  real ``JitterBuffer`` and hands 10 ms blocks to the daemon's own ``CapturePipeline``
-  (bounded drop-oldest queue, ears worker thread) running ``Ears`` (built as
+  real ``JitterBuffer`` and ``CueMixer`` (as the daemon's output source does) and hands
+  10 ms blocks to the daemon's own ``CapturePipeline`` (bounded drop-oldest queue, ears
+  worker thread) running ``Ears`` (built as
   ``Ears.create`` builds it from the default config: AEC3 with idle bypass, openWakeWord,
   webrtcvad). Counted over a window of whole blocks (60 s; quick: 8 s) after a 1.5 s
   lead-in: the PortAudio callback thread (``time.thread_time()`` read inside the block
@@ -18,8 +19,10 @@ What each figure counts (all measured in this run; a failed step gives None + an
   (which stand in for the sound card), read from ``/proc/self/task/*/stat`` (10 ms ticks):
   in practice the engine's supervisor thread.
   The baseline is a bare ``openwakeword.Model.predict`` loop (its own model instance, 80 ms
-  frames) running in another thread on exactly the same 16 kHz blocks in the same window,
-  counted with ``thread_time()`` (openWakeWord's TFLite interpreters run single-threaded).
+  frames) running in another thread on exactly the same 16 kHz audio in the same window,
+  handed to it as the pipeline hands it to ``Ears.process`` (while idle, up to 80 ms at a
+  time: see ``edge_agent.audio.capture``), counted with ``thread_time()`` (openWakeWord's
+  TFLite interpreters run single-threaded).
   The ALSA ``file`` plugin does a read()/write() per period where a real card uses DMA, so
   the capture share is, if anything, overstated.
 * ``wake_detection_delay_ms``: median over espeak-ng voices of (end of the 10 ms block in
@@ -371,10 +374,16 @@ class _IdlePipeline:
         ids = {self.capture.worker_thread_id, self._bare_thread.native_id}
         return {tid for tid in ids if tid is not None}
 
-    def on_block(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> None:
-        """PortAudio callback thread: mark, then the pipeline's own (non-blocking) hand-off."""
+    @property
+    def due_grid(self) -> tuple[int, int] | None:
+        """The real Ears' coalescing hint, as the pipeline reads it from the daemon's Ears."""
+        return self.ears.due_grid
+
+    def on_block(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> Any:
+        """PortAudio callback thread: mark, then the pipeline's own (non-blocking) hand-off
+        (its answer goes back to the engine, as when the daemon passes it directly)."""
         self.callback.see(pos)
-        self.capture.on_block(mic, ref, pos)
+        return self.capture.on_block(mic, ref, pos)
 
     def process(self, mic: np.ndarray, ref: np.ndarray | None, sample_pos: int) -> list[Any]:
         """The pipeline's worker thread: mark, tee to the baseline, then the real Ears."""
@@ -457,6 +466,7 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
     from edge_agent.audio.engine import AudioEngine, EngineState
     from edge_agent.audio.vad import WebRtcVad
     from edge_agent.audio.wakeword import WakeWordDetector
+    from edge_agent.core.cues import CueMixer
     from edge_agent.core.jitter import JitterBuffer
     from edge_agent_devkit.rig import speech
     from edge_agent_devkit.rig.alsa_rig import AlsaRig
@@ -497,6 +507,13 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
         fade_ms=cfg.playback.fade_ms,
         gain=cfg.audio.volume_percent / 100,
     )
+    cues = CueMixer(cue_volume=cfg.audio.cue_volume_percent / 100)
+
+    def output_source(n: int) -> np.ndarray:
+        """What the daemon's output source does on every idle callback: reply audio plus
+        cues (its other checks only look further while a reply is due or playing)."""
+        return cues.mix_into(jitter.pull(n))
+
     pipe = _IdlePipeline(ears, model, start, end, cfg.audio.capture_queue_blocks)
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-rig-") as tmp:
         rig = AlsaRig(Path(tmp) / "rig")
@@ -509,7 +526,7 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
             duplex=cfg.echo.enabled,
             duplex_rate_hz=rate,
             block_ms=cfg.audio.block_ms,
-            output_source=jitter.pull,
+            output_source=output_source,
             on_block=pipe.on_block,
         )
         pipe.start()
@@ -726,8 +743,12 @@ class _TapEcho:
 
     def wrap(self, inner: Any) -> _TapEcho:
         self.inner = inner
-        self.latency_samples = inner.latency_samples
+        self.latency_samples = int(inner.latency_samples)
         return self
+
+    @property
+    def bypassed(self) -> bool:
+        return bool(self.inner.bypassed)
 
     def process(self, mic: np.ndarray, ref: np.ndarray | None) -> Any:
         y = self.inner.process(mic, ref)
