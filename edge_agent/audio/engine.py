@@ -14,7 +14,7 @@ Modes: separate streams (echo cancellation off): capture at 16 kHz when the devi
 otherwise at the first supported rate of ``capture_rates_hz``, resampled; playback at
 ``playback_rate_hz`` or a fallback rate. Full duplex (``duplex=True``, echo cancellation on):
 ONE stream, input and output at one device rate, so the echo reference is sample-aligned
-with the mic (DESIGN.md section 6).
+with the mic (AEC3 needs the reference to be exactly what was played; see audio/echo.py).
 """
 
 from __future__ import annotations
