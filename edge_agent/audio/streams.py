@@ -17,9 +17,10 @@ The echo reference (``ref``) is what the speaker was given, at 16 kHz:
   only aligned to within a device period or two: too loose for echo cancellation, meant for
   the playback guard that keeps the wake word and VAD from firing on the device's own voice.
 * **Full duplex** (what echo cancellation needs, see audio/echo.py): ONE stream, input and
-  output at one device rate. The output block is rendered first, and the reference is exactly that block resampled by its
-  own streaming resampler, the twin of the mic's: both see the same number of samples per
-  callback, so reference and mic stay sample-aligned (zeros while nothing plays).
+  output at one device rate. The output block is rendered first, and the reference is
+  exactly that block resampled by its own streaming resampler, the twin of the mic's: both
+  see the same number of samples per callback, so reference and mic stay sample-aligned
+  (zeros while nothing plays).
   PortAudio's ALSA backend runs the two directions in one callback thread even when they are
   different ALSA devices (verified over the test rig); on real hardware keep them on one
   card, because two cards have two clocks and drift into xruns.
