@@ -689,3 +689,18 @@ def test_factory_builds_a_working_pipeline_and_measures_cpu() -> None:
     assert ears.stats.audio_samples == clip.audio.size // BLOCK * BLOCK
     assert 0.0 < ears.stats.cpu_per_audio_s < 1.0  # sanity only; the number is reported
     print(f"idle pipeline CPU: {ears.stats.cpu_per_audio_s * 100:.2f}% of one core")
+
+
+def test_a_window_opened_from_now_keeps_the_plain_pre_roll() -> None:
+    """The follow-up window (no known start) sends its first utterance from the pre-roll
+    only; the window lead is for windows that start at a known sample (a wake word)."""
+    gate = VadGateConfig(frame_ms=30, pre_roll_ms=120, speech_start_ms=60, speech_end_ms=240)
+    mic = speech.concat(speech.silence(0.9), voiced(480), speech.silence(0.6))
+    ears = make_ears(gate=gate)
+    ears.apply(decide(AgentState.FOLLOW_UP, ALL, uplink=Uplink(None, 1)))
+    events = []
+    for i in range(0, mic.size, 160):
+        events += ears.process(mic[i : i + 160], None, i)
+    audio = [e for e in events if isinstance(e, UplinkAudio)]
+    assert [e for e in events if isinstance(e, SpeechStarted)] == [SpeechStarted(ms(900))]
+    assert audio[0].start_sample == ms(900 - 120)  # the pre-roll only, not the window start

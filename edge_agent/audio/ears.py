@@ -77,9 +77,9 @@ from edge_agent.core.vad_gate import VadGate, VadGateConfig
 logger = logging.getLogger(__name__)
 
 _MAX_PENDING_COMMANDS = 64
-# The first utterance of an uplink window (after a wake word) is sent from up to this
-# long before the run that opened the gate, back to the window's start: see
-# VadGate.reset. Longer pauses before speaking stay local beyond the pre-roll.
+# The first utterance of an uplink window that starts at a known sample (after a wake
+# word or a barge-in) is sent from up to this long before the run that opened the gate,
+# back to the window's start: see VadGate.reset. Longer pauses stay local.
 WINDOW_LEAD_MS = 1500
 # After the reference goes silent the echo still arrives (output latency + reverb).
 DOUBLE_TALK_TAIL_MS = 300
@@ -546,10 +546,15 @@ class Ears:
         return None if self._next_sample is None else max(0, self._next_sample - self._latency)
 
     def _begin_uplink(self, from_sample: int | None, events: list[EarEvent]) -> None:
+        # A window that starts at a known point (the end of the wake phrase, the onset of
+        # a barge-in) holds the user's words from there on, some of which a cue may have
+        # hidden from the VAD: its first utterance may reach back to it. A window opened
+        # "from now" (the follow-up after a reply) keeps the plain pre-roll.
+        lead = self._window_lead if from_sample is not None else 0
         if from_sample is None:  # from the next block on
             from_sample = self._next_output_sample() or 0
         logger.debug("ears: uplink from sample %d", from_sample)
-        self._gate.reset(floor_sample=from_sample, lead_samples=self._window_lead)
+        self._gate.reset(floor_sample=from_sample, lead_samples=lead)
         if self._history and from_sample < self._history[0].start:
             logger.warning(
                 "ears: uplink requested from sample %d but history starts at %d",
