@@ -83,9 +83,10 @@ def test_warm_up_then_idle_bypass_then_instant_resume() -> None:
     for _ in range(50):
         assert aec.process(mic, silent).cleaned is mic
     assert len(engine.calls) == 99
-    # Playback starts: cancelled in that very block, with the real reference (after one
-    # call that refills the engine with the block before: see the alignment tests).
+    # Playback starts: cancelled in that very block, with the real reference, and the
+    # engine gets nothing but that block (see the alignment tests for the positions).
     assert np.array_equal(aec.process(mic, loud).cleaned, mic // 2)
+    assert len(engine.calls) == 100
     assert np.array_equal(engine.calls[-1][1], loud)
     # ... and for the idle time after it (echo tail), then bypassed again.
     for _ in range(99):

@@ -61,7 +61,12 @@ def test_every_sample_stays_in_place_across_switches_with_a_lagging_engine() -> 
     for k, out in enumerate(outs):
         want = delayed[k * BLOCK : (k + 1) * BLOCK]
         bypassed = out.cleaned is out.raw
+        resumed = k > 0 and not bypassed and outs[k - 1].cleaned is outs[k - 1].raw
         expected = want if bypassed else want // 2
+        if resumed:
+            # The engine's first `lag` samples are stale (from its last active period):
+            # the delay line's stand in their place, the rest is the engine's.
+            expected = np.concatenate((want[:lag], want[lag:] // 2))
         assert np.array_equal(out.cleaned, expected), f"block {k} (bypassed {bypassed})"
         if k and bypassed != (outs[k - 1].cleaned is outs[k - 1].raw):
             switches += 1

@@ -106,8 +106,8 @@ class Aec3EchoCanceller:
 
     `latency_samples` is the engine's own lag (`AEC3_LATENCY_SAMPLES` for the real one);
     while bypassed the mic goes through a delay line of the same length, and when AEC3
-    is switched back on it is first fed the block before, so its output continues the
-    stream exactly where the delay line left it.
+    is switched back on, the stale samples it hands back first are replaced by the delay
+    line's, so its output continues the stream exactly where the delay line left it.
     """
 
     def __init__(
@@ -185,12 +185,8 @@ class Aec3EchoCanceller:
             self._played_samples = 0
             self._remember(mic16)
             return EchoOutput(raw, raw, settled=False)
-        if not self._engine_fed:
-            # Coming out of bypass: the engine still holds `latency_samples` of audio from
-            # its last active period. Feeding it the block before this one replaces them
-            # with the samples the delay line has not output yet.
-            self._engine.process(self._recent, np.zeros(self._block, dtype=np.int16))
-            self._engine_fed = True
+        resuming = not self._engine_fed
+        self._engine_fed = True
         if playing:
             self._played_samples += n
         far = ref if ref is not None else np.zeros(n, dtype=np.int16)
@@ -204,6 +200,14 @@ class Aec3EchoCanceller:
                 cleaned[i : i + self._block] = self._engine.process(
                     mic16[i : i + self._block], far16[i : i + self._block]
                 )
+        if resuming and self.latency_samples:
+            # Coming out of bypass, the engine hands back first the `latency_samples` it
+            # kept from its last active period (audio from seconds ago). Those positions
+            # belong to the delay line: put its samples there (no echo has reached the mic
+            # yet at the first block of playback). Feeding the engine nothing extra keeps
+            # its adaptation exactly as it was (a refill call measurably changed ERLE).
+            cleaned = cleaned.copy()
+            cleaned[: self.latency_samples] = raw[: self.latency_samples]
         self._remember(mic16)
         return EchoOutput(cleaned, raw, settled=self._played_samples >= self._settle_samples)
 
