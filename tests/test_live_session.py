@@ -492,6 +492,12 @@ def test_tool_call_round_trip(tmp_path: Path) -> None:
             called = await rig.events.wait_for(ToolCalled)
             assert called.name == "get_time" and called.call_id
             await rig.events.wait_for(TurnCompleted)
+            # On 3.8 the call is non-blocking: the holding reply may complete before the
+            # tool (on a worker thread) has answered, so wait for the answer to arrive.
+            async with asyncio.timeout(10):
+                while not rig.client_messages("toolResponse"):
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # a second (wrong) response would show up by now
             responses = [m for _, m in rig.client_messages("toolResponse")]
             assert len(responses) == 1
             (response,) = responses[0]["toolResponse"]["functionResponses"]
