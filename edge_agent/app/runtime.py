@@ -36,6 +36,7 @@ from edge_agent.audio.capture import CapturePipeline
 from edge_agent.config import Config
 from edge_agent.core import events as ev
 from edge_agent.core import state as st
+from edge_agent.core.cues import Cue
 
 if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow part of startup
     from edge_agent.app.abilities import Abilities
@@ -233,6 +234,8 @@ class Runtime:
                 require(self.session, "Live session").send_text(text)
                 self._turn_went_up()
             case st.StopRinging(reason=reason):
+                if self.playback.cues.current is Cue.TIMER:
+                    self.playback.cues.stop()  # the chime under way fades now, not in 0.4 s
                 timers = require(self.abilities, "abilities").timers
                 self._spawn(timers.stop_ringing(StopReason(reason)), "stop-ringing")
             case st.FlushPlayback():
