@@ -49,7 +49,7 @@ def test_shell_syntax_in_an_argument_is_just_text(tmp_path: Path, monkeypatch) -
     marker.write_text("still here")
     received = tmp_path / "received.json"
     evil = f"; rm -rf {marker} ; rm -rf / $(rm -rf {marker}) `rm -rf {marker}` && echo pwned"
-    monkeypatch.setenv("GEMINI_API_KEY", "AIzaSyTheKeyMustNotLeak0123456789")
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-must-not-leak-0123456789")
     tool = spec([sys.executable, script(tmp_path, ECHO_STDIN), str(received)])
     result = call(tool, {"room": evil})
     assert marker.read_text() == "still here"
