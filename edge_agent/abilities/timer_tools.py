@@ -25,7 +25,6 @@ from typing import Any
 
 from google.genai import types
 
-from edge_agent.abilities.statefile import read_json, write_json_atomic
 from edge_agent.abilities.timers import (
     RingEnded,
     StopReason,
@@ -38,6 +37,7 @@ from edge_agent.abilities.timers import (
     describe_duration,
 )
 from edge_agent.live.tools import Tool, ToolResult
+from edge_agent.statefile import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

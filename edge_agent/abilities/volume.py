@@ -17,8 +17,8 @@ from typing import Any
 
 from google.genai import types
 
-from edge_agent.abilities.statefile import read_json, write_json_atomic
 from edge_agent.live.tools import Tool, ToolResult
+from edge_agent.statefile import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -37,6 +36,7 @@ from edge_agent.config import Config
 from edge_agent.core import events as ev
 from edge_agent.core import state as st
 from edge_agent.core.cues import Cue
+from edge_agent.statefile import replace_file
 
 if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow part of startup
     from edge_agent.app.abilities import Abilities
@@ -427,9 +427,7 @@ class MuteFile:
             return False
 
     def save(self, muted: bool) -> None:
-        tmp = self.path.with_suffix(".tmp")
         try:
-            tmp.write_text("1\n" if muted else "0\n")
-            os.replace(tmp, self.path)
+            replace_file(self.path, b"1\n" if muted else b"0\n")
         except OSError as exc:
             log.warning("cannot remember mute state in %s: %s", self.path, exc)

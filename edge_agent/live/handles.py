@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.statefile import replace_file
+
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "live_resumption_handle.json"
@@ -122,15 +124,7 @@ class HandleStore:
             {"handle": stored.handle, "issued_at": stored.issued_at, "model": stored.model}
         ).encode()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        replace_file(self.path, data)
         return stored
 
     def clear(self) -> None:
@@ -143,17 +137,3 @@ class HandleStore:
 
     def age_s(self, stored: StoredHandle) -> float:
         return self._wall_clock() - stored.issued_at
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename itself durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

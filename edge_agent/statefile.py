@@ -1,4 +1,5 @@
-"""Small JSON state files in the state directory, replaced atomically.
+"""Files in the state directory, replaced atomically (timers, volume, resumption handles,
+mute).
 
 A power cut in the middle of a write must leave either the old or the new file, never a
 torn one: write a temporary file beside the target, fsync it, rename it over the target,
@@ -17,28 +18,41 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` as JSON; the old content survives any crash mid-way."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600); the old content survives any crash."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            json.dump(data, tmp, ensure_ascii=False, indent=1, sort_keys=True)
-            tmp.write("\n")
-            tmp.flush()
-            os.fsync(tmp.fileno())
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename itself durable (not every file system lets a folder be synced)."""
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON; the old content survives any crash mid-way."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+    replace_file(path, text.encode("utf-8"))
 
 
 def read_json(path: Path) -> Any | None:
