@@ -234,7 +234,7 @@ class Recorder:
 class MiniDaemon(Recorder):
     """The daemon's side of a conversation, with the real conversation machine: session
     events go to the machine, a reply chunk plays only while the machine is
-    ``accepting_model_audio`` (the one place that decides what audio is stale, as in
+    not ``policy.reply_audio_stale`` (the one place that decides what audio is stale, as in
     ``Daemon._on_live_event``), and the machine's session actions reach the session."""
 
     def __init__(self) -> None:
@@ -246,7 +246,7 @@ class MiniDaemon(Recorder):
     def __call__(self, event: object) -> None:
         super().__call__(event)
         if isinstance(event, ModelAudioReceived):
-            if not self.machine.accepting_model_audio:
+            if self.machine.policy.reply_audio_stale:
                 return  # the rest of a reply the user barged into
             self.played.append(event.pcm24k)
         self.feed(event)
@@ -1107,7 +1107,7 @@ def test_reply_audio_already_in_flight_is_dropped_on_barge_in(tmp_path: Path) ->
         def __call__(self, event: object) -> None:
             super().__call__(event)
             first = isinstance(event, ModelAudioReceived) and len(self.played) == 1
-            if first and self.machine.accepting_model_audio:  # not yet barged in
+            if first and not self.machine.policy.reply_audio_stale:  # not yet barged in
                 time.sleep(0.3)  # a slow client: the server keeps streaming meanwhile
                 self.feed(ButtonPressed())  # barge-in: InterruptSession
 

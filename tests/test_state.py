@@ -379,7 +379,7 @@ def test_button_barge_in_flushes_interrupts_and_drops_stale_audio_until_turn_com
     assert m.state is S.LISTENING
     assert actions[:2] == [FlushPlayback(), InterruptSession()]
     assert m.policy.uplink == Uplink(None, 2) and cues(actions) == [Cue.WAKE]
-    assert m.policy.reply_audio_stale and not m.accepting_model_audio
+    assert m.policy.reply_audio_stale
     # Audio of the interrupted reply still in flight, then the server's acknowledgement.
     assert m.handle(ModelAudioReceived(), 5.1) == []
     assert m.handle(ServerInterrupted(), 5.2) == []
@@ -387,10 +387,9 @@ def test_button_barge_in_flushes_interrupts_and_drops_stale_audio_until_turn_com
     m.handle(SpeechEnded(120_000), 6.0)
     assert m.state is S.THINKING
     assert m.policy.reply_audio_stale  # old turn's turnComplete not seen yet
-    assert not m.accepting_model_audio
     assert m.handle(ModelAudioReceived(), 6.1) == []
     assert m.handle(TurnCompleted(), 6.2) == []  # ends the interrupted turn only
-    assert m.state is S.THINKING and not m.policy.reply_audio_stale and m.accepting_model_audio
+    assert m.state is S.THINKING and not m.policy.reply_audio_stale
     m.handle(ModelAudioReceived(), 7.0)
     assert m.state is S.SPEAKING
 
@@ -402,7 +401,7 @@ def test_barge_in_after_the_reply_was_complete_expects_no_stale_audio() -> None:
     m.handle(ButtonPressed(), 5.0)
     m.handle(SpeechStarted(90_000), 5.3)
     m.handle(SpeechEnded(120_000), 6.0)
-    assert not m.policy.reply_audio_stale and m.accepting_model_audio
+    assert not m.policy.reply_audio_stale
     m.handle(ModelAudioReceived(), 6.5)
     assert m.state is S.SPEAKING
 
@@ -995,7 +994,7 @@ def test_a_tool_answer_spoken_while_idle_or_in_the_follow_up_is_played() -> None
     m.handle(PlaybackDrained(), t + 0.6)
     assert m.state is S.FOLLOW_UP and m.policy.uplink is not None
     actions = m.handle(ModelAudioReceived(), t + 1.0)
-    assert m.state is S.SPEAKING and m.accepting_model_audio
+    assert m.state is S.SPEAKING and not m.policy.reply_audio_stale
     assert m.policy.uplink is None  # the follow-up window closed while it speaks
     assert CancelTimer(Timer.FOLLOW_UP) in actions
     m.handle(TurnCompleted(), t + 2.0)
@@ -1028,9 +1027,9 @@ def test_server_interrupting_an_earlier_generation_while_we_wait_keeps_our_turn(
     m.handle(SpeechEnded(40_000), 3.5)
     assert m.state is S.THINKING
     assert m.handle(ServerInterrupted(), 3.6) == []
-    assert m.state is S.THINKING and not m.accepting_model_audio
+    assert m.state is S.THINKING and m.policy.reply_audio_stale
     assert m.handle(ModelAudioReceived(), 3.7) == []  # the cut generation's last chunk
     assert m.handle(TurnCompleted(), 3.8) == []  # ... and its end
-    assert m.state is S.THINKING and m.accepting_model_audio
+    assert m.state is S.THINKING and not m.policy.reply_audio_stale
     m.handle(ModelAudioReceived(), 4.0)
     assert m.state is S.SPEAKING

@@ -145,7 +145,7 @@ class Runtime:
         """Ears events are the machine's own vocabulary; only uplink audio goes elsewhere."""
         for event in events:
             if isinstance(event, ev.UplinkAudio):
-                if self.machine is not None and self.machine.uplink_active:
+                if self.machine is not None and self.machine.policy.uplink_open:
                     require(self.session, "Live session").send_audio(event.pcm)
             else:
                 self.dispatch(event)
@@ -161,7 +161,7 @@ class Runtime:
                 # The machine first: a chunk may start a reply nobody asked for (a
                 # non-blocking tool's answer spoken when idle); it decides what is stale.
                 self.dispatch(event)
-                if not machine.accepting_model_audio:
+                if machine.policy.reply_audio_stale:
                     return  # the rest of a reply the user barged into
                 if self._first_audio_at is None and self._turn_sent_at is not None:
                     self._first_audio_at = time.monotonic()
@@ -171,7 +171,7 @@ class Runtime:
                 self._transcript.heard(text)
                 return
             case ev.OutputTranscript(text=text):
-                if machine.accepting_model_audio:  # else: the words of a dropped reply
+                if not machine.policy.reply_audio_stale:  # else: the words of a dropped reply
                     self._transcript.said(text)
                 return
             case ev.ToolCalled(name=name, args=args):

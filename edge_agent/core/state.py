@@ -385,16 +385,6 @@ class ConversationMachine:
         """Text turns waiting for the device to be free."""
         return len(self._queued_texts)
 
-    @property
-    def uplink_active(self) -> bool:
-        """``policy.uplink_open``, for callers that need this one fact."""
-        return self.policy.uplink_open
-
-    @property
-    def accepting_model_audio(self) -> bool:
-        """``not policy.reply_audio_stale``: a reply chunk arriving now may be played."""
-        return not self.policy.reply_audio_stale
-
     def initial_actions(self) -> list[Action]:
         """Bring LEDs and the mic in line with the starting state (call once at start)."""
         muted = self._state is AgentState.MUTED

@@ -36,7 +36,7 @@ Barge-in (``interrupt``): with client-side turn marking it opens the user's turn
 The daemon then streams audio and ends the turn with ``activity_end()`` as usual. With
 the server's own VAD, ``activityStart`` is not allowed: the server cuts its reply when
 its VAD hears speech. Whether the rest of the interrupted reply is stale is decided in
-one place, the conversation machine (``core.state``, ``accepting_model_audio``): this
+one place, the conversation machine (``core.state``, ``policy.reply_audio_stale``): this
 core reports every server event as it is, and its turn accounting needs no
 suppression (an interrupted reply still ends with a turnComplete, which answers the turn).
 
