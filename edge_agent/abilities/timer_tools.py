@@ -98,14 +98,15 @@ class TimerService:
 
     async def set(self, duration_s: float, name: str = "") -> Timer:
         timer = self.book.add(duration_s, name, self.clock())
-        logger.info("timer %s set for %s", timer.label, describe_duration(duration_s))
         await self._changed([])
+        # Logged once it is on disk: a stop right after this line cannot lose the timer.
+        logger.info("timer %s set for %s", timer.label, describe_duration(duration_s))
         return timer
 
     async def cancel(self, ref: str = "") -> Timer:
         timer, ended = self.book.cancel(ref, self.clock())
-        logger.info("timer %s cancelled", timer.label)
         await self._changed([ended] if ended else [])
+        logger.info("timer %s cancelled", timer.label)
         return timer
 
     async def stop_ringing(self, reason: StopReason) -> RingEnded | None:
