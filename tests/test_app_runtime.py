@@ -129,13 +129,14 @@ def test_mute_file_survives_a_restart_and_a_missing_file_means_unmuted(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["muted"]
 
 
-def test_mute_file_in_a_missing_directory_warns_instead_of_failing(
+def test_mute_file_that_cannot_be_written_warns_instead_of_failing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    mute = MuteFile(tmp_path / "gone")
-    with caplog.at_level(logging.WARNING, logger="edge_agent.app.runtime"):
+    (tmp_path / "a-file").write_text("")  # the state "directory" is a file: not writable
+    mute = MuteFile(tmp_path / "a-file")
+    with caplog.at_level(logging.WARNING, logger="edge_agent.statefile"):
         mute.save(True)
-    assert "cannot remember mute state" in caplog.text
+    assert "cannot save mute" in caplog.text
     assert mute.load() is False
 
 

@@ -37,7 +37,7 @@ from edge_agent.abilities.timers import (
     describe_duration,
 )
 from edge_agent.live.tools import Tool, ToolResult
-from edge_agent.statefile import read_json, write_json_atomic
+from edge_agent.statefile import read_json, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class TimerStore:
         with self._lock:
             if seq <= self._saved_seq:
                 return  # a newer snapshot is already on disk
-            write_json_atomic(self.path, snapshot)
+            save_json(self.path, snapshot, "timers")  # kept for a retry when it fails
             self._saved_seq = seq
 
 
@@ -153,10 +153,8 @@ class TimerService:
                     logger.exception("timer listener failed on %s", type(event).__name__)
         self.changed.set()
         self._seq += 1
-        try:
-            await asyncio.to_thread(self.store.save, self.book.to_json(), self._seq)
-        except OSError as exc:
-            logger.error("cannot save timers to %s: %s", self.store.path, exc)
+        # A state directory that cannot be written: statefile logs it once and retries.
+        await asyncio.to_thread(self.store.save, self.book.to_json(), self._seq)
 
     @staticmethod
     def _log(event: TimerEvent) -> None:

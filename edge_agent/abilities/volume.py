@@ -18,7 +18,7 @@ from typing import Any
 from google.genai import types
 
 from edge_agent.live.tools import Tool, ToolResult
-from edge_agent.statefile import read_json, write_json_atomic
+from edge_agent.statefile import read_json, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +80,13 @@ class VolumeControl:
             self.apply(level)
         logger.info("volume %d%%", level)
         self._seq += 1
-        try:
-            await asyncio.to_thread(self._save, level, self._seq)
-        except OSError as exc:
-            logger.error("cannot save the volume to %s: %s", self.path, exc)
+        await asyncio.to_thread(self._save, level, self._seq)  # a failure is logged once
         return level
 
     def _save(self, level: int, seq: int) -> None:
         with self._lock:
             if seq > self._saved_seq:
-                write_json_atomic(self.path, {"percent": level})
+                save_json(self.path, {"percent": level}, "volume")  # retried when it fails
                 self._saved_seq = seq
 
 

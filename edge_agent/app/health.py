@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from edge_agent import statefile
 from edge_agent.core import events as ev
 from edge_agent.core.watchdog import WatchdogGate
 from edge_agent.secrets import redact
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEVICE_POLL_S = 0.5
+STATE_RETRY_S = 5.0  # an unwritable state directory is tried again this often
 NETWORK_CHECK_TIMEOUT_S = 2.0
 GOOGLE_LIVE_HOST = "generativelanguage.googleapis.com"
 
@@ -47,6 +49,8 @@ class Health:
         self.watchdog_stall_s = watchdog_stall_s  # a reload may change it
         self._speaker_missing = False  # engine degraded: listening without playback
         self._audio_ok = True
+        self._save_problems: list[str] = []  # what the state directory cannot hold now
+        self._state_retry_at = 0.0
         self.started_at = time.monotonic()
 
     async def watchdog_loop(self) -> None:
@@ -86,6 +90,7 @@ class Health:
         runtime = self.runtime
         while True:
             await asyncio.sleep(DEVICE_POLL_S)
+            await self._check_state_dir()
             engine = runtime.engine
             if engine is None:
                 continue
@@ -103,6 +108,19 @@ class Health:
                     reason = engine.last_error or "audio device error"
                     runtime.last_error = reason
                     runtime.dispatch(ev.AudioDeviceLost(reason))
+
+    async def _check_state_dir(self) -> None:
+        """Retry what the state directory refused; STATUS follows what is still unsaved."""
+        now = time.monotonic()
+        if self._save_problems and now >= self._state_retry_at:
+            self._state_retry_at = now + STATE_RETRY_S
+            await asyncio.to_thread(statefile.retry_pending)
+        problems = statefile.save_problems()
+        if problems != self._save_problems:
+            if not self._save_problems:
+                self._state_retry_at = now + STATE_RETRY_S
+            self._save_problems = problems
+            self.update_status()
 
     def update_status(self) -> None:
         """One STATUS= datagram: state, session, the last error, a missing speaker."""
@@ -122,6 +140,7 @@ class Health:
             parts.append(f"last error: {runtime.last_error}")
         if self._speaker_missing and runtime.engine is not None:
             parts.append(f"no speaker: {runtime.engine.last_error or 'output device missing'}")
+        parts.extend(self._save_problems)
         self.notifier.status(redact("; ".join(parts)))
 
     async def device_status(self) -> dict[str, Any]:
@@ -160,6 +179,7 @@ class Health:
             "last_error": runtime.last_error,
             "playback": dataclasses.asdict(jitter),
             "leds": runtime.panel.describe() if runtime.panel is not None else {},
+            "unsaved": statefile.save_problems(),
         }
         if runtime.session is not None:
             status = runtime.session.status()

@@ -36,7 +36,7 @@ from edge_agent.config import Config
 from edge_agent.core import events as ev
 from edge_agent.core import state as st
 from edge_agent.core.cues import Cue
-from edge_agent.statefile import replace_file
+from edge_agent.statefile import save_file
 
 if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow part of startup
     from edge_agent.app.abilities import Abilities
@@ -427,7 +427,4 @@ class MuteFile:
             return False
 
     def save(self, muted: bool) -> None:
-        try:
-            replace_file(self.path, b"1\n" if muted else b"0\n")
-        except OSError as exc:
-            log.warning("cannot remember mute state in %s: %s", self.path, exc)
+        save_file(self.path, b"1\n" if muted else b"0\n", "mute")  # logs, retries on failure

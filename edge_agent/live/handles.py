@@ -16,6 +16,7 @@ thread of its own, so an fsync on a slow SD card never holds up the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.statefile import replace_file
+from edge_agent.statefile import remove_file, save_file
 
 logger = logging.getLogger(__name__)
 
@@ -123,17 +124,13 @@ class HandleStore:
         data = json.dumps(
             {"handle": stored.handle, "issued_at": stored.issued_at, "model": stored.model}
         ).encode()
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        replace_file(self.path, data)
+        with contextlib.suppress(OSError):  # save_file says why when the folder is unusable
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        save_file(self.path, data, "resumption handle")  # kept in memory when it fails
         return stored
 
     def clear(self) -> None:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            logger.warning("cannot remove resumption handle file %s: %s", self.path, exc)
+        remove_file(self.path, "resumption handle")  # a failure is retried, logged once
 
     def age_s(self, stored: StoredHandle) -> float:
         return self._wall_clock() - stored.issued_at
