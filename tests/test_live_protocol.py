@@ -672,3 +672,22 @@ def test_a_tool_may_ask_for_blocking_where_the_family_lets_it() -> None:
     assert declaration_behavior(GEMINI_3_8_LIVE, ToolCalls.BLOCKING) is types.Behavior.BLOCKING
     assert declaration_behavior(GEMINI_3_1_FLASH_LIVE, ToolCalls.NON_BLOCKING) is None
     assert declaration_behavior(GEMINI_2_5_NATIVE_AUDIO, None) is None
+
+
+@pytest.mark.shelf
+@pytest.mark.parametrize("step_s", [5 * 3600.0, -5 * 3600.0], ids=["forward", "backward"])
+def test_a_wall_clock_step_neither_discards_a_fresh_handle_nor_keeps_a_stale_one(
+    step_s: float,
+) -> None:
+    """NTP steps the wall clock after boot: a handle received in this run is aged on the
+    monotonic clock, so a fresh one survives the step and an old one still expires."""
+    book = HandleBook(validity_s=7200.0)
+    book.received("h", MODEL, WALL, now=100.0)
+    fresh = book.usable(MODEL, WALL + step_s + 60.0, now=160.0)
+    assert fresh == (StoredHandle("h", WALL, MODEL), None)
+    assert book.age_s(WALL + step_s, now=160.0) == 60.0
+    handle, why_not = book.usable(MODEL, WALL + step_s + 60.0, now=100.0 + 7200.0)
+    assert handle is None and why_not is not None and "age 7200" in why_not
+    # A handle from the file (no monotonic stamp) is aged by the wall clock.
+    book.loaded_from_store(StoredHandle("old", WALL - 3 * 3600.0, MODEL))
+    assert book.usable(MODEL, WALL, now=160.0)[0] is None

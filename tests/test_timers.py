@@ -242,7 +242,8 @@ def make_service(tmp_path: Path, clock: FakeClock, events: list[Any] | None = No
     book = TimerBook(RingPolicy(max_ring_s=900, cue_period_s=0.05))
     store = TimerStore(tmp_path / TIMERS_FILE)
     listener = events.append if events is not None else None
-    return TimerService(book, store, clock=clock, listener=listener)
+    # One fake clock for both: the tests' "downtime" moves the wall clock too.
+    return TimerService(book, store, clock=clock, wall_clock=clock, listener=listener)
 
 
 def test_tools_set_list_cancel_and_the_file_survives_a_restart(tmp_path: Path) -> None:
@@ -366,3 +367,116 @@ def test_ringer_rings_repeats_and_stops_on_the_button(tmp_path: Path) -> None:
     assert events[1].reason is StopReason.BUTTON
     saved = json.loads((tmp_path / TIMERS_FILE).read_text())
     assert saved["timers"] == []
+
+
+# --------------------------------------------------------------------------- clock jumps
+
+HOURS = 3600.0
+
+
+def clock_service(
+    tmp_path: Path, mono: FakeClock, wall: FakeClock, boot: str, events: list[Any] | None = None
+) -> TimerService:
+    book = TimerBook(RingPolicy(max_ring_s=900, cue_period_s=0.05))
+    return TimerService(
+        book,
+        TimerStore(tmp_path / TIMERS_FILE),
+        clock=mono,
+        wall_clock=wall,
+        boot_id=lambda: boot,
+        listener=events.append if events is not None else None,
+    )
+
+
+@pytest.mark.shelf
+@pytest.mark.parametrize("jump_s", [5 * HOURS, -5 * HOURS], ids=["forward", "backward"])
+def test_a_wall_clock_step_while_running_neither_rings_early_nor_late(
+    tmp_path: Path, jump_s: float
+) -> None:
+    """NTP steps the wall clock by hours under a running 10-minute timer: it rings after
+    10 minutes of monotonic time, not at the step nor hours later."""
+    mono, wall = FakeClock(100.0), FakeClock(T0)
+
+    async def main() -> list[list[Any]]:
+        service = clock_service(tmp_path, mono, wall, "boot-a")
+        await service.load()
+        await service.set(600, "pasta")
+        await service.set(1200, "rice")
+        wall.now += jump_s
+        at_step = await service.advance()
+        mono.now += 599
+        wall.now += 599
+        before_due = await service.advance()
+        mono.now += 1
+        wall.now += 1
+        due = await service.advance()
+        return [at_step, before_due, due]
+
+    at_step, before_due, due = asyncio.run(main())
+    assert at_step == [] and before_due == []
+    assert [(type(e), e.timer.name) for e in due] == [(TimerFired, "pasta")]
+
+
+@pytest.mark.shelf
+def test_a_daemon_restart_in_the_same_boot_keeps_monotonic_due_times_across_a_step(
+    tmp_path: Path,
+) -> None:
+    mono, wall = FakeClock(100.0), FakeClock(T0)
+
+    async def main() -> float:
+        first = clock_service(tmp_path, mono, wall, "boot-a")
+        await first.load()
+        await first.set(600, "pasta")
+        mono.now += 100
+        wall.now += 100 + 3 * HOURS  # NTP stepped while the daemon was restarting
+        again = clock_service(tmp_path, mono, wall, "boot-a")
+        assert await again.load() == []
+        return again.book.running()[0].remaining_s(mono.now)
+
+    assert asyncio.run(main()) == 500
+
+
+@pytest.mark.shelf
+def test_after_a_reboot_timers_follow_the_wall_clock_that_ntp_corrects(tmp_path: Path) -> None:
+    """A Pi without RTC reboots with its clock where it was saved (fake-hwclock) while
+    real time went on: the restored timer follows the wall clock, so NTP's step forward
+    brings it due at the right real time; stepped past its whole ring window, it is
+    missed (reported), not rung for an instant."""
+    mono, wall = FakeClock(100.0), FakeClock(T0)
+    events: list[Any] = []
+
+    async def main() -> tuple[list[Any], list[Any], list[Any]]:
+        first = clock_service(tmp_path, mono, wall, "boot-a")
+        await first.load()
+        await first.set(600, "pasta")
+        await first.set(4 * HOURS, "roast")
+        mono.now = 20.0  # rebooted; the clock reads T0 + 10 s (saved time), truth is later
+        wall.now = T0 + 10
+        again = clock_service(tmp_path, mono, wall, "boot-b", events)
+        restored = await again.load()
+        assert again.book.running()[0].remaining_s(mono.now) == 590
+        mono.now += 1
+        wall.now += 1 + 1200  # NTP: 20 minutes had really passed
+        stepped = await again.advance()
+        wall.now += 4 * HOURS  # a further step past the roast's ring window
+        later = await again.advance()
+        return restored, stepped, later
+
+    restored, stepped, later = asyncio.run(main())
+    assert restored == []
+    assert [(type(e), e.timer.name) for e in stepped] == [(TimerFired, "pasta")]
+    assert [(type(e), e.timer.name) for e in later] == [(TimerMissed, "roast")]
+
+
+@pytest.mark.shelf
+def test_an_old_file_without_monotonic_times_is_read_by_the_wall_clock() -> None:
+    old = {
+        "version": 1,
+        "next_id": 2,
+        "timers": [
+            {"id": 1, "name": "tea", "duration_s": 60.0, "created_at": T0, "due_at": T0 + 60}
+        ],
+    }
+    book = TimerBook()
+    assert book.restore(old, 50.0, T0 + 10, "boot-a") == []
+    assert book.running()[0].remaining_s(50.0) == 50

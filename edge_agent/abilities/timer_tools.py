@@ -42,6 +42,15 @@ from edge_agent.statefile import read_json, save_json
 logger = logging.getLogger(__name__)
 
 TIMERS_FILE = "timers.json"
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+def read_boot_id() -> str:
+    """This boot's id ("" when unknown: every restart is then treated as a reboot)."""
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return ""
 TIMER_TOOL_NAMES = ("set_timer", "list_timers", "cancel_timer")
 
 
@@ -72,20 +81,26 @@ class TimerService:
         book: TimerBook,
         store: TimerStore,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        boot_id: Callable[[], str] = read_boot_id,
         listener: Callable[[TimerEvent], None] | None = None,
     ) -> None:
         self.book = book
         self.store = store
-        self.clock = clock
+        self.clock = clock  # the book's clock: monotonic, a wall-clock step does not move it
+        self.wall_clock = wall_clock  # for the file and for "rings at 14:05" only
+        self._read_boot_id = boot_id
+        self._boot_id = ""
         self.listener = listener
         self.changed = asyncio.Event()  # wakes the ringer when the deadlines moved
         self._seq = 0
 
     async def load(self) -> list[TimerEvent]:
         """Read the file (in a thread) and apply the restart rules of TimerBook.restore."""
+        self._boot_id = await asyncio.to_thread(self._read_boot_id)
         data = await asyncio.to_thread(self.store.load)
-        events = self.book.restore(data, self.clock())
+        events = self.book.restore(data, self.clock(), self.wall_clock(), self._boot_id)
         for event in events:
             if isinstance(event, TimerMissed):
                 logger.warning(
@@ -116,7 +131,7 @@ class TimerService:
         return ended
 
     async def advance(self) -> list[TimerEvent]:
-        events = self.book.advance(self.clock())
+        events = self.book.advance(self.clock(), self.wall_clock())
         if events:
             await self._changed(events)
         return events
@@ -130,7 +145,10 @@ class TimerService:
     def describe(self, timer: Timer) -> dict[str, Any]:
         """A timer as the model and `edge-agent timers` get it."""
         now = self.clock()
-        rings_at = datetime.fromtimestamp(timer.due_at).astimezone().strftime("%H:%M:%S")
+        due_wall = timer.due_wall
+        if due_wall is None:
+            due_wall = timer.due_at - now + self.wall_clock()
+        rings_at = datetime.fromtimestamp(due_wall).astimezone().strftime("%H:%M:%S")
         out: dict[str, Any] = {
             "id": timer.id,
             "name": timer.name or timer.label,
@@ -154,7 +172,8 @@ class TimerService:
         self.changed.set()
         self._seq += 1
         # A state directory that cannot be written: statefile logs it once and retries.
-        await asyncio.to_thread(self.store.save, self.book.to_json(), self._seq)
+        snapshot = self.book.to_json(self.clock(), self.wall_clock(), self._boot_id)
+        await asyncio.to_thread(self.store.save, snapshot, self._seq)
 
     @staticmethod
     def _log(event: TimerEvent) -> None:
@@ -210,7 +229,8 @@ class TimerRinger:
             deadline = service.book.next_deadline()
             if deadline is not None:
                 waits.append(deadline - service.clock())
-            # Wake at least once a minute: a wall-clock step (NTP) moves deadlines.
+            # Wake at least once a minute: a wall-clock step (NTP) moves the deadlines of
+            # timers restored after a reboot (wall-anchored); the others never move.
             timeout = min([60.0, *waits])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(service.changed.wait(), max(0.0, timeout))

@@ -1,9 +1,20 @@
 """Kitchen timers: the book of timers and the ring policy, as pure code (time passed in).
 
-Due times are wall-clock seconds (``time.time()``), not monotonic ones, because a timer
-must survive a restart of the daemon or of the Pi: a monotonic clock restarts at boot.
-The price is that a clock step moves the timer with it (NTP's first sync after a boot
-without a real-time clock steps forward: a timer already due then fires at that step).
+The book's clock is the monotonic one (``time.monotonic()``: CLOCK_MONOTONIC, which on
+Linux counts from boot, the same for every process, and never steps). A Pi without a
+real-time clock boots with a wrong wall clock and NTP later steps it by hours, forward
+or back: a timer of ten minutes must still ring in ten minutes, not at the step (all at
+once) nor hours late. The wall clock is used only where the monotonic one cannot go:
+
+- The file holds each due time twice: monotonic (with the boot's id) and wall-clock.
+  A restart of the daemon within the same boot (a crash, an update) restores the
+  monotonic due time exactly, whatever the wall clock did meanwhile.
+- After a reboot only the wall clock links the two runs. Such a timer is
+  *wall-anchored* (``Timer.due_wall``): its due time follows the wall clock
+  (``TimerBook.advance`` is given both clocks), because a step after such a boot is
+  NTP correcting the clock, and the timer must come due at the corrected time. A jump
+  while the device was off is therefore taken as real: it can only be judged by the
+  wall clock, and the rules below (ring if recent, else missed) apply to it.
 
 What happens to timers that came due while the daemon was down (``TimerBook.restore``):
 
@@ -78,9 +89,10 @@ class Timer:
     id: int
     name: str  # "" when the user gave none
     duration_s: float
-    created_at: float
-    due_at: float
+    created_at: float  # the book's (monotonic) clock
+    due_at: float  # the book's (monotonic) clock
     state: TimerState = TimerState.RUNNING
+    due_wall: float | None = None  # set: restored after a reboot, follows the wall clock
 
     @property
     def label(self) -> str:
@@ -90,13 +102,17 @@ class Timer:
     def remaining_s(self, now: float) -> float:
         return max(0.0, self.due_at - now)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, wall_offset: float = 0.0) -> dict[str, Any]:
+        """``due_at`` / ``created_at`` in wall-clock seconds (``wall_offset``: wall minus
+        monotonic now), ``due_mono`` in the book's clock for a restart in the same boot."""
         return {
             "id": self.id,
             "name": self.name,
             "duration_s": self.duration_s,
-            "created_at": self.created_at,
-            "due_at": self.due_at,
+            "created_at": self.created_at + wall_offset,
+            "due_at": self.due_wall if self.due_wall is not None else self.due_at + wall_offset,
+            "due_mono": self.due_at,
+            "wall_anchored": self.due_wall is not None,
             "state": self.state.value,
         }
 
@@ -242,11 +258,28 @@ class TimerBook:
         known = ", ".join(t.label for t in active) or "none"
         raise TimerError(f"there is no timer called {ref} (timers: {known})")
 
-    def advance(self, now: float) -> list[TimerEvent]:
-        """Fire timers that came due and end rings that lasted ``max_ring_s``."""
+    def follow_wall_clock(self, now: float, wall_now: float) -> None:
+        """Move wall-anchored timers (restored after a reboot) with a wall-clock step."""
+        for timer in list(self._timers.values()):
+            if timer.due_wall is not None and timer.state is TimerState.RUNNING:
+                self._timers[timer.id] = replace(timer, due_at=timer.due_wall - wall_now + now)
+
+    def advance(self, now: float, wall_now: float | None = None) -> list[TimerEvent]:
+        """Fire timers that came due and end rings that lasted ``max_ring_s``.
+
+        With ``wall_now``, wall-anchored timers follow the wall clock first; one that a
+        step carried past its whole ring window is missed, not rung for an instant.
+        """
+        if wall_now is not None:
+            self.follow_wall_clock(now, wall_now)
         events: list[TimerEvent] = []
         for timer in self.running():
-            if timer.due_at <= now:
+            if self.policy.ring_until(timer.due_at) <= now:
+                missed = replace(timer, state=TimerState.MISSED)
+                self._timers[timer.id] = missed
+                self._missed_at[timer.id] = now
+                events.append(TimerMissed(missed, late_s=now - timer.due_at))
+            elif timer.due_at <= now:
                 ringing = replace(timer, state=TimerState.RINGING)
                 self._timers[timer.id] = ringing
                 events.append(TimerFired(ringing, late_s=0.0))
@@ -278,31 +311,63 @@ class TimerBook:
 
     # ------------------------------------------------------------------ persistence
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(
+        self, now: float | None = None, wall_now: float | None = None, boot_id: str = ""
+    ) -> dict[str, Any]:
+        """The book for the file; without the clocks, the book's clock is the wall clock."""
+        offset = 0.0 if now is None or wall_now is None else wall_now - now
+        timers = sorted(self._timers.values(), key=lambda t: t.id)
         return {
             "version": STORE_VERSION,
+            "boot_id": boot_id,
             "next_id": self._next_id,
-            "timers": [t.to_json() for t in sorted(self._timers.values(), key=lambda t: t.id)],
-            "missed_at": {str(k): v for k, v in self._missed_at.items()},
+            "timers": [t.to_json(offset) for t in timers],
+            "missed_at": {str(k): v + offset for k, v in self._missed_at.items()},
         }
 
-    def restore(self, data: Any, now: float) -> list[TimerEvent]:
-        """Load a saved book at start; timers due meanwhile ring or count as missed."""
+    def restore(
+        self, data: Any, now: float, wall_now: float | None = None, boot_id: str = ""
+    ) -> list[TimerEvent]:
+        """Load a saved book at start; timers due meanwhile ring or count as missed.
+
+        Saved in this boot (same ``boot_id``): the monotonic due times, exact. Otherwise
+        the wall-clock ones, and those timers stay wall-anchored (see the module doc).
+        """
         self._timers.clear()
         self._missed_at.clear()
         if not isinstance(data, dict) or data.get("version") != STORE_VERSION:
             return []
+        if wall_now is None:
+            wall_now = now
+        offset = wall_now - now
+        same_boot = bool(boot_id) and data.get("boot_id") == boot_id
         events: list[TimerEvent] = []
         missed_at = data.get("missed_at") if isinstance(data.get("missed_at"), dict) else {}
         for raw in data.get("timers") or []:
             try:
                 timer = Timer.from_json(raw)
+                due_wall = timer.due_at
+                if same_boot:
+                    anchored = bool(raw.get("wall_anchored"))
+                    timer = replace(
+                        timer,
+                        due_at=float(raw["due_mono"]),
+                        created_at=timer.created_at - offset,
+                        due_wall=due_wall if anchored else None,
+                    )
+                else:  # the wall clock is the only link to a previous boot
+                    timer = replace(
+                        timer,
+                        due_at=due_wall - offset,
+                        created_at=timer.created_at - offset,
+                        due_wall=due_wall,
+                    )
             except (KeyError, TypeError, ValueError):
                 continue  # one damaged entry must not lose the others
             self._next_id = max(self._next_id, timer.id + 1)
             if timer.state is TimerState.MISSED:
                 self._timers[timer.id] = timer
-                self._missed_at[timer.id] = float(missed_at.get(str(timer.id), now))
+                self._missed_at[timer.id] = float(missed_at.get(str(timer.id), wall_now)) - offset
             elif timer.due_at > now:
                 self._timers[timer.id] = replace(timer, state=TimerState.RUNNING)
             elif now < self.policy.ring_until(timer.due_at):

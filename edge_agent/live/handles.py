@@ -7,8 +7,13 @@ offer and says when it must go (expired, for another model, refused by the serve
 The file holds a credential-like token (it resumes someone's conversation), so it is
 written 0600, atomically (tmp + fsync + rename + fsync of the folder: a power cut leaves
 the old or the new handle, never half of one), and ignored once older than its validity
-(the service keeps a session resumable for about 2 h). Times are wall-clock seconds
-(``time.time``) because a monotonic clock restarts with the process.
+(the service keeps a session resumable for about 2 h). A handle received in this run
+is aged on the monotonic clock (``issued_mono``): NTP stepping the wall clock by hours
+after boot must neither discard a fresh handle (a step forward) nor keep one whose age
+turned negative (a step back). Only the file's copy is aged by the wall clock, the one
+clock that spans a restart; a step during the downtime can make it look too old (it is
+dropped: a fresh session) or too young (the server refuses it with 1007, and the
+session falls back to a fresh one).
 
 All ``HandleStore`` methods do blocking file I/O; the session runs them on one worker
 thread of its own, so an fsync on a slow SD card never holds up the event loop.
@@ -22,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.statefile import remove_file, save_file
@@ -38,6 +43,7 @@ class StoredHandle:
     handle: str
     issued_at: float  # wall-clock seconds
     model: str
+    issued_mono: float | None = field(default=None, compare=False)  # None: from the file
 
     def __repr__(self) -> str:  # the token stays out of logs and tracebacks
         return f"StoredHandle(issued_at={self.issued_at!r}, model={self.model!r})"
@@ -59,18 +65,23 @@ class HandleBook:
         self.current = stored
         self.loaded = True
 
-    def received(self, handle: str, model: str, wall_now: float) -> StoredHandle:
-        """The server sent a new handle: it replaces the held one at once."""
-        self.current = StoredHandle(handle, wall_now, model)
+    def received(
+        self, handle: str, model: str, wall_now: float, now: float | None = None
+    ) -> StoredHandle:
+        """The server sent a new handle: it replaces the held one at once (``now``: the
+        monotonic clock, by which it is aged while this process runs)."""
+        self.current = StoredHandle(handle, wall_now, model, issued_mono=now)
         self.loaded = True
         return self.current
 
-    def usable(self, model: str, wall_now: float) -> tuple[StoredHandle | None, str | None]:
+    def usable(
+        self, model: str, wall_now: float, now: float | None = None
+    ) -> tuple[StoredHandle | None, str | None]:
         """The handle to offer, and why the held one must be dropped (None: keep it)."""
         held = self.current
         if held is None:
             return None, None
-        age = wall_now - held.issued_at
+        age = self._age(held, wall_now, now)
         if held.model != model or not (0 <= age < self.validity_s):
             return None, f"expired or for another model (age {age:.0f} s)"
         return held, None
@@ -82,8 +93,14 @@ class HandleBook:
         self.loaded = True  # the file is cleared with it: never read it back
         return held
 
-    def age_s(self, wall_now: float) -> float | None:
-        return None if self.current is None else wall_now - self.current.issued_at
+    def age_s(self, wall_now: float, now: float | None = None) -> float | None:
+        return None if self.current is None else self._age(self.current, wall_now, now)
+
+    @staticmethod
+    def _age(held: StoredHandle, wall_now: float, now: float | None) -> float:
+        if held.issued_mono is not None and now is not None:
+            return now - held.issued_mono
+        return wall_now - held.issued_at
 
 
 class HandleStore:

@@ -374,11 +374,13 @@ class LiveProtocol:
         """The stored handle must be read from disk before choosing one."""
         return self.cfg.session_resumption and not self.handles.loaded
 
-    def choose_handle(self, wall_now: float) -> tuple[StoredHandle | None, bool]:
+    def choose_handle(
+        self, wall_now: float, now: float | None = None
+    ) -> tuple[StoredHandle | None, bool]:
         """The handle the next connection offers, and whether the stored file must go."""
         if not self.cfg.session_resumption:
             return None, False
-        handle, why_not = self.handles.usable(self.model, wall_now)
+        handle, why_not = self.handles.usable(self.model, wall_now, now)
         if why_not is not None:
             self._drop_handle(why_not)
             return None, True
@@ -476,7 +478,7 @@ class LiveProtocol:
         new_handle = None
         update = msg.session_resumption_update
         if update is not None and update.resumable and update.new_handle:
-            new_handle = self.handles.received(update.new_handle, self.model, wall_now)
+            new_handle = self.handles.received(update.new_handle, self.model, wall_now, loop_now)
             self.log.handle_received()
             logger.debug("new resumption handle")
         if msg.usage_metadata is not None:
@@ -657,7 +659,7 @@ class LiveProtocol:
             handovers=counters.handovers,
             bad_frames=counters.bad_frames,
             tool_calls_running=tool_calls_running,
-            handle_age_s=self.handles.age_s(wall_now),
+            handle_age_s=self.handles.age_s(wall_now, now),
             replay=self.log.stats(),
             model=self.models.active,
             configured_model=self.models.configured,

@@ -284,7 +284,9 @@ class LiveSession:
         proto = self._proto
         if proto.needs_handle_load:
             proto.handles.loaded_from_store(await self._handles.load(proto.model))
-        handle, clear_stored = proto.choose_handle(self._wall_clock())
+        # Handles are aged on the loop's monotonic clock, the one on_message stamps them with.
+        loop_now = asyncio.get_running_loop().time()
+        handle, clear_stored = proto.choose_handle(self._wall_clock(), loop_now)
         if clear_stored:
             await self._handles.clear()
         proto.attempt_started(resuming=handle is not None)
