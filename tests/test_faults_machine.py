@@ -163,3 +163,23 @@ def test_state_dir_read_only_then_full_keeps_working_and_saves_when_it_clears(
     assert len(re.findall(r"cannot save mute:", log)) == 2, log
     assert len(re.findall(r"cannot save timers:", log)) == 1
     assert not [name for name in os.listdir(state) if name.endswith(".tmp")]
+
+
+def test_gpio_unavailable_at_start_runs_without_button_and_says_so_once(tmp_path: Path) -> None:
+    """No pin library and not a Pi (gpiozero's own search, as on a board without GPIO
+    access): the daemon starts, STATUS and `status` say why, the wake word still works."""
+    opts = ApplianceOptions(gpio_pin_factory=None, emulator_args=["--no-espeak"])
+    with Appliance(tmp_path, opts) as app:
+        app.start()
+        assert app.notify is not None
+        status = app.status()
+        assert status["gpio_problem"] and "no button or LEDs" in status["gpio_problem"]
+        assert app.wait_until(
+            lambda: any("no button or LEDs" in s for s in app.notify.statuses()), 5
+        ), app.notify.statuses()
+        t0 = time.monotonic()
+        app.say(wake_and_ask("what time is it"))
+        assert app.wait_log(r"wake word hey_jarvis", 30, t0), app.log_text()[-3000:]
+        assert app.wait_state("follow_up", 60, t0), app.log_text()[-3000:]
+        assert app.stop()[0] == 0
+    assert len(re.findall(r"GPIO unavailable \(", app.log_text())) == 1, app.log_text()

@@ -140,6 +140,9 @@ class Health:
             parts.append(f"last error: {runtime.last_error}")
         if self._speaker_missing and runtime.engine is not None:
             parts.append(f"no speaker: {runtime.engine.last_error or 'output device missing'}")
+        problem = getattr(runtime.panel, "problem", None)  # GPIO unavailable at start
+        if problem:
+            parts.append(problem)
         parts.extend(self._save_problems)
         self.notifier.status(redact("; ".join(parts)))
 
@@ -180,6 +183,7 @@ class Health:
             "playback": dataclasses.asdict(jitter),
             "leds": runtime.panel.describe() if runtime.panel is not None else {},
             "unsaved": statefile.save_problems(),
+            "gpio_problem": getattr(runtime.panel, "problem", None),
         }
         if runtime.session is not None:
             status = runtime.session.status()

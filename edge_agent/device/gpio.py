@@ -58,9 +58,16 @@ class NullPanel:
 
     is_hardware = False
 
-    def __init__(self, reason: str = "") -> None:
+    def __init__(self, reason: str = "", *, unavailable: bool = True) -> None:
         self.reason = reason
+        # True: GPIO was wanted but could not be opened (STATUS says so); False: disabled.
+        self.unavailable = unavailable
         self.pattern: LedPattern | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """What STATUS says while the panel is missing against the config's wish."""
+        return f"no button or LEDs: {self.reason}" if self.unavailable else None
 
     def show(self, pattern: LedPattern) -> None:
         self.pattern = pattern
@@ -318,7 +325,7 @@ def open_panel(
     """
     if not config.enabled:
         log.info("GPIO disabled in the config: no button, no LEDs")
-        return NullPanel("disabled in the config")
+        return NullPanel("disabled in the config", unavailable=False)
     panel = GpioPanel(config, emit, pin_factory, clock=clock)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

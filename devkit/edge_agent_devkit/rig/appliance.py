@@ -55,6 +55,7 @@ class ApplianceOptions:
     watchdog_usec: int | None = 2_000_000
     log_level: str = "INFO"
     api_key: str | None = API_KEY  # None: no key anywhere
+    gpio_pin_factory: str | None = "mock"  # None: gpiozero's own search (no GPIO here)
 
 
 class Emulator:
@@ -304,10 +305,12 @@ class Appliance:
             **os.environ,
             **self.rig_env(),
             "NOTIFY_SOCKET": str(self.notify.path),
-            "GPIOZERO_PIN_FACTORY": "mock",
+            "GPIOZERO_PIN_FACTORY": self.options.gpio_pin_factory or "",
             "GPIOZERO_MOCK_PIN_CLASS": "mockpwmpin",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.options.gpio_pin_factory is None:
+            env.pop("GPIOZERO_PIN_FACTORY")
         env.pop("GEMINI_API_KEY", None)
         env.pop("GOOGLE_API_KEY", None)
         if self.options.api_key is not None:
