@@ -183,3 +183,81 @@ def test_gpio_unavailable_at_start_runs_without_button_and_says_so_once(tmp_path
         assert app.wait_state("follow_up", 60, t0), app.log_text()[-3000:]
         assert app.stop()[0] == 0
     assert len(re.findall(r"GPIO unavailable \(", app.log_text())) == 1, app.log_text()
+
+
+def test_microphone_vanishes_mid_turn_and_returns(tmp_path: Path) -> None:
+    """The mic is pulled while the user is speaking: the turn ends cleanly (no hang), it
+    is logged once, state and STATUS say the microphone is lost, and once it is back the
+    next question is answered. The rig's vanished FIFO blocks its reader (as a wedged
+    driver does), so the watchdog stops while capture is stuck and resumes after."""
+    opts = ApplianceOptions(duplex=False, emulator_args=["--no-espeak"])
+    with Appliance(tmp_path, opts) as app:
+        app.start()
+        assert app.notify is not None
+        t0 = time.monotonic()
+        app.say(wake_and_ask("tell me a long story about the sea and the mountains and a cat"))
+        assert app.wait_state("listening", 30, t0), app.log_text()[-3000:]
+        time.sleep(0.5)  # mid-question
+        app.mic.vanish()
+        t_gone = time.monotonic()
+        lost = app.wait_log(r"listening -> error: audio device lost: .*ea_mic", 15, t_gone)
+        assert lost is not None, app.log_text()[-3000:]
+        assert app.wait_log(r"Live session closed", 5, t_gone)  # the turn ended, no hang
+        assert app.wait_until(
+            lambda: any("microphone lost" in s for s in app.notify.statuses()), 5
+        ), app.notify.statuses()[-3:]
+        assert app.status()["state"] == "error"
+        app.mic.reappear()
+        t_back = time.monotonic()
+        assert app.wait_log(r"error -> idle: audio device back", 20, t_back)
+        assert app.notify.wait_for("WATCHDOG=1", 10, t_back) is not None
+        assert app.wait_until(lambda: "microphone lost" not in app.notify.statuses()[-1], 5)
+        t1 = time.monotonic()
+        app.say(wake_and_ask("what time is it"))
+        assert app.wait_state("follow_up", 60, t1), app.log_text()[-3000:]
+        assert app.stop()[0] == 0
+    log = app.log_text()
+    assert len(re.findall(r"audio device problem", log)) == 1, log
+    assert len(re.findall(r"watchdog not fed", log)) <= 1, log
+
+
+def test_speaker_fails_mid_reply_and_returns(tmp_path: Path) -> None:
+    """The speaker fails while a reply plays (the rig's output FIFO goes: EPIPE): logged
+    once, STATUS says the speaker is lost, the mic keeps listening, the turn ends (no
+    hang waiting for playback), and after the speaker returns the next reply is heard."""
+    opts = ApplianceOptions(
+        duplex=False,
+        emulator_args=["--no-espeak"],
+        config={"conversation": {"cues": False}},  # what the speaker plays is the reply
+    )
+    with Appliance(tmp_path, opts) as app:
+        app.start()
+        assert app.notify is not None
+        t0 = time.monotonic()
+        app.say(wake_and_ask("what time is it"))
+        assert app.wait_state("speaking", 60, t0), app.log_text()[-3000:]
+        time.sleep(0.3)
+        app.speaker.vanish()
+        t_gone = time.monotonic()
+        assert app.wait_log(r"speaker 'ea_speaker' unavailable", 10, t_gone)
+        assert app.wait_state("(follow_up|idle)", 30, t_gone), app.log_text()[-3000:]
+        assert app.wait_until(
+            lambda: any("speaker lost" in s for s in app.notify.statuses()), 5
+        ), app.notify.statuses()[-3:]
+        app.speaker.reappear()
+        t_back = time.monotonic()
+        assert app.wait_log(r"speaker 'ea_speaker' is back", 20, t_back), app.log_text()[-3000:]
+        assert app.wait_state("idle", 30, t_gone)
+        t1 = time.monotonic()
+        heard_from = app.speaker.drained_samples
+        app.say(wake_and_ask("and what is the date"))
+        assert app.wait_state("follow_up", 60, t1), app.log_text()[-3000:]
+
+        def reply_heard() -> bool:
+            tail = app.speaker.samples()[heard_from:]
+            return bool(tail.size) and int(np.abs(tail.astype(np.int32)).max()) > 200
+
+        assert app.wait_until(reply_heard, 10), "the reply after recovery was not heard"
+        assert app.stop()[0] == 0
+    log = app.log_text()
+    assert len(re.findall(r"WARNING .*speaker 'ea_speaker' unavailable", log)) == 1, log

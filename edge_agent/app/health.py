@@ -138,8 +138,11 @@ class Health:
                 parts.append(f"last error: {status.last_error}")
         elif runtime.last_error:
             parts.append(f"last error: {runtime.last_error}")
-        if self._speaker_missing and runtime.engine is not None:
-            parts.append(f"no speaker: {runtime.engine.last_error or 'output device missing'}")
+        engine = runtime.engine
+        if not self._audio_ok and engine is not None:  # an output failure only degrades
+            parts.append(f"microphone lost: {engine.last_error or 'input device missing'}")
+        if self._speaker_missing and engine is not None:
+            parts.append(f"speaker lost: {engine.last_error or 'output device missing'}")
         problem = getattr(runtime.panel, "problem", None)  # GPIO unavailable at start
         if problem:
             parts.append(problem)
