@@ -241,9 +241,9 @@ def test_speaker_fails_mid_reply_and_returns(tmp_path: Path) -> None:
         t_gone = time.monotonic()
         assert app.wait_log(r"speaker 'ea_speaker' unavailable", 10, t_gone)
         assert app.wait_state("(follow_up|idle)", 30, t_gone), app.log_text()[-3000:]
-        assert app.wait_until(
-            lambda: any("speaker lost" in s for s in app.notify.statuses()), 5
-        ), app.notify.statuses()[-3:]
+        assert app.wait_until(lambda: any("speaker lost" in s for s in app.notify.statuses()), 5), (
+            app.notify.statuses()[-3:]
+        )
         app.speaker.reappear()
         t_back = time.monotonic()
         assert app.wait_log(r"speaker 'ea_speaker' is back", 20, t_back), app.log_text()[-3000:]

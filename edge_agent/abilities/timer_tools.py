@@ -51,6 +51,8 @@ def read_boot_id() -> str:
         return BOOT_ID_FILE.read_text().strip()
     except OSError:
         return ""
+
+
 TIMER_TOOL_NAMES = ("set_timer", "list_timers", "cancel_timer")
 
 
