@@ -1,0 +1,175 @@
+"""Network faults against the real daemon: refused, no DNS, bad TLS, silent partition,
+a server that never answers the upgrade.
+
+Every fault is made with real sockets on loopback (``edge_agent_devkit.rig.netproxy``
+between the daemon and the emulator, trustme certificates), never by mocking the SDK or
+websockets. For each: the daemon stays up; STATUS= and ``edge-agent status`` say what is
+wrong in plain words; the log says it once, however many retries; it recovers by itself
+when the fault clears; and the question the user asked during the outage reaches the
+emulator whole (located frame by frame in what the emulator consumed).
+
+Timing overrides (each also commented where it is set): the Appliance already shortens
+the reconnect backoff (0.2 s initial, 2 s cap) and the setup timeout (5 s); keepalive
+goes to its config floor of 5 s / 5 s so a partition is seen within 10 s.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import trustme
+
+from edge_agent_devkit.bench import system as bench_system
+from edge_agent_devkit.emulator.tls import server_context, write_ca_bundle
+from edge_agent_devkit.rig import speech
+from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions
+from edge_agent_devkit.rig.netproxy import Mode, NetProxy, free_port
+
+pytestmark = [
+    pytest.mark.shelf,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(not speech.espeak_available(), reason="espeak-ng is needed for speech"),
+]
+
+QUESTION = "what is the weather like in the mountains tomorrow"
+LOST_RE = r"Live connection lost: "
+BACK_RE = r"Live connection back after ([\d.]+) s \((\d+) failed attempts\)"
+BYTES_PER_FRAME = bench_system.FRAME * 2  # 10 ms of 16 kHz s16le
+
+
+@dataclass
+class Outage:
+    """What one fault looked like from outside, for the report."""
+
+    fault: str
+    detected_s: float  # from the fault (or the press) to the first log line about it
+    log_line: str
+    status: str
+    recovered_s: float  # from clearing the fault to the connection back
+    lost_bytes: int  # speech of the question that never reached the emulator
+
+    def report(self) -> None:
+        print(
+            f"\n[{self.fault}] detected after {self.detected_s:.1f} s; log: {self.log_line!r}; "
+            f"STATUS: {self.status!r}; recovered {self.recovered_s:.1f} s after the fault "
+            f"cleared; speech lost: {self.lost_bytes} bytes"
+        )
+
+
+def question_clip() -> np.ndarray:
+    asked = speech.trim(speech.synthesize(QUESTION, voice="en-us"))
+    return speech.concat(speech.silence(0.3), asked, speech.silence(0.6))
+
+
+def lost_speech_bytes(record: dict | None, clip: np.ndarray) -> int:
+    """Bytes of the clip's speech (10 ms frames holding speech) that no session the
+    emulator recorded received: what the user said and the service never heard."""
+    assert record is not None and record.get("sessions"), record
+    active = bench_system.active_frames(clip)
+    best_missing = int(active.sum())
+    for session in record["sessions"]:
+        received = np.frombuffer(
+            base64.b64decode(session["consumed_audio_b64"]), dtype="<i2"
+        )
+        if received.size < bench_system.FRAME:
+            continue
+        covered = bench_system.locate_blocks(received, clip)
+        n = active.size
+        frames = covered[: n * bench_system.FRAME].reshape(n, bench_system.FRAME).any(axis=1)
+        best_missing = min(best_missing, int((active & ~frames).sum()))
+    return best_missing * BYTES_PER_FRAME
+
+
+def emulator_address(app: Appliance) -> tuple[str, int]:
+    parts = urlsplit(app.emulator.base_url)
+    assert parts.hostname and parts.port
+    return parts.hostname, parts.port
+
+
+def offline_statuses(app: Appliance, text: str) -> list[str]:
+    assert app.notify is not None
+    return [s for s in app.notify.statuses() if f"offline: {text}" in s]
+
+
+def log_count(app: Appliance, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return sum(1 for line in app.log_text().splitlines() if rx.search(line))
+
+
+@contextlib.contextmanager
+def proxy_to(app: Appliance) -> Iterator[NetProxy]:
+    proxy = NetProxy(*emulator_address(app))
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def ask(app: Appliance, clip: np.ndarray) -> float:
+    """Press the button and say the question; returns the press time."""
+    t0 = app.press()
+    app.say(clip)
+    return t0
+
+
+def expect_answered(app: Appliance, since: float) -> float:
+    """The connection comes back and the question is answered; returns when it came back."""
+    back = app.wait_log(BACK_RE, 30, since)
+    assert back is not None, app.log_text()[-4000:]
+    assert app.wait_state("follow_up", 40, since), app.log_text()[-4000:]
+    return back.t
+
+
+def expect_alive_and_stop(app: Appliance) -> None:
+    assert app.proc is not None and app.proc.poll() is None, "the daemon died"
+    for bad in ("Traceback", "crashed"):
+        assert bad not in app.log_text(), app.log_text()[-4000:]
+    assert app.stop()[0] == 0
+
+
+def base_options(**config: dict) -> ApplianceOptions:
+    # --no-espeak: a tone for a reply, so no test waits on speech synthesis.
+    return ApplianceOptions(emulator_args=["--no-espeak"], config=config)
+
+
+def test_connection_refused_until_the_server_comes_back(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there: every connect is refused
+    clip = question_clip()
+    opts = base_options(gemini={"base_url": f"https://127.0.0.1:{port}"})
+    with Appliance(tmp_path, opts) as app:
+        app.start()
+        with proxy_to(app) as proxy:
+            t0 = ask(app, clip)
+            what = f"cannot reach the Live API at 127.0.0.1:{port} (connection refused)"
+            first = app.wait_log(LOST_RE + re.escape(what), 15, t0)
+            assert first is not None, app.log_text()[-4000:]
+            assert app.wait_state("thinking", 15, t0), app.log_text()[-4000:]
+            # Several attempts (one STATUS= each), still one log line.
+            assert app.wait_until(lambda: len(offline_statuses(app, what)) >= 3, 15)
+            assert log_count(app, re.escape(what)) == 1, app.log_text()[-4000:]
+            status_line = offline_statuses(app, what)[-1]
+            assert re.search(r"retrying in \d+ s", status_line), status_line
+            snap = app.status()
+            assert snap["state"] == "thinking" and not snap["session"]["ready"]
+            assert (snap["session"]["offline"] or "").startswith(f"offline: {what}"), snap
+
+            t_fix = time.monotonic()
+            proxy.start(port)  # the server comes back on the same port
+            t_back = expect_answered(app, t_fix)
+            assert log_count(app, BACK_RE) == 1
+            expect_alive_and_stop(app)
+    lost = lost_speech_bytes(app.record, clip)
+    Outage(
+        "connection refused", first.t - t0, first.text, status_line, t_back - t_fix, lost
+    ).report()
+    assert lost == 0
