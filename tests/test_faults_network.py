@@ -173,3 +173,128 @@ def test_connection_refused_until_the_server_comes_back(tmp_path: Path) -> None:
         "connection refused", first.t - t0, first.text, status_line, t_back - t_fix, lost
     ).report()
     assert lost == 0
+
+
+def test_name_resolution_failure_until_a_reload_fixes_the_base_url(tmp_path: Path) -> None:
+    """A name that never resolves (.invalid is reserved): nothing clears it by itself, so
+    the owner fixes gemini.base_url and reloads; the question asked meanwhile survives."""
+    host = "edge-agent-emulator.invalid"
+    clip = question_clip()
+    with Appliance(tmp_path, base_options()) as app:
+        app.start()
+        port = emulator_address(app)[1]
+        bad = app.config_text(gemini={"base_url": f"https://{host}:{port}"})
+        app.config_path.write_text(bad)
+        t_reload = time.monotonic()
+        app.signal(signal.SIGHUP)
+        assert app.wait_log(r"configuration reloaded", 30, t_reload), app.log_text()[-4000:]
+
+        t0 = ask(app, clip)
+        what = f"cannot resolve the name of the Live API host {host}:{port}"
+        first = app.wait_log(LOST_RE + re.escape(what), 15, t0)
+        assert first is not None, app.log_text()[-4000:]
+        assert app.wait_state("thinking", 15, t0), app.log_text()[-4000:]
+        assert app.wait_until(lambda: len(offline_statuses(app, what)) >= 3, 15)
+        assert log_count(app, re.escape(what)) == 1, app.log_text()[-4000:]
+        status_line = offline_statuses(app, what)[-1]
+        assert (app.status()["session"]["offline"] or "").startswith(f"offline: {what}")
+
+        app.config_path.write_text(app.config_text())  # the emulator's own address again
+        t_fix = time.monotonic()
+        app.signal(signal.SIGHUP)
+        t_back = expect_answered(app, t_fix)
+        expect_alive_and_stop(app)
+    lost = lost_speech_bytes(app.record, clip)
+    Outage("name resolution", first.t - t0, first.text, status_line, t_back - t_fix, lost).report()
+    assert lost == 0
+
+
+def tls_options(tmp_path: Path, proxy_ca: trustme.CA, port: int) -> ApplianceOptions:
+    """The daemon trusts the emulator's CA and the proxy's (one bundle file): the proxy
+    can then answer TLS itself with a certificate the daemon trusts, or an expired one."""
+    bundle = write_ca_bundle(tmp_path / "trusted-cas.pem", proxy_ca)  # exists for check-config
+    return base_options(gemini={"base_url": f"https://127.0.0.1:{port}", "ca_file": str(bundle)})
+
+
+def trust_the_emulator_too(app: Appliance, proxy_ca: trustme.CA) -> None:
+    """The emulator's CA exists once it started; the daemon reads the bundle at its first
+    connection, which no test makes before this."""
+    write_ca_bundle(app.workdir / "trusted-cas.pem", proxy_ca, app.emulator.ca_pem)
+
+
+def test_untrusted_then_expired_certificate_until_the_server_is_fixed(tmp_path: Path) -> None:
+    """A server with a certificate from a CA the daemon does not trust, then one it trusts
+    but expired yesterday: two different failures, each logged once."""
+    port, proxy_ca, stranger_ca = free_port(), trustme.CA(), trustme.CA()
+    clip = question_clip()
+    with Appliance(tmp_path, tls_options(tmp_path, proxy_ca, port)) as app:
+        app.start()
+        trust_the_emulator_too(app, proxy_ca)
+        with proxy_to(app) as proxy:
+            proxy.start(port)
+            proxy.set_mode(Mode.SWALLOW, tls=server_context(stranger_ca))
+            t0 = ask(app, clip)
+            untrusted = f"the TLS certificate of 127.0.0.1:{port} is not trusted"
+            first = app.wait_log(LOST_RE + re.escape(untrusted), 15, t0)
+            assert first is not None, app.log_text()[-4000:]
+            assert app.wait_until(lambda: len(offline_statuses(app, untrusted)) >= 3, 15)
+            status_untrusted = offline_statuses(app, untrusted)[-1]
+
+            t_expired = time.monotonic()
+            proxy.set_mode(Mode.SWALLOW, tls=server_context(proxy_ca, expired=True))
+            expired = f"the TLS certificate of 127.0.0.1:{port} has expired"
+            second = app.wait_log(LOST_RE + re.escape(expired), 15, t_expired)
+            assert second is not None, app.log_text()[-4000:]
+            assert app.wait_until(lambda: len(offline_statuses(app, expired)) >= 3, 15)
+            status_expired = offline_statuses(app, expired)[-1]
+            assert log_count(app, re.escape(untrusted)) == 1, app.log_text()[-4000:]
+            assert log_count(app, re.escape(expired)) == 1, app.log_text()[-4000:]
+            assert proxy.stats.tls_handshakes_failed >= 6
+            assert app.wait_state("thinking", 15, t0), app.log_text()[-4000:]
+
+            t_fix = time.monotonic()
+            proxy.set_mode(Mode.FORWARD)
+            t_back = expect_answered(app, t_fix)
+            assert log_count(app, BACK_RE) == 1
+            expect_alive_and_stop(app)
+    lost = lost_speech_bytes(app.record, clip)
+    Outage(
+        "untrusted CA", first.t - t0, first.text, status_untrusted, t_back - t_fix, lost
+    ).report()
+    Outage(
+        "expired certificate", second.t - t_expired, second.text, status_expired,
+        t_back - t_fix, lost,
+    ).report()  # fmt: skip
+    assert lost == 0
+
+
+def test_server_accepts_but_never_answers_the_upgrade(tmp_path: Path) -> None:
+    """TCP and TLS (a trusted certificate) complete, the HTTP upgrade request is read and
+    never answered: the connect timeout (gemini.setup_timeout_s, 5 s in the rig) covers
+    the upgrade, not only setupComplete."""
+    port, proxy_ca = free_port(), trustme.CA()
+    clip = question_clip()
+    with Appliance(tmp_path, tls_options(tmp_path, proxy_ca, port)) as app:
+        app.start()
+        trust_the_emulator_too(app, proxy_ca)
+        with proxy_to(app) as proxy:
+            proxy.start(port)
+            proxy.set_mode(Mode.SWALLOW, tls=server_context(proxy_ca))
+            t0 = ask(app, clip)
+            what = f"no answer from the Live API at 127.0.0.1:{port} within 5 s"
+            first = app.wait_log(LOST_RE + re.escape(what), 15, t0)
+            assert first is not None, app.log_text()[-4000:]
+            assert proxy.stats.requests_swallowed >= 1  # it got as far as the upgrade
+            assert app.wait_until(lambda: proxy.stats.requests_swallowed >= 2, 10)
+            assert app.wait_until(lambda: len(offline_statuses(app, what)) >= 1, 10)
+            status_line = offline_statuses(app, what)[-1]
+            assert app.status()["state"] == "thinking"
+
+            t_fix = time.monotonic()
+            proxy.set_mode(Mode.FORWARD)  # the attempt in flight still times out; the next works
+            t_back = expect_answered(app, t_fix)
+            assert log_count(app, re.escape(what)) == 1, app.log_text()[-4000:]
+            expect_alive_and_stop(app)
+    lost = lost_speech_bytes(app.record, clip)
+    Outage("never upgrades", first.t - t0, first.text, status_line, t_back - t_fix, lost).report()
+    assert lost == 0
