@@ -78,9 +78,7 @@ def lost_speech_bytes(record: dict | None, clip: np.ndarray) -> int:
     active = bench_system.active_frames(clip)
     best_missing = int(active.sum())
     for session in record["sessions"]:
-        received = np.frombuffer(
-            base64.b64decode(session["consumed_audio_b64"]), dtype="<i2"
-        )
+        received = np.frombuffer(base64.b64decode(session["consumed_audio_b64"]), dtype="<i2")
         if received.size < bench_system.FRAME:
             continue
         covered = bench_system.locate_blocks(received, clip)
@@ -162,6 +160,10 @@ def test_connection_refused_until_the_server_comes_back(tmp_path: Path) -> None:
             snap = app.status()
             assert snap["state"] == "thinking" and not snap["session"]["ready"]
             assert (snap["session"]["offline"] or "").startswith(f"offline: {what}"), snap
+            # The conversation's own LEDs (thinking: the status LED pulses), not dark.
+            assert snap["leds"]["status"].startswith("pulse"), snap["leds"]
+            shown = app.cli("status")
+            assert shown.returncode == 0 and f"offline: {what}" in shown.stdout, shown
 
             t_fix = time.monotonic()
             proxy.start(port)  # the server comes back on the same port
@@ -297,4 +299,71 @@ def test_server_accepts_but_never_answers_the_upgrade(tmp_path: Path) -> None:
             expect_alive_and_stop(app)
     lost = lost_speech_bytes(app.record, clip)
     Outage("never upgrades", first.t - t0, first.text, status_line, t_back - t_fix, lost).report()
+    assert lost == 0
+
+
+def test_silent_partition_mid_question_and_while_idle_connected(tmp_path: Path) -> None:
+    """No bytes and no FIN either way: only the keepalive can tell. Mid-question, the
+    question must still be answered once the partition heals; while idle with the
+    session kept open, the session is given up and the next press connects again."""
+    port = free_port()
+    clip = question_clip()
+    opts = base_options(
+        gemini={
+            "base_url": f"https://127.0.0.1:{port}",
+            # The config floor (5 s each): a partition is seen 5-10 s after it starts
+            # (plus websockets' 2 s close timeout), instead of up to 90 s as shipped.
+            "keepalive_ping_interval_s": 5.0,
+            "keepalive_ping_timeout_s": 5.0,
+        },
+        # Shortened: reach the idle-but-connected state 1 s after the reply.
+        conversation={"follow_up_s": 1.0},
+    )
+    with Appliance(tmp_path, opts) as app:
+        app.start()
+        with proxy_to(app) as proxy:
+            proxy.start(port)
+            t0 = app.press()
+            assert app.wait_log(r"Live session ready", 15, t0), app.log_text()[-4000:]
+            app.say(clip)
+            time.sleep(1.0)  # 0.3 s of silence, then 0.7 s into the question
+            t_cut = time.monotonic()
+            proxy.set_mode(Mode.BLACKHOLE)
+            first = app.wait_log(LOST_RE, 20, t_cut)
+            assert first is not None, app.log_text()[-4000:]
+            assert app.wait_until(lambda: bool(offline_statuses(app, "")), 5)
+            status_mid = offline_statuses(app, "")[-1]
+            t_heal = time.monotonic()
+            proxy.set_mode(Mode.FORWARD)  # held bytes flow again, as TCP would retransmit
+            t_back = expect_answered(app, t_heal)
+
+            # Idle, session kept open (idle_close_s as shipped: 20 s).
+            assert app.wait_state("idle", 20, t_back), app.log_text()[-4000:]
+            assert app.status()["session"]["ready"]
+            t_cut2 = time.monotonic()
+            proxy.set_mode(Mode.BLACKHOLE)
+            second = app.wait_log(LOST_RE, 20, t_cut2)
+            assert second is not None, app.log_text()[-4000:]
+            assert app.wait_log(r"Live session closed", 5, t_cut2), app.log_text()[-4000:]
+            snap = app.status()
+            status_idle = app.notify.statuses()[-1] if app.notify else ""
+            assert snap["state"] == "idle" and not snap["session"]["ready"], snap
+            t_heal2 = time.monotonic()
+            proxy.set_mode(Mode.FORWARD)
+            t1 = ask(app, question_clip())
+            assert app.wait_log(r"Live session ready", 15, t1), app.log_text()[-4000:]
+            assert app.wait_state("follow_up", 40, t1), app.log_text()[-4000:]
+            t_back2 = app.wait_log(r"Live session ready", 1, t1)
+            # One line per partition, however the attempts went.
+            assert log_count(app, LOST_RE) == 2, app.log_text()[-4000:]
+            expect_alive_and_stop(app)
+    lost = lost_speech_bytes(app.record, clip)
+    Outage(
+        "partition mid-question", first.t - t_cut, first.text, status_mid, t_back - t_heal, lost
+    ).report()
+    assert t_back2 is not None
+    Outage(
+        "partition idle-connected", second.t - t_cut2, second.text, status_idle,
+        t_back2.t - t_heal2, 0,
+    ).report()  # fmt: skip
     assert lost == 0

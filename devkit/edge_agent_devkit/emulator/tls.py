@@ -71,7 +71,7 @@ def server_context(ca: trustme.CA, *, expired: bool = False) -> ssl.SSLContext:
     """
     validity: dict[str, datetime.datetime] = {}
     if expired:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         validity = {
             "not_before": now - datetime.timedelta(days=30),
             "not_after": now - datetime.timedelta(days=1),

@@ -72,7 +72,7 @@ class NetProxy:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._flowing: asyncio.Event | None = None  # set while FORWARD
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()  # both ends of every connection
         self._lock = threading.Lock()
 
     # ---- control (any thread) ---------------------------------------------------------
@@ -137,19 +137,22 @@ class NetProxy:
             self._flowing.set()
 
     async def _shutdown(self) -> None:
+        """Abort every socket (the handlers then end on their own: cancelling a task that
+        asyncio's server started makes asyncio log an error)."""
         if self._server is not None:
             self._server.close()
             self._server = None
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        if self._flowing is not None:
+            self._flowing.set()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for _ in range(100):
+            if not self._writers:
+                break
+            await asyncio.sleep(0.01)
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._writers.add(writer)
         self.stats.accepted += 1
         try:
             if self._mode is Mode.SWALLOW:
@@ -159,13 +162,14 @@ class NetProxy:
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
             _close(writer)
+            self._writers.discard(writer)
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._flowing is not None
         await self._flowing.wait()  # a connection made during a partition waits it out
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers.add(up_writer)
         try:
             pumps = [
                 asyncio.ensure_future(self._pump(reader, up_writer)),
@@ -179,6 +183,7 @@ class NetProxy:
                 await asyncio.wait(pumps)
         finally:
             _close(up_writer)
+            self._writers.discard(up_writer)
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         flowing = self._flowing
