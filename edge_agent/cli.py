@@ -138,7 +138,9 @@ def _show_status(reply: dict[str, Any]) -> None:
     if "uptime_s" in reply:
         lines.append(f"uptime:    {_duration(int(reply['uptime_s']))}")
     error = session.get("last_error") or reply.get("last_error")
-    if error:
+    if session.get("offline"):  # "offline: WHY; retrying in N s"
+        lines.append(session["offline"])
+    elif error:
         lines.append(f"last error: {error}")
     print("\n".join(lines))
 

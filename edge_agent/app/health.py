@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from edge_agent.app.runtime import Runtime
     from edge_agent.audio.engine import AudioEngine
     from edge_agent.device.systemd import SystemdNotifier
+    from edge_agent.live.session import LiveStatus
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,10 @@ class Health:
                 parts.append(f"model: {status.model} ({status.model_note})")
             if status.reconnect_count:
                 parts.append(f"reconnects: {status.reconnect_count}")
-            if status.last_error:
+            offline = offline_text(status)
+            if offline:
+                parts.append(offline)
+            elif status.last_error:
                 parts.append(f"last error: {status.last_error}")
         elif runtime.last_error:
             parts.append(f"last error: {runtime.last_error}")
@@ -199,6 +204,10 @@ class Health:
                 "model": status.model,
                 "configured_model": status.configured_model,
                 "model_note": status.model_note,
+                "offline": offline_text(status),
+                # What the user said that the server may not have yet (bounded by
+                # reconnect.replay_buffer_max_s; dropped_unsent_audio_bytes: speech lost).
+                "uplink": dataclasses.asdict(status.replay),
             }
         if runtime.ears is not None:
             out["ears"] = dataclasses.asdict(runtime.ears.stats)
@@ -214,6 +223,20 @@ class Health:
             }
         out["uptime_s"] = round(time.monotonic() - self.started_at)
         return out
+
+
+def offline_text(status: LiveStatus) -> str | None:
+    """'offline: WHY; retrying in N s' while a non-fatal failure keeps the session down.
+
+    Fatal trouble (the key, the model) already shows as the OFFLINE state and its reason.
+    """
+    if status.ready or status.fatal or not status.last_error:
+        return None
+    if str(status.state) not in ("retry_wait", "connecting"):
+        return None
+    if status.retry_in_s is None:
+        return f"offline: {status.last_error}; trying again now"
+    return f"offline: {status.last_error}; retrying in {math.ceil(status.retry_in_s)} s"
 
 
 async def _reachable(base_url: str) -> bool:

@@ -50,6 +50,9 @@ MIN_HANDOVER_UPTIME_S = 10.0
 # Resuming setups refused with 1011 (old connection still open) before the handle goes.
 BUSY_RESUME_LIMIT = 3
 
+# Kinds whose reason already says what happened in plain words.
+_SELF_EXPLAINING = frozenset({"network", "setup_timeout"})
+
 # HTTP statuses on a refused websocket upgrade that a retry will not fix.
 _FATAL_HTTP = frozenset({400, 401, 403, 404})
 
@@ -88,6 +91,8 @@ class Failure:
             text = f"closed {self.code}"
         elif self.kind is FailureKind.HTTP:
             text = f"HTTP {self.code} on connect"
+        elif self.kind in _SELF_EXPLAINING and self.reason:
+            return self.reason  # already a sentence (live.failures words these)
         else:
             text = self.kind.value.replace("_", " ")
         if self.reason:

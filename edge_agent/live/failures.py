@@ -21,12 +21,16 @@ What google-genai 3.x raises, and where (reproduced against the emulator):
 
 from __future__ import annotations
 
+import socket
+import ssl
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from edge_agent.core.backoff import CLOSE_ABNORMAL, Failure, FailureKind
 
 NO_CLOSE_FRAME_REASON = "connection closed without a close frame"
+DEFAULT_LIVE_ENDPOINT = "generativelanguage.googleapis.com"
 
 
 class Caught(StrEnum):
@@ -102,3 +106,55 @@ _KIND = {
     Caught.INTERNAL: FailureKind.PROTOCOL,
 }
 _WITH_CODE = frozenset({Caught.API_ERROR, Caught.CLOSED, Caught.HTTP_REFUSED})
+
+
+# ---- plain words for a connection that could not be opened ------------------------------
+# What a person reads in the log and in STATUS= while the device is offline: what failed,
+# where, and in words an owner can act on (check the network, the clock, the CA file).
+
+# OpenSSL X509_V_ERR_* codes carried by ssl.SSLCertVerificationError.verify_code.
+_CERT_EXPIRED = 10
+_CERT_NOT_YET_VALID = 9
+_HOSTNAME_MISMATCH = 62
+
+
+def endpoint_of(base_url: str) -> str:
+    """``host[:port]`` of the Live API endpoint (the Google host when no base_url is set)."""
+    parts = urlsplit(base_url) if base_url else None
+    host = (parts.hostname if parts else None) or DEFAULT_LIVE_ENDPOINT
+    port = parts.port if parts else None
+    return f"{host}:{port}" if port else host
+
+
+def describe_transport_error(exc: BaseException, endpoint: str) -> str:
+    """One plain line for an error out of the opening handshake (TCP, TLS, upgrade)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        if code == _CERT_EXPIRED:
+            return f"the TLS certificate of {endpoint} has expired"
+        if code == _CERT_NOT_YET_VALID:
+            return f"the TLS certificate of {endpoint} is not valid yet (is the clock right?)"
+        if code == _HOSTNAME_MISMATCH:
+            return f"the TLS certificate of {endpoint} is for another name"
+        why = exc.verify_message or "verification failed"
+        return f"the TLS certificate of {endpoint} is not trusted ({why})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {endpoint} failed ({exc.reason or exc})"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the name of the Live API host {endpoint} ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot reach the Live API at {endpoint} (connection refused)"
+    if isinstance(exc, TimeoutError):
+        return f"the Live API at {endpoint} did not answer in time ({exc or 'timed out'})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot reach the Live API at {endpoint} ({exc.strerror.lower()})"
+    return f"connection to {endpoint} failed: {exc.__class__.__name__}: {exc}"
+
+
+def describe_setup_timeout(endpoint: str, timeout_s: float) -> str:
+    """The connect timeout covers TCP, TLS, the WebSocket upgrade and setupComplete: the
+    adapter cannot tell which step hung, so the words name all of them."""
+    return (
+        f"no answer from the Live API at {endpoint} within {timeout_s:g} s "
+        "(TLS, WebSocket upgrade or setupComplete never came)"
+    )

@@ -112,6 +112,7 @@ from edge_agent.live.fallback import (
     is_model_gone,
 )
 from edge_agent.live.handles import DEFAULT_VALIDITY_S, HandleBook, StoredHandle
+from edge_agent.live.outage import OutageLog
 from edge_agent.live.profiles import ModelProfile, ToolCalls, choose_profile
 from edge_agent.live.tool_calls import ToolAnswer, ToolCallBook, call_behavior
 from edge_agent.secrets import redact
@@ -248,6 +249,7 @@ class LiveProtocol:
         self.last_error: str | None = None
         self.counters = Counters()
         self._flags = _Flags()
+        self.outage = OutageLog()  # each failure of an outage is logged once
 
     # ---- what the daemon asks ------------------------------------------------------------
 
@@ -406,6 +408,13 @@ class LiveProtocol:
         self.model_turn_open = False
         self._flags.bad_in_a_row = 0
         self._set_state(SessionState.READY)
+        back = self.outage.connected(now)
+        if back is not None:
+            logger.info(
+                "Live connection back after %.1f s (%d failed attempts)",
+                back.outage_s,
+                back.failures,
+            )
         logger.info(
             "Live session ready (%s, attempt %d, %d uplink messages to (re)send)",
             "resumed" if conn.resuming else "new session",
@@ -633,8 +642,12 @@ class LiveProtocol:
         else:
             self._set_state(SessionState.RETRY_WAIT)
             if not abandon:
-                logger.warning(
-                    "Live connection lost: %s; retrying in %.1f s", reason, decision.delay_s
+                news = self.outage.failed(reason, now)  # a repeat of this outage: DEBUG
+                logger.log(
+                    logging.WARNING if news else logging.DEBUG,
+                    "Live connection lost: %s; retrying in %.1f s",
+                    reason,
+                    decision.delay_s,
                 )
         lost = SessionLost(reason, fatal=decision.fatal, retry_in_s=decision.delay_s)
         return FailureOutcome((lost,), clear)

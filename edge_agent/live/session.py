@@ -65,7 +65,12 @@ from edge_agent.live.connect_config import (
     profile_for,
     ssl_context_for,
 )
-from edge_agent.live.failures import Caught
+from edge_agent.live.failures import (
+    Caught,
+    describe_setup_timeout,
+    describe_transport_error,
+    endpoint_of,
+)
 from edge_agent.live.fallback import ListedModel
 from edge_agent.live.handles import DEFAULT_VALIDITY_S, HandleStore, StoredHandle
 from edge_agent.live.profiles import MidSessionText
@@ -323,8 +328,8 @@ class LiveSession:
                         session = await stack.enter_async_context(
                             client.aio.live.connect(model=model, config=config)
                         )
-                except TimeoutError:
-                    reason = f"no setupComplete within {cfg.setup_timeout_s:g} s"
+                except TimeoutError:  # covers TCP, TLS and the upgrade, not only setup
+                    reason = describe_setup_timeout(endpoint_of(cfg.base_url), cfg.setup_timeout_s)
                     return proto.failure(Caught.SETUP_TIMEOUT, None, reason)
                 if session.setup_complete is None:
                     return proto.failure(Caught.NO_SETUP_COMPLETE)
@@ -338,7 +343,11 @@ class LiveSession:
         except (OSError, websockets.WebSocketException, ValueError, TypeError) as exc:
             # OSError covers refused/unreachable/reset, TLS errors and the opening handshake
             # timeout; ValueError/TypeError: an unparsable first server frame.
-            return proto.failure(Caught.TRANSPORT, None, f"{exc.__class__.__name__}: {exc}")
+            if isinstance(exc, OSError):
+                reason = describe_transport_error(exc, endpoint_of(cfg.base_url))
+            else:
+                reason = f"{exc.__class__.__name__}: {exc}"
+            return proto.failure(Caught.TRANSPORT, None, reason)
         finally:
             proto.connection_closed()
 
