@@ -116,8 +116,11 @@ def _thread_hook(args: threading.ExceptHookArgs) -> None:
 
 
 def _unraisable_hook(unraisable: sys.UnraisableHookArgs) -> None:
-    what = unraisable.err_msg or "exception ignored"
-    _log_uncaught(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback, f"({what})")
+    try:
+        where = f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}"
+    except Exception:  # a broken __repr__ must not hide the traceback
+        where = "Exception ignored"
+    _log_uncaught(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback, f"({where})")
 
 
 def route_uncaught_exceptions() -> None:

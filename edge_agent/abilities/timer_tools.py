@@ -300,14 +300,15 @@ def parse_duration(args: Mapping[str, Any]) -> float:
 
 def _name_arg(args: Mapping[str, Any]) -> str:
     """The name as plain text: control and format characters (NUL, escape sequences,
-    bidirectional overrides, zero-width marks) removed, since it reaches the log, the
+    bidirectional overrides, zero-width marks) and lone surrogates (not UTF-8: the
+    timers file could not be saved again) removed, since it reaches the log, the
     terminal of `edge-agent timers` and the state file."""
     name = args.get("name", "")
     if name is None:
         return ""
     if not isinstance(name, str):
         raise TimerError(f"name must be text, not {_shown(name)}")
-    name = "".join(c if unicodedata.category(c) not in ("Cc", "Cf") else " " for c in name)
+    name = "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Cs") else " " for c in name)
     name = " ".join(name.split())
     if len(name) > MAX_NAME_CHARS:
         raise TimerError(f"a timer name can be at most {MAX_NAME_CHARS} characters")
