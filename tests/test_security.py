@@ -263,10 +263,13 @@ def test_hostile_arguments_through_the_real_dispatch_are_data(tmp_path: Path) ->
     assert "JSON object" in tail["[1, 2]"]["error"]
     assert "unknown tool" in tail["{}"]["error"]
     # Timer names are plain text: no control, format or newline characters survive.
-    saved = json.loads((state / "timers.json").read_text())
-    names = [t["name"] for t in saved["timers"]] if "timers" in saved else []
-    for saved_name in names:
-        assert saved_name.isprintable() and len(saved_name) <= 40, saved_name
+    named = [r["timer"]["name"] for n, a, r in results if n == "set_timer" and "timer" in r]
+    assert "tea [2J ERROR fake log line" in named, named
+    for name in named:
+        assert name.isprintable() and len(name) <= 40, name
+    cancelled = [r["cancelled"]["name"] for n, a, r in results if "cancelled" in r]
+    assert "tea [2J ERROR fake log line" in cancelled, cancelled  # found by the same text
+    json.loads((state / "timers.json").read_text(encoding="utf-8"))  # still saved, UTF-8
     # The command tool got each string verbatim as JSON on stdin (NUL and a lone
     # surrogate included); nothing was parsed by a shell.
     lines = received.read_text(encoding="utf-8", errors="surrogatepass").splitlines()
@@ -351,8 +354,8 @@ def test_a_daemon_run_leaks_no_key_and_keeps_its_files_private(tmp_path: Path, u
                 t0 = time.monotonic()
                 reply = control_request(sock, {"cmd": "say", "text": f"please call {tool}"})
                 assert reply.get("ok"), reply
-                # The answer comes back to the model, which speaks it once idle.
-                spoke = app.wait_log(r"spoke on its own", 60, t0)
+                # The answer comes back to the model, which speaks about it.
+                spoke = app.wait_log(rf"gemini said: The {tool} tool returned", 60, t0)
                 assert spoke is not None, app.log_text()[-3000:]
                 assert app.wait_log(r"-> idle", 60, spoke.t), app.log_text()[-3000:]
             assert app.wait_until(received.exists, 10)
@@ -363,9 +366,9 @@ def test_a_daemon_run_leaks_no_key_and_keeps_its_files_private(tmp_path: Path, u
             assert status_text.returncode == 0 and "state:" in status_text.stdout
             assert json.loads(status_json.stdout)["ok"] is True
             assert app.proc is not None and app.proc.poll() is None  # it survived
+            # While it runs (control.sock goes away with it).
+            modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in app.state_dir.iterdir()}
             assert app.stop()[0] == 0
-            state_files = sorted(p for p in app.state_dir.iterdir())
-            modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in state_files}
     finally:
         os.umask(old)
     log = app.log_text()
