@@ -68,8 +68,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     texts = [content for _title, content in report.sections]
     if report.failed:
         texts.append(str(report.longrepr))
-    if any(text_leaks(t) for t in texts):
-        _leaks.append(f"captured output of {report.nodeid} ({report.when})")
+    where = f"captured output of {report.nodeid}"  # each phase repeats the earlier ones
+    if where not in _leaks and any(text_leaks(t) for t in texts):
+        _leaks.append(where)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -77,7 +78,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     basetemp = getattr(factory, "_basetemp", None)  # None: no test asked for tmp_path
     if basetemp is not None:
         _leaks.extend(str(p) for p in find_leaks([basetemp]))
-    if _leaks and session.exitstatus == pytest.ExitCode.OK:
+    if _leaks and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
