@@ -18,10 +18,16 @@ DEFAULT_CONFIG = "/etc/edge-agent/config.toml"
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from edge_agent.secrets import permission_warnings
+
     try:
-        problems = model_problems(load_config(args.path))
+        cfg = load_config(args.path)
+        problems = model_problems(cfg)
     except ConfigError as exc:
         problems = exc.problems
+    else:
+        for warning in permission_warnings(args.path, cfg.gemini.api_key_file):
+            print(f"WARNING: {warning}", file=sys.stderr)
     if problems:
         for line in problems:
             print(redact(line), file=sys.stderr)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Mapping
+from types import TracebackType
 
 from edge_agent.secrets import redact
 
@@ -84,6 +86,7 @@ def setup_logging(level: str = "INFO", target: str = "auto") -> None:
     handler._edge_agent = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    route_uncaught_exceptions()
     # A failing handler must not print the record's raw arguments to stderr (the journal).
     logging.raiseExceptions = False
     # Chatty libraries stay at WARNING unless we debug them on purpose.
@@ -91,3 +94,39 @@ def setup_logging(level: str = "INFO", target: str = "auto") -> None:
     logging.getLogger("httpx").setLevel(max(logging.getLevelName(level), logging.WARNING))
     for name in ("websockets", "httpcore", "google_genai", "asyncio"):
         logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))
+
+
+_crash_log = logging.getLogger("edge_agent.crash")
+
+
+def _log_uncaught(
+    exc_type: type[BaseException],
+    exc: BaseException | None,
+    tb: TracebackType | None,
+    where: str,
+) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        return
+    _crash_log.critical("uncaught exception %s", where, exc_info=(exc_type, exc, tb))
+
+
+def _thread_hook(args: threading.ExceptHookArgs) -> None:
+    name = args.thread.name if args.thread is not None else "?"
+    _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback, f"in thread {name}")
+
+
+def _unraisable_hook(unraisable: sys.UnraisableHookArgs) -> None:
+    try:
+        where = f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}"
+    except Exception:  # a broken __repr__ must not hide the traceback
+        where = "Exception ignored"
+    _log_uncaught(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback, f"({where})")
+
+
+def route_uncaught_exceptions() -> None:
+    """Crash output goes through the redacting handler too: Python prints an uncaught
+    exception's traceback (main thread, other threads, ``__del__``) straight to stderr,
+    which under systemd is the journal, and an exception's text may quote the key."""
+    sys.excepthook = lambda t, e, tb: _log_uncaught(t, e, tb, "in the main thread")
+    threading.excepthook = _thread_hook
+    sys.unraisablehook = _unraisable_hook

@@ -81,9 +81,18 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _stdin_payload(args: Mapping[str, Any]) -> bytes:
+    """The arguments as one line of JSON in UTF-8; with \\u escapes instead when a string
+    holds a lone surrogate (valid in a JSON escape, not encodable as UTF-8)."""
+    try:
+        return json.dumps(dict(args), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(dict(args)).encode("ascii")
+
+
 async def run_command(spec: CommandToolSpec, args: Mapping[str, Any]) -> ToolResult:
     """Run ``spec.argv`` with ``args`` as JSON on stdin; always returns a result dict."""
-    payload = json.dumps(dict(args), ensure_ascii=False).encode("utf-8")
+    payload = _stdin_payload(args)
     try:
         proc = await asyncio.create_subprocess_exec(
             *spec.argv,

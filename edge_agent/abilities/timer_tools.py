@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +55,8 @@ def read_boot_id() -> str:
 
 
 TIMER_TOOL_NAMES = ("set_timer", "list_timers", "cancel_timer")
+MAX_NAME_CHARS = 40  # a name is a word or two ("pasta"); it is logged, saved and spoken
+_SHOWN_CHARS = 40  # of a bad argument, quoted back to the model
 
 
 class TimerStore:
@@ -281,6 +284,12 @@ CANCEL_TIMER = types.FunctionDeclaration(
 )
 
 
+def _shown(value: Any) -> str:
+    """A bad argument as quoted in an error: its repr, cut short (it may be huge)."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
 def parse_duration(args: Mapping[str, Any]) -> float:
     """hours/minutes/seconds from the model -> seconds; TimerError says what is wrong."""
     total = 0.0
@@ -293,24 +302,36 @@ def parse_duration(args: Mapping[str, Any]) -> float:
             try:
                 value = float(value.strip())
             except ValueError:
-                raise TimerError(f"{key} must be a number, not {value!r}") from None
+                raise TimerError(f"{key} must be a number, not {_shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TimerError(f"{key} must be a number, not {value!r}")
+            raise TimerError(f"{key} must be a number, not {_shown(value)}")
+        try:
+            value = float(value)  # an int of hundreds of digits does not fit
+        except OverflowError:
+            raise TimerError(f"{key} is far too large") from None
         if not math.isfinite(value) or value < 0:
             raise TimerError(f"{key} must be zero or more, not {value}")
         given = True
-        total += float(value) * scale
+        total += value * scale
     if not given:
         raise TimerError("say how long: give hours, minutes or seconds")
     return total
 
 
 def _name_arg(args: Mapping[str, Any]) -> str:
+    """The name as plain text: control and format characters (NUL, escape sequences,
+    bidirectional overrides, zero-width marks) and lone surrogates (not UTF-8: the
+    timers file could not be saved again) removed, since it reaches the log, the
+    terminal of `edge-agent timers` and the state file."""
     name = args.get("name", "")
     if name is None:
         return ""
     if not isinstance(name, str):
-        raise TimerError(f"name must be text, not {name!r}")
+        raise TimerError(f"name must be text, not {_shown(name)}")
+    name = "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Cs") else " " for c in name)
+    name = " ".join(name.split())
+    if len(name) > MAX_NAME_CHARS:
+        raise TimerError(f"a timer name can be at most {MAX_NAME_CHARS} characters")
     return name
 
 

@@ -34,7 +34,7 @@ from edge_agent.core import events as ev
 from edge_agent.core import state as st
 from edge_agent.core.policy import BargeInRules
 from edge_agent.logsetup import setup_logging
-from edge_agent.secrets import ApiKeyMissing, redact, resolve_api_key
+from edge_agent.secrets import ApiKeyMissing, permission_warnings, redact, resolve_api_key
 
 if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow part of startup
     from edge_agent.app.abilities import Abilities
@@ -200,7 +200,8 @@ class Daemon:
 
         cfg = self.cfg
         runtime = self.runtime
-        await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
+        # Not world-readable whatever the umask (the unit's StateDirectoryMode is 0750).
+        await asyncio.to_thread(self.state_dir.mkdir, mode=0o750, parents=True, exist_ok=True)
         muted = await asyncio.to_thread(runtime.mute_file.load)
         checking = _in_daemon_thread(functools.partial(model_problems, cfg, builtins=True))
         try:
@@ -459,6 +460,8 @@ def run_daemon(config_path: str | Path, *, environ: dict[str, str] | None = None
             print(redact(problem), file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level, cfg.logging.target)
+    for warning in permission_warnings(path, cfg.gemini.api_key_file):
+        log.warning("%s", warning)
     daemon = Daemon(cfg, path, environ=environ)
     return asyncio.run(daemon.run())
 

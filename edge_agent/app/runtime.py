@@ -175,7 +175,7 @@ class Runtime:
                     self._transcript.said(text)
                 return
             case ev.ToolCalled(name=name, args=args):
-                log.info("tool call: %s(%s)", name, args)
+                log.info("tool call: %s(%.300s)", name, args)  # arguments may be huge
                 return
             case ev.TurnCompleted():
                 self._log_transcript()

@@ -2,6 +2,9 @@
 
 A tool call must never take the session down: unknown names, bad arguments and
 exceptions in a tool all become an ``{"error": ...}`` response the model can speak about.
+Arguments that are not a JSON object are refused before a tool sees them, and every
+string of an answer goes through ``secrets.redact``: what a tool prints (a command's
+stderr, an MCP server's error) goes to the model, whose reply is spoken and transcribed.
 A tool never runs on the event loop: a coroutine impl is awaited (it must not block), a
 plain function runs on a worker thread. Each tool may declare the behaviour it needs
 (``behavior``: BLOCKING where the family lets a tool choose) and the scheduling of its
@@ -23,6 +26,7 @@ from google.genai import types
 
 from edge_agent.live.profiles import ToolCalls
 from edge_agent.live.tool_calls import Scheduling, ToolAnswer
+from edge_agent.secrets import redact
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +80,18 @@ class ToolRegistry:
 
     async def answer(self, name: str, args: Mapping[str, Any] | None) -> ToolAnswer:
         """Run the tool off the event loop; never raises (but can be cancelled)."""
+        answer = await self._answer(name, args)
+        return ToolAnswer(_redacted(answer.response), answer.scheduling)
+
+    async def _answer(self, name: str, args: Mapping[str, Any] | None) -> ToolAnswer:
         tool = self._tools.get(name)
         if tool is None:
             logger.warning("model called unknown tool %r", name)
             return ToolAnswer({"error": f"unknown tool {name!r}"})
+        if args is not None and not isinstance(args, Mapping):
+            logger.warning("model called tool %s with %s arguments", name, type(args).__name__)
+            error = f"tool {name!r} takes a JSON object of arguments"
+            return ToolAnswer({"error": error}, tool.scheduling)
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await _run_off_loop(tool.impl, dict(args or {}))
@@ -97,6 +109,17 @@ class ToolRegistry:
         if not isinstance(result, dict):
             result = {"result": result}
         return ToolAnswer(result, tool.scheduling)
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it (keys too) passed through ``redact``."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {_redacted(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 async def _run_off_loop(impl: ToolImpl, args: dict[str, Any]) -> Any:

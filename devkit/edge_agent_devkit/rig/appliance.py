@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -35,7 +36,9 @@ from edge_agent.app.control import control_request
 from edge_agent.config import Config, load_config
 from edge_agent_devkit.rig.alsa_rig import AlsaRig, FifoFeeder, FifoRecorder
 
-API_KEY = "demo-key-0123456789"
+# The stand-in key of every run: random per process and shaped like no real key, so a
+# test can grep everything a run produced for it (tests/conftest.py does, at the end).
+API_KEY = f"edge-test-key-{secrets.token_hex(8)}"
 # The product as shipped: every run starts from it (devkit/edge_agent_devkit/rig/ -> root).
 SHIPPED_CONFIG = Path(__file__).resolve().parents[3] / "config.toml"
 STATE_RE = re.compile(r"state (\w+) -> (\w+): (.*)$")
