@@ -46,6 +46,9 @@ def test_set_applies_saves_and_survives_a_restart(tmp_path: Path) -> None:
         ({"percent": "loud"}, "must be a number from 0 to 100"),
         ({"percent": True}, "must be a number from 0 to 100"),
         ({"percent": float("nan")}, "must be a number from 0 to 100"),
+        ({"percent": 10**400}, "asked for more than 100"),  # no float holds it
+        ({"percent": float("inf")}, "asked for inf"),
+        ({"percent": "x" * 100_000}, "not 'xxxx"),
     ],
 )
 def test_bad_levels_are_error_results_and_change_nothing(
@@ -54,6 +57,7 @@ def test_bad_levels_are_error_results_and_change_nothing(
     control = VolumeControl(tmp_path / VOLUME_FILE, 50)
     result = asyncio.run(ToolRegistry(volume_tools(control)).call("set_volume", args))
     assert set(result) == {"error"} and says in result["error"]
+    assert len(result["error"]) < 120  # a hostile value is not read back at length
     assert control.percent == 50
     assert not (tmp_path / VOLUME_FILE).exists()
 

@@ -36,12 +36,27 @@ def parse_level(value: Any) -> int:
         try:
             value = float(value.strip().removesuffix("%"))
         except ValueError:
-            raise VolumeError(f"the volume must be a number from 0 to 100, not {value!r}") from None
+            shown = _shown(value)
+            raise VolumeError(f"the volume must be a number from 0 to 100, not {shown}") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise VolumeError(f"the volume must be a number from 0 to 100, not {value!r}")
+        raise VolumeError(f"the volume must be a number from 0 to 100, not {_shown(value)}")
     if not 0 <= value <= 100:
-        raise VolumeError(f"the volume goes from 0 to 100 (asked for {value:g})")
+        raise VolumeError(f"the volume goes from 0 to 100 (asked for {_amount(value)})")
     return round(value)
+
+
+def _amount(value: float) -> str:
+    """An out-of-range level as spoken; an int of hundreds of digits does not fit a float."""
+    try:
+        return f"{value:g}"
+    except OverflowError:
+        return "more than 100" if value > 0 else "less than 0"
+
+
+def _shown(value: Any) -> str:
+    """The bad value as the error quotes it: short, whatever the model sent."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class VolumeControl:
