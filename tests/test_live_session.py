@@ -1581,3 +1581,52 @@ def test_no_usable_model_is_fatal_with_a_clear_message_and_retried_at_the_fatal_
             assert "no usable Live model" in (rig.session.status().last_error or "")
 
     run(body)
+
+
+# ---- issue 17: rough edges of recovery ------------------------------------------------------
+
+
+async def _client_close(rig: Rig, index: int) -> tuple[int | None, str | None]:
+    """The close code the emulator received on connection ``index``, and who closed it."""
+    await wait_until(lambda: len(rig.emu.record.connections) > index)
+    conn = rig.emu.record.connections[index]
+    await wait_until(lambda: conn.closed_by is not None)
+    return conn.close_code, conn.closed_by
+
+
+@pytest.mark.shelf
+def test_leaving_on_purpose_closes_with_1000(tmp_path: Path) -> None:
+    """An idle close, a daemon stop (while connected and while connecting) and a setup
+    timeout are the client leaving on purpose: the server gets 1000, not 1011."""
+    never_setup = EmulatorOptions(
+        valid_api_keys=(KEY,),
+        pace=0.0,
+        espeak=False,
+        connection_faults={0: [FaultSpec("never_setup")]},
+    )
+
+    async def body() -> None:
+        async with Rig(tmp_path / "idle") as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            rig.session.close()
+            assert await _client_close(rig, 0) == (1000, "client")
+        async with Rig(tmp_path / "stop") as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            await rig.session.stop()  # SIGTERM: the daemon stops its session
+            assert await _client_close(rig, 0) == (1000, "client")
+        async with Rig(tmp_path / "stop-connecting", never_setup, setup_timeout_s=30) as rig:
+            rig.session.open()
+            await wait_until(lambda: rig.emu.record.connections)
+            await asyncio.sleep(0.2)  # the setup is out: waiting for setupComplete
+            await rig.session.stop()
+            assert await _client_close(rig, 0) == (1000, "client")
+        async with Rig(tmp_path / "setup-timeout", never_setup, setup_timeout_s=1.0) as rig:
+            rig.session.open()
+            lost = await rig.events.wait_for(SessionLost)
+            assert "no setupComplete within 1 s" in lost.reason
+            assert await _client_close(rig, 0) == (1000, "client")
+            await rig.events.wait_for(SessionReady)  # and the retry connects
+
+    run(body)
