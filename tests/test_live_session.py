@@ -832,7 +832,13 @@ def test_handle_survives_a_daemon_restart(tmp_path: Path) -> None:
     run(body)
 
 
-def test_silent_peer_is_detected_by_keepalive(tmp_path: Path) -> None:
+def test_silent_peer_is_detected_by_keepalive(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that stops answering pings: the log says so (with the timeout), not the
+    SDK's "closed 1006: abnormal closure [internal]", and the session comes back."""
+    caplog.set_level(logging.INFO, logger="edge_agent")
+
     async def body() -> None:
         async with Rig(
             tmp_path, keepalive_ping_interval_s=0.2, keepalive_ping_timeout_s=0.4
@@ -842,7 +848,18 @@ def test_silent_peer_is_detected_by_keepalive(tmp_path: Path) -> None:
             rig.emu.inject(FaultSpec("no_pong"))
             lost = await rig.events.wait_for(SessionLost, timeout=20)
             assert not lost.fatal
+            expected = "the server stopped answering keepalive pings (no pong within 0.4 s)"
+            assert lost.reason == f"network: {expected}"
             await rig.events.wait_for(SessionReady, count=2)
+            conn = rig.emu.record.connections[0]
+            assert (conn.close_code, conn.close_reason, conn.closed_by) == (
+                1011,
+                "keepalive ping timeout",
+                "client",
+            )
+            lines = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
+            assert len(lines) == 1 and expected in lines[0], lines
+            assert "1006" not in lines[0] and "abnormal" not in lines[0]
 
     run(body)
 
