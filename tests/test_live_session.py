@@ -601,6 +601,22 @@ def test_close_1011_mid_reply_replays_the_unanswered_turn(tmp_path: Path) -> Non
             (session,) = rig.emu.record.sessions
             assert session.consumed_audio == audio  # replayed once, not duplicated
             assert len(session.turns) == 1
+            # What the session hands the daemon: the fragment and the question's words
+            # before the drop; after it, the words again (asked again) and the whole reply.
+            events = rig.events.events
+            cut, whole = rig.emu.record.replies
+            after = events[events.index(lost) :]
+            before = events[: events.index(lost)]
+            assert b"".join(e.pcm24k for e in before if isinstance(e, ModelAudioReceived)) == (
+                bytes(cut.audio)
+            )
+            assert b"".join(e.pcm24k for e in after if isinstance(e, ModelAudioReceived)) == (
+                bytes(whole.audio)
+            )
+            assert not cut.completed and whole.completed and len(cut.audio) < len(whole.audio)
+            heard_before = sum(isinstance(e, InputTranscript) for e in before)
+            heard_after = sum(isinstance(e, InputTranscript) for e in after)
+            assert (heard_before, heard_after) == (1, 1)
 
     run(body)
 
