@@ -43,7 +43,9 @@ suppression (an interrupted reply still ends with a turnComplete, which answers 
 Known limits (inherent to handles without ``transparent``):
 - A turn whose answer arrived but whose handle did not (drop in between) is forgotten by
   the server; it is re-sent on resume and answered a second time.
-- A reply cut by a drop is generated again from its start after the resume.
+- A reply cut by a drop is generated again from its start after the resume (the
+  conversation machine fades the fragment and plays a reconnect cue, so the answer is
+  heard whole, once).
 - With the server's VAD the server, not our markers, ends turns: a turnComplete is taken
   to answer everything sent so far (audio spoken in that instant may not be replayed).
 - Tool responses are not replayed: a call still running when its connection dies is

@@ -12,7 +12,9 @@ One supervisor task per LiveSession. While the daemon wants a session (``open()`
 keeps one connection up: connect (setupComplete within ``setup_timeout_s``: the SDK has
 no timeout of its own), then three child tasks per connection: the sender (drains the
 uplink log), the receiver (server messages -> core -> events) and the controller (idle
-close, goAway handover). Whatever ends a connection ends all three.
+close, goAway handover). Whatever ends a connection ends all three. A connection left on
+purpose (idle close, ``stop()``, a setup timeout) closes with 1000, not 1011
+(``live.ws_connection``).
 
 Uplink: ``send_audio`` & co. never block and never talk to the socket; the core buffers
 them and the sender sends what the core says is next.
