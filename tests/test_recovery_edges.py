@@ -18,6 +18,7 @@ import logging
 import random
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,11 @@ pytestmark = pytest.mark.shelf
 
 RUNTIME_LOG = "edge_agent.app.runtime"
 CUT = "gemini said (cut off by a dropped connection): "
-CUE_HZ = (739.99, 880.0)  # the reconnect cue's two pitches (edge_agent/core/cues.py)
 TONE_HZ = 440.0  # the emulator's reply tone (--no-espeak)
-# Tone amplitudes that count as playing: the reply tone reaches the speaker at about
-# 6500 (0.25 of full scale at volume 80%), the reconnect cue at up to 3900 (0.3 at cue
-# volume 40%); each leaks under 300 into the other's detector.
+# The reply tone reaches the speaker at about 6500 (0.25 of full scale at volume 80%):
+# above this amplitude it counts as playing (the cues leak under 300 into its detector).
 REPLY_LEVEL = 2000.0
-CUE_LEVEL = 1000.0
+CUE_MATCH = 0.8  # normalised cross-correlation that counts as the reconnect cue
 
 
 # ---- the transcript bookkeeping -------------------------------------------------------------
@@ -124,22 +123,44 @@ def tone_level(samples: np.ndarray, rate: int, hz: float) -> np.ndarray:
     return 2.0 * np.abs(np.convolve(np.convolve(base, box, mode="same"), box, mode="same"))
 
 
-def reply_and_cue_runs(
-    samples: np.ndarray, rate: int
-) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Where the reply tone plays, and where the reconnect cue plays after the first reply
-    audio (the wake cue before it has a note near the cue's pitches)."""
-    reply = runs(tone_level(samples, rate, TONE_HZ) > REPLY_LEVEL)
-    cue_level = np.maximum(*(tone_level(samples, rate, hz) for hz in CUE_HZ))
-    cue = [r for r in runs(cue_level > CUE_LEVEL) if reply and r[0] > reply[0][0]]
-    return reply, cue
+@dataclass(frozen=True)
+class Heard:
+    """What the speaker played around a reply cut by a dropped connection."""
+
+    cues: list[int]  # where each reconnect cue starts
+    fragment: int  # samples of reply tone before the first reconnect cue
+    answer: int  # samples of reply tone after it
 
 
-def runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) of each run of True."""
-    padded = np.concatenate(([False], mask, [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+def without_reply_tone(x: np.ndarray, rate: int) -> np.ndarray:
+    """`x` with TONE_HZ +- 150 Hz taken out (the cue's notes are 740 Hz and up)."""
+    spectrum = np.fft.rfft(x.astype(np.float64))
+    freqs = np.fft.rfftfreq(x.size, 1 / rate)
+    spectrum[np.abs(freqs - TONE_HZ) < 150] = 0
+    return np.fft.irfft(spectrum, x.size)
+
+
+def what_was_heard(samples: np.ndarray, rate: int) -> Heard:
+    """The reconnect cue is found by its shape (normalised cross-correlation with its
+    rendering at `rate`, >= CUE_MATCH: the wake cue and the reply never match), with the
+    reply tone's band taken out of both, since an answer that comes back quickly starts
+    under the cue; the reply by its tone, counted in samples so that an underrun gap
+    does not split it."""
+    template = without_reply_tone(render_cue(Cue.RECONNECT, sample_rate_hz=rate), rate)
+    x = without_reply_tone(samples, rate)
+    m = template.size
+    n = 1 << int(np.ceil(np.log2(x.size + m)))
+    corr = np.fft.irfft(np.fft.rfft(x, n) * np.conj(np.fft.rfft(template, n)), n)
+    energy = np.concatenate(([0.0], np.cumsum(x * x)))
+    local = np.sqrt(np.maximum(energy[m:] - energy[:-m], 1e-9))
+    ncc = corr[: local.size] / (local * np.linalg.norm(template))
+    cues: list[int] = []
+    for hit in np.flatnonzero(ncc >= CUE_MATCH).tolist():
+        if not cues or hit - cues[-1] > m:
+            cues.append(hit)
+    tone = tone_level(samples, rate, TONE_HZ) > REPLY_LEVEL
+    at = cues[0] if cues else samples.size
+    return Heard(cues, int(tone[:at].sum()), int(tone[at:].sum()))
 
 
 async def wait_for(predicate, timeout: float) -> None:
@@ -217,24 +238,18 @@ def test_the_fragment_fades_the_cue_plays_and_the_whole_answer_plays_once(
     (session,) = record.sessions
     assert session.consumed_audio == question and len(session.turns) == 1  # none lost
 
-    reply_runs, cue_runs = reply_and_cue_runs(samples, rate)
-    assert cue_runs, "the reconnect cue never played"
-    cue_at = cue_runs[0][0]
-    duration = render_cue(Cue.RECONNECT).size
-    assert cue_runs[-1][1] - cue_at <= duration + rate // 100  # one cue, ~0.19 s
-    before = [r for r in reply_runs if r[1] <= cue_at + rate // 100]
-    after = [r for r in reply_runs if r[0] > cue_at]
-    assert len(before) == 1 and len(after) == 1, reply_runs  # the fragment, then the answer
-    fragment, answer = before[0][1] - before[0][0], after[0][1] - after[0][0]
+    heard = what_was_heard(samples, rate)
     whole_samples = whole.audio_len // 2
     print(
-        f"heard: fragment {1000 * fragment / rate:.0f} ms of {1000 * cut.audio_len / 2 / rate:.0f}"
-        f" ms received, cue {1000 * (cue_runs[-1][1] - cue_at) / rate:.0f} ms, answer "
-        f"{1000 * answer / rate:.0f} ms of {1000 * whole_samples / rate:.0f} ms"
+        f"heard: fragment {1000 * heard.fragment / rate:.0f} ms of "
+        f"{1000 * cut.audio_len / 2 / rate:.0f} ms received, reconnect cue at "
+        f"{[round(c / rate, 2) for c in heard.cues]} s, answer {1000 * heard.answer / rate:.0f}"
+        f" ms of {1000 * whole_samples / rate:.0f} ms"
     )
-    assert 0 < fragment < cut.audio_len // 2  # part of the fragment played, the rest faded
-    # The whole answer, once: its length within the tone's fades and 10 ms.
-    assert abs(answer - whole_samples) < rate // 50, (answer, whole_samples)
+    assert len(heard.cues) == 1, heard.cues  # the cue, once
+    assert 0 < heard.fragment < cut.audio_len // 2  # part of the fragment played, the rest faded
+    # The whole answer, once, after the cue: its length within the tone's fades and 20 ms.
+    assert abs(heard.answer - whole_samples) < rate // 50, (heard.answer, whole_samples)
 
     lines = [r.getMessage() for r in caplog.records if r.name == RUNTIME_LOG]
     transcript = [line for line in lines if "said" in line]
@@ -301,21 +316,16 @@ def test_daemon_1011_mid_reply_cue_then_the_whole_answer_once(tmp_path: Path) ->
 
     replies = record["replies"]
     assert [r["completed"] for r in replies] == [False, True]
-    reply_runs, cue_runs = reply_and_cue_runs(samples, rate)
-    assert cue_runs, "the reconnect cue never played"
-    cue_at = cue_runs[0][0]
-    before = [r for r in reply_runs if r[1] <= cue_at + rate // 100]
-    after = [r for r in reply_runs if r[0] > cue_at]
-    assert len(before) == 1 and len(after) == 1, reply_runs  # the fragment, then the answer
-    fragment, answer_len = before[0][1] - before[0][0], after[0][1] - after[0][0]
+    heard = what_was_heard(samples, rate)
     whole = replies[1]["audio_len"] // 2 * rate // 24_000
     print(
-        f"daemon heard: fragment {1000 * fragment / rate:.0f} ms, cue at "
-        f"{1000 * (cue_at - before[0][1]) / rate:.0f} ms after it, answer "
-        f"{1000 * answer_len / rate:.0f} ms of {1000 * whole / rate:.0f} ms"
+        f"daemon heard: fragment {1000 * heard.fragment / rate:.0f} ms, reconnect cue at "
+        f"{[round(c / rate, 2) for c in heard.cues]} s, answer "
+        f"{1000 * heard.answer / rate:.0f} ms of {1000 * whole / rate:.0f} ms"
     )
-    assert 0 < fragment < replies[0]["audio_len"] // 2 * rate // 24_000
-    assert abs(answer_len - whole) < rate // 50, (answer_len, whole)
+    assert len(heard.cues) == 1, heard.cues
+    assert 0 < heard.fragment < replies[0]["audio_len"] // 2 * rate // 24_000
+    assert abs(heard.answer - whole) < rate // 50, (heard.answer, whole)
 
     assert [c["close_code"] for c in record["connections"]] == [1011, 1000]
     assert [c["closed_by"] for c in record["connections"]] == ["server", "client"]
