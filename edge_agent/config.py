@@ -13,6 +13,7 @@ import difflib
 import re
 import tomllib
 import types
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -39,6 +40,13 @@ FUNCTION_NAME_PATTERN = r"^(?!.*__)[A-Za-z][A-Za-z0-9_]{0,63}$"
 # An MCP server's name is the prefix of its tools' names: short, lower case, no "__".
 MCP_SERVER_NAME_PATTERN = r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$"
 # Keys people reach for to put a secret in config.toml; each gets a pointed message.
+# Keepalive. The Gemini service answers pings slowly (8-30 s measured): a pong timeout
+# shorter than that ends healthy sessions, so check-config refuses one when base_url is
+# the service. The field floors (5 s) are for a local gateway or emulator that answers at
+# once, where tests find a dead link in interval + timeout; pinging more often than every
+# 5 s finds nothing sooner on a Pi's Wi-Fi and only adds traffic.
+SERVICE_MIN_PING_TIMEOUT_S = 30.0
+GEMINI_SERVICE_HOST_SUFFIX = "googleapis.com"
 SECRET_KEYS = ("token", "bearer_token", "access_token", "api_key", "password", "headers")
 
 
@@ -82,6 +90,7 @@ class GeminiConfig:
     api_version: str = _f("v1beta", choices=("v1alpha", "v1beta", "v1"))
     api_key_file: str = _f("/etc/edge-agent/api_key")
     setup_timeout_s: float = _f(10.0, min=1.0, max=120.0)
+    # Floors: see SERVICE_MIN_PING_TIMEOUT_S.
     keepalive_ping_interval_s: float = _f(30.0, min=5.0, max=300.0)
     keepalive_ping_timeout_s: float = _f(60.0, min=5.0, max=600.0)
 
@@ -261,6 +270,16 @@ _BOARD_TO_BCM = {
 }
 # fmt: on
 _PIN_RE = re.compile(r"^(?:(GPIO|BCM)(\d{1,2})|(BOARD|J8:)(\d{1,2})|(\d{1,2}))$", re.IGNORECASE)
+
+
+def is_gemini_service(base_url: str) -> bool:
+    """Does ``gemini.base_url`` reach the Gemini service itself (empty: the SDK's default)?"""
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    return (
+        not base_url
+        or host == GEMINI_SERVICE_HOST_SUFFIX
+        or host.endswith("." + GEMINI_SERVICE_HOST_SUFFIX)
+    )
 
 
 def bcm_number(pin: str) -> int | None:
@@ -484,6 +503,16 @@ class _Checker:
             self.problem(
                 "gemini.keepalive_ping_timeout_s",
                 "must be at least gemini.keepalive_ping_interval_s (the service's pongs are slow)",
+            )
+        elif (
+            is_gemini_service(g.base_url)
+            and g.keepalive_ping_timeout_s < SERVICE_MIN_PING_TIMEOUT_S
+        ):
+            self.problem(
+                "gemini.keepalive_ping_timeout_s",
+                f"must be at least {SERVICE_MIN_PING_TIMEOUT_S:g} s against the Gemini service, "
+                f"which answers pings in up to 30 s (got {g.keepalive_ping_timeout_s:g}); "
+                "shorter is for a local gateway or emulator set in gemini.base_url",
             )
         self.model_settings(g)
         r = cfg.reconnect

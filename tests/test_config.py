@@ -441,3 +441,61 @@ def test_builtin_tool_names_are_accepted() -> None:
     )
     cfg = parse_config("[gemini]\ntools = [" + ", ".join(f'"{n}"' for n in names) + "]\n")
     assert cfg.gemini.tools == names
+
+
+# ---- keepalive floors (issue 17) ------------------------------------------------------------
+
+EMULATOR_URL = 'base_url = "https://127.0.0.1:8443"\n'
+
+
+@pytest.mark.shelf
+@pytest.mark.parametrize(
+    ("gemini", "interval_s", "timeout_s"),
+    [
+        # A gateway or emulator that answers pings at once: down to 5 s (the field floor).
+        (EMULATOR_URL + "keepalive_ping_interval_s = 5.0\nkeepalive_ping_timeout_s = 5.0\n", 5, 5),
+        # The Gemini service (base_url empty or *.googleapis.com): the timeout >= 30 s.
+        ("keepalive_ping_interval_s = 30.0\nkeepalive_ping_timeout_s = 30.0\n", 30, 30),
+        (
+            'base_url = "https://generativelanguage.googleapis.com"\n'
+            "keepalive_ping_interval_s = 5.0\nkeepalive_ping_timeout_s = 30.0\n",
+            5,
+            30,
+        ),
+    ],
+)
+def test_keepalive_values_at_their_floor_are_accepted(
+    gemini: str, interval_s: float, timeout_s: float
+) -> None:
+    g = parse_config("[gemini]\n" + gemini).gemini
+    assert (g.keepalive_ping_interval_s, g.keepalive_ping_timeout_s) == (interval_s, timeout_s)
+
+
+@pytest.mark.shelf
+@pytest.mark.parametrize(
+    ("gemini", "message"),
+    [
+        (
+            EMULATOR_URL + "keepalive_ping_interval_s = 4.9\n",
+            "gemini.keepalive_ping_interval_s: must be at least 5.0 (got 4.9)",
+        ),
+        (
+            EMULATOR_URL + "keepalive_ping_interval_s = 5.0\nkeepalive_ping_timeout_s = 4.9\n",
+            "gemini.keepalive_ping_timeout_s: must be at least 5.0 (got 4.9)",
+        ),
+        (
+            "keepalive_ping_interval_s = 5.0\nkeepalive_ping_timeout_s = 29.9\n",
+            "gemini.keepalive_ping_timeout_s: must be at least 30 s against the Gemini service, "
+            "which answers pings in up to 30 s (got 29.9)",
+        ),
+        (
+            'base_url = "https://eu.generativelanguage.googleapis.com"\n'
+            "keepalive_ping_interval_s = 10.0\nkeepalive_ping_timeout_s = 10.0\n",
+            "gemini.keepalive_ping_timeout_s: must be at least 30 s against the Gemini service",
+        ),
+    ],
+)
+def test_keepalive_values_below_their_floor_are_refused(gemini: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("[gemini]\n" + gemini)
+    assert message in str(info.value)

@@ -292,3 +292,19 @@ def test_timer_cue_is_a_high_falling_two_tone_that_repeats_cleanly() -> None:
     ring = np.concatenate([x, gap, x, gap, x])
     assert max_step(ring) <= max_step(x) + 1
     assert np.max(np.abs(ring[len(x) : len(x) + len(gap)])) == 0
+
+
+@pytest.mark.shelf
+def test_reconnect_cue_is_a_quiet_short_warble_above_the_reply_tone() -> None:
+    """Played where a dropped connection cut a reply: softer than the cues that report a
+    decision (wake, end, error), short, and two alternating pitches (a warble)."""
+    x = render_cue(Cue.RECONNECT)
+    assert len(x) / SR <= 0.2
+    peak = int(np.max(np.abs(x.astype(np.int32))))
+    for loud in (Cue.WAKE, Cue.END, Cue.ERROR):
+        assert peak < 0.6 * int(np.max(np.abs(render_cue(loud).astype(np.int32))))
+    quarter = len(x) // 4
+    pitches = [dominant_hz(x[i * quarter : (i + 1) * quarter]) for i in range(4)]
+    low, high = pitches[0::2], pitches[1::2]
+    assert all(abs(p - 739.99) < 5 for p in low) and all(abs(p - 880.0) < 5 for p in high)
+    assert min(pitches) > 440 * 1.5  # far above the emulator's reply tone

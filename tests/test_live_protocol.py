@@ -35,6 +35,7 @@ from edge_agent.live.failures import (
     ConnectionFacts,
     classify_caught,
     is_close_code,
+    is_keepalive_timeout,
 )
 from edge_agent.live.fallback import (
     AskList,
@@ -391,6 +392,34 @@ def test_what_the_adapter_caught_maps_onto_a_failure(
 def test_close_codes_are_told_from_other_numbers() -> None:
     assert is_close_code(1000) and is_close_code(4999) and is_close_code(1011)
     assert not is_close_code(503) and not is_close_code(None) and not is_close_code(True)
+
+
+@pytest.mark.shelf
+def test_a_keepalive_timeout_is_told_from_a_plain_drop() -> None:
+    """websockets closes with its own 1011 "keepalive ping timeout" and receives no close
+    frame; any frame received, or another code or reason sent, is something else."""
+    assert is_keepalive_timeout(False, 1011, "keepalive ping timeout")
+    assert not is_keepalive_timeout(True, 1011, "keepalive ping timeout")  # server closed
+    assert not is_keepalive_timeout(False, None, None)  # a TCP drop: nothing sent
+    assert not is_keepalive_timeout(False, 1000, "")  # we closed on purpose
+    assert not is_keepalive_timeout(False, 1011, "close during fragmented message")
+
+
+@pytest.mark.shelf
+def test_a_keepalive_timeout_ends_the_connection_and_says_the_server_went_quiet() -> None:
+    p = proto(keepalive_ping_interval_s=20.0, keepalive_ping_timeout_s=45.0)
+    connect(p)
+    failure = p.receive_error(Caught.KEEPALIVE_TIMEOUT)
+    assert failure is not None and failure.kind is FailureKind.NETWORK
+    assert failure.code is None and not failure.during_setup
+    assert failure.describe() == (
+        "network: the server stopped answering keepalive pings (no pong within 45 s)"
+    )
+    assert p.counters.bad_frames == 0  # not taken for an unreadable message
+    outcome = p.failed(failure, now=3.0)
+    (lost,) = outcome.events
+    assert isinstance(lost, SessionLost) and not lost.fatal
+    assert lost.reason == failure.describe()
 
 
 def test_receive_errors_cost_one_message_until_too_many_in_a_row() -> None:

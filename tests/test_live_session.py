@@ -601,6 +601,22 @@ def test_close_1011_mid_reply_replays_the_unanswered_turn(tmp_path: Path) -> Non
             (session,) = rig.emu.record.sessions
             assert session.consumed_audio == audio  # replayed once, not duplicated
             assert len(session.turns) == 1
+            # What the session hands the daemon: the fragment and the question's words
+            # before the drop; after it, the words again (asked again) and the whole reply.
+            events = rig.events.events
+            cut, whole = rig.emu.record.replies
+            after = events[events.index(lost) :]
+            before = events[: events.index(lost)]
+            assert b"".join(e.pcm24k for e in before if isinstance(e, ModelAudioReceived)) == (
+                bytes(cut.audio)
+            )
+            assert b"".join(e.pcm24k for e in after if isinstance(e, ModelAudioReceived)) == (
+                bytes(whole.audio)
+            )
+            assert not cut.completed and whole.completed and len(cut.audio) < len(whole.audio)
+            heard_before = sum(isinstance(e, InputTranscript) for e in before)
+            heard_after = sum(isinstance(e, InputTranscript) for e in after)
+            assert (heard_before, heard_after) == (1, 1)
 
     run(body)
 
@@ -832,7 +848,13 @@ def test_handle_survives_a_daemon_restart(tmp_path: Path) -> None:
     run(body)
 
 
-def test_silent_peer_is_detected_by_keepalive(tmp_path: Path) -> None:
+def test_silent_peer_is_detected_by_keepalive(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that stops answering pings: the log says so (with the timeout), not the
+    SDK's "closed 1006: abnormal closure [internal]", and the session comes back."""
+    caplog.set_level(logging.INFO, logger="edge_agent")
+
     async def body() -> None:
         async with Rig(
             tmp_path, keepalive_ping_interval_s=0.2, keepalive_ping_timeout_s=0.4
@@ -842,7 +864,18 @@ def test_silent_peer_is_detected_by_keepalive(tmp_path: Path) -> None:
             rig.emu.inject(FaultSpec("no_pong"))
             lost = await rig.events.wait_for(SessionLost, timeout=20)
             assert not lost.fatal
+            expected = "the server stopped answering keepalive pings (no pong within 0.4 s)"
+            assert lost.reason == f"network: {expected}"
             await rig.events.wait_for(SessionReady, count=2)
+            conn = rig.emu.record.connections[0]
+            assert (conn.close_code, conn.close_reason, conn.closed_by) == (
+                1011,
+                "keepalive ping timeout",
+                "client",
+            )
+            lines = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
+            assert len(lines) == 1 and expected in lines[0], lines
+            assert "1006" not in lines[0] and "abnormal" not in lines[0]
 
     run(body)
 
@@ -1579,5 +1612,54 @@ def test_no_usable_model_is_fatal_with_a_clear_message_and_retried_at_the_fatal_
             assert rig.session.state is SessionState.FATAL
             assert len(rig.emu.record.connections) == 3  # one refused setup per cycle
             assert "no usable Live model" in (rig.session.status().last_error or "")
+
+    run(body)
+
+
+# ---- issue 17: rough edges of recovery ------------------------------------------------------
+
+
+async def _client_close(rig: Rig, index: int) -> tuple[int | None, str | None]:
+    """The close code the emulator received on connection ``index``, and who closed it."""
+    await wait_until(lambda: len(rig.emu.record.connections) > index)
+    conn = rig.emu.record.connections[index]
+    await wait_until(lambda: conn.closed_by is not None)
+    return conn.close_code, conn.closed_by
+
+
+@pytest.mark.shelf
+def test_leaving_on_purpose_closes_with_1000(tmp_path: Path) -> None:
+    """An idle close, a daemon stop (while connected and while connecting) and a setup
+    timeout are the client leaving on purpose: the server gets 1000, not 1011."""
+    never_setup = EmulatorOptions(
+        valid_api_keys=(KEY,),
+        pace=0.0,
+        espeak=False,
+        connection_faults={0: [FaultSpec("never_setup")]},
+    )
+
+    async def body() -> None:
+        async with Rig(tmp_path / "idle") as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            rig.session.close()
+            assert await _client_close(rig, 0) == (1000, "client")
+        async with Rig(tmp_path / "stop") as rig:
+            rig.session.open()
+            await rig.events.wait_for(SessionReady)
+            await rig.session.stop()  # SIGTERM: the daemon stops its session
+            assert await _client_close(rig, 0) == (1000, "client")
+        async with Rig(tmp_path / "stop-connecting", never_setup, setup_timeout_s=30) as rig:
+            rig.session.open()
+            await wait_until(lambda: rig.emu.record.connections)
+            await asyncio.sleep(0.2)  # the setup is out: waiting for setupComplete
+            await rig.session.stop()
+            assert await _client_close(rig, 0) == (1000, "client")
+        async with Rig(tmp_path / "setup-timeout", never_setup, setup_timeout_s=1.0) as rig:
+            rig.session.open()
+            lost = await rig.events.wait_for(SessionLost)
+            assert "no setupComplete within 1 s" in lost.reason
+            assert await _client_close(rig, 0) == (1000, "client")
+            await rig.events.wait_for(SessionReady)  # and the retry connects
 
     run(body)

@@ -576,15 +576,107 @@ def test_hold_toggles_mute_from_offline_and_error_too() -> None:
 # -------------------------------------------------------------- session trouble
 
 
-def test_non_fatal_loss_during_conversation_changes_nothing() -> None:
+def test_non_fatal_loss_before_a_reply_or_after_it_arrived_whole_changes_nothing() -> None:
+    """Listening or thinking: the session layer re-sends the turn, nothing was heard yet.
+    A reply whose turnComplete is in plays out: it is whole."""
     m = make()
-    to_speaking(m)
-    assert m.handle(SessionLost("1011 deadline expired"), 5.0) == []
+    m.handle(WAKE, 1.0)
+    m.handle(SessionReady(), 1.5)
+    m.handle(SpeechStarted(17_000), 2.0)
+    assert m.handle(SessionLost("1011 deadline expired"), 2.5) == []
+    assert m.state is S.LISTENING and m.policy.uplink_open
+    m.handle(SpeechEnded(40_000), 3.5)
+    assert m.handle(SessionLost("1011 deadline expired"), 3.6) == []
+    assert m.state is S.THINKING
+    assert m.handle(SessionReady(resumed=True), 4.0) == [SetTimer(Timer.RESPONSE, 24.0)]
+    m.handle(ModelAudioReceived(), 4.5)
+    m.handle(TurnCompleted(), 5.0)
+    assert m.handle(SessionLost("1011 deadline expired"), 5.5) == []
     assert m.state is S.SPEAKING
     assert m.handle(SessionReady(resumed=True), 6.0) == []
     assert m.handle(GoAwayReceived(), 7.0) == []
-    m.handle(TurnCompleted(), 8.0)
     m.handle(PlaybackDrained(), 9.0)
+    assert m.state is S.FOLLOW_UP
+
+
+@pytest.mark.shelf
+def test_loss_mid_reply_fades_the_fragment_cues_and_waits_for_the_whole_answer() -> None:
+    """The cut reply's question is asked again and answered from the start: the fragment
+    fades, the reconnect cue says why, and the answer is awaited (and played) once."""
+    m = make()
+    t = to_speaking(m)
+    actions = m.handle(SessionLost("closed 1011: Internal error encountered."), t + 0.5)
+    assert actions == [
+        FlushPlayback(),
+        PlayCue(Cue.RECONNECT),
+        SetTimer(Timer.RESPONSE, t + 0.5 + ConversationMachine.RESPONSE_TIMEOUT_S),
+        leds(S.THINKING),
+    ]
+    assert m.state is S.THINKING
+    assert m.last_transitions[0].reason == "connection lost mid-reply: the question is asked again"
+    assert not m.policy.reply_audio_stale and not m.policy.uplink_open  # the answer will play
+    ready = m.handle(SessionReady(resumed=True), t + 1.0)
+    assert ready == [SetTimer(Timer.RESPONSE, t + 1.0 + ConversationMachine.RESPONSE_TIMEOUT_S)]
+    assert m.handle(ModelAudioReceived(), t + 1.5) == [
+        CancelTimer(Timer.RESPONSE),
+        leds(S.SPEAKING),
+    ]
+    m.handle(TurnCompleted(), t + 2.0)
+    m.handle(PlaybackDrained(), t + 3.0)
+    assert m.state is S.FOLLOW_UP
+    # Cues off: the fragment still fades, silently.
+    quiet = make(ConversationConfig(follow_up_s=6.0, idle_close_s=20.0, cues=False))
+    t = to_speaking(quiet)
+    actions = quiet.handle(SessionLost("network"), t + 0.5)
+    assert FlushPlayback() in actions and not cues(actions) and quiet.state is S.THINKING
+
+
+@pytest.mark.shelf
+def test_loss_mid_reply_with_no_reconnect_gives_up_after_the_response_timeout() -> None:
+    m = make()
+    t = to_speaking(m)
+    m.handle(SessionLost("network"), t + 0.5)
+    actions = m.handle(TimerFired(Timer.RESPONSE), t + 0.5 + ConversationMachine.RESPONSE_TIMEOUT_S)
+    assert CloseSession() in actions and cues(actions) == [Cue.ERROR]
+    assert m.state is S.IDLE
+
+
+@pytest.mark.shelf
+def test_loss_during_a_text_turn_sends_the_text_again_on_the_next_connection() -> None:
+    """The session layer does not replay text turns: the machine does, whether the drop
+    came before the answer or cut it short."""
+    m = make()
+    m.handle(TextTurnRequested("what is the weather"), 1.0)
+    assert of(m.handle(SessionReady(), 1.5), SendText) == [SendText("what is the weather")]
+    assert m.handle(SessionLost("network"), 2.0) == []
+    assert of(m.handle(SessionReady(resumed=True), 2.5), SendText) == [
+        SendText("what is the weather")
+    ]
+    m.handle(ModelAudioReceived(), 3.0)
+    actions = m.handle(SessionLost("closed 1011"), 3.5)
+    assert FlushPlayback() in actions and cues(actions) == [Cue.RECONNECT]
+    assert m.state is S.THINKING
+    assert of(m.handle(SessionReady(resumed=True), 4.0), SendText) == [
+        SendText("what is the weather")
+    ]
+    m.handle(ModelAudioReceived(), 4.5)
+    m.handle(TurnCompleted(), 5.0)
+    m.handle(PlaybackDrained(), 5.5)
+    assert m.state is S.IDLE
+    assert not of(m.handle(SessionLost("network"), 6.0), SendText)
+    assert not of(m.handle(SessionReady(resumed=True), 6.5), SendText)  # answered: not again
+
+
+@pytest.mark.shelf
+def test_loss_while_the_model_speaks_on_its_own_fades_it_and_asks_nothing_again() -> None:
+    m = make()
+    t = to_speaking(m)
+    m.handle(TurnCompleted(), t + 0.5)
+    m.handle(PlaybackDrained(), t + 0.6)
+    m.handle(ModelAudioReceived(), t + 1.0)  # a tool's answer, unasked
+    assert m.state is S.SPEAKING
+    actions = m.handle(SessionLost("network"), t + 1.5)
+    assert FlushPlayback() in actions and not cues(actions) and not of(actions, SendText)
     assert m.state is S.FOLLOW_UP
 
 

@@ -16,6 +16,9 @@ Kitchen timers (`app.abilities`) report to `on_timer_event`: a ring becomes `Tim
 for the machine (and, with a session open, a notice the model speaks when the device is
 free); the end of every ring becomes `TimerRingStopped`. Transcripts are logged once per
 utterance, whole, with journal fields, and appended to the history file when it is on.
+A dropped connection ends the transcript of a reply it cut (logged at once, marked as cut
+off); the question is transcribed again when it is asked again, and that transcription
+replaces the first instead of running on from it (see `TurnTranscript.connection_lost`).
 """
 
 from __future__ import annotations
@@ -186,8 +189,9 @@ class Runtime:
                 self.last_error = None
             case ev.GoAwayReceived(time_left_s=left):
                 log.info("server: goAway, %.0f s left: handing over", left)
-            case ev.SessionLost(reason=reason):
+            case ev.SessionLost(reason=reason, fatal=fatal):
                 self.last_error = reason
+                self._transcript_cut(asked_again=not fatal)
         self.dispatch(event)
         if isinstance(event, ev.TurnCompleted) and self.playback.jitter.is_idle:
             self.dispatch(ev.PlaybackDrained())
@@ -307,6 +311,15 @@ class Runtime:
         self._turn_sent_at = time.monotonic()
         self._first_audio_at = None
 
+    def _transcript_cut(self, asked_again: bool) -> None:
+        """The connection dropped: the reply in progress (if any) ends here, and the reply
+        to a question asked again is measured from its own first audio."""
+        utterances = self._transcript.connection_lost(asked_again=asked_again)
+        self._first_audio_at = None
+        if not asked_again:
+            self._turn_sent_at = None
+        self._append_history(utterances)
+
     def _log_transcript(self) -> None:
         latency: dict[str, float] = {}
         sent, first = self._turn_sent_at, self._first_audio_at
@@ -315,6 +328,9 @@ class Runtime:
             latency["turn_ms"] = 1000 * (time.monotonic() - sent)
         utterances = self._transcript.log_and_clear(latency)
         self._turn_sent_at = self._first_audio_at = None
+        self._append_history(utterances)
+
+    def _append_history(self, utterances: list[Utterance]) -> None:
         history = self.abilities.history if self.abilities is not None else None
         if history is not None and utterances:
             self._spawn(asyncio.to_thread(_append_all, history, utterances), "history")
@@ -361,16 +377,44 @@ class TurnTranscript:
 
     Each line carries journal fields (TRANSCRIPT_ROLE, TRANSCRIPT_TURN, TRANSCRIPT_TEXT,
     and LATENCY_* on the model's side); the returned utterances go to the history file.
+    A reply cut by a dropped connection gets a line of its own, marked (TRANSCRIPT_CUT),
+    and stays out of the history: its answer comes again whole, or not at all.
     """
 
     def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
         self._heard: list[str] = []
         self._said: list[str] = []
+        self._heard_superseded = False  # the question is asked again: new words replace
         self._wall_clock = wall_clock
         self.turn = 0  # turns with words, since the daemon started
 
     def heard(self, text: str) -> None:
+        if self._heard_superseded:
+            self._heard_superseded = False
+            self._heard.clear()
         _append_bounded(self._heard, text)
+
+    def connection_lost(self, *, asked_again: bool) -> list[Utterance]:
+        """A connection dropped before the turn completed. What the model had said of its
+        reply is logged now, as cut off. When the question is ``asked_again`` (a non-fatal
+        loss: the session re-sends an unanswered turn), its new transcription replaces
+        what was heard so far; otherwise what was heard is logged now too. Returns the
+        utterances for the history file."""
+        said = "".join(self._said).strip()
+        self._said.clear()
+        if said:
+            turn = self.turn + 1  # the turn it belongs to: its whole lines come later
+            fields = {
+                "TRANSCRIPT_ROLE": "model",
+                "TRANSCRIPT_TURN": turn,
+                "TRANSCRIPT_TEXT": said,
+                "TRANSCRIPT_CUT": "dropped connection",
+            }
+            log.info("gemini said (cut off by a dropped connection): %s", said, extra=fields)
+        if asked_again:
+            self._heard_superseded = bool(self._heard)
+            return []
+        return self.log_and_clear()
 
     def said(self, text: str) -> None:
         _append_bounded(self._said, text)
@@ -379,6 +423,7 @@ class TurnTranscript:
         heard, said = "".join(self._heard).strip(), "".join(self._said).strip()
         self._heard.clear()
         self._said.clear()
+        self._heard_superseded = False
         if not heard and not said:
             return []
         self.turn += 1

@@ -15,7 +15,15 @@ mute_on    one low blip, C5                                 microphone muted
 mute_off   one high blip, C6                                microphone live again
 thinking   two soft taps on G5                              waiting for the model
 timer      bright falling fourth, D6 -> A5 (repeated)       a timer is ringing
+reconnect  soft quick warble, F#5 A5 F#5 A5                 the connection dropped
+                                                            mid-reply: the answer
+                                                            comes again, whole
 =========  ==============================================  ===========================
+
+The reconnect cue replaces the fragment of a reply cut by a dropped connection (the
+fragment fades out, the question is asked again on the next connection and the answer
+plays from its start): quiet, short, and unlike the error buzz, because nothing is wrong
+yet from the user's side.
 
 The timer cue is the one meant to be repeated: the ringer restarts it every couple of
 seconds, so the ring is a "ding-dong ... ding-dong" that is higher and brighter than the
@@ -50,6 +58,7 @@ class Cue(StrEnum):
     MUTE_OFF = "mute_off"
     THINKING = "thinking"
     TIMER = "timer"
+    RECONNECT = "reconnect"
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,8 @@ class _Note:
 _BUZZ = tuple(1.0 / k for k in range(1, 8))  # band-limited sawtooth: buzzy, fundamental strongest
 
 # Pitches: E5 659.26, B5 987.77, G3 196.00, C5 523.25, C6 1046.50, G5 783.99, D6 1174.66,
-# A5 880.00.
+# A5 880.00, F#5 739.99 (all well above the emulator's 440 Hz reply tone, so a test can
+# tell a cue from reply audio by pitch).
 _BELL = (1.0, 0.3, 0.12)  # a little more upper partial than the other cues: bell-like
 _SCORES: dict[Cue, tuple[_Note, ...]] = {
     Cue.WAKE: (_Note(0.0, 0.09, 659.26, 0.7), _Note(0.085, 0.14, 987.77, 0.7)),
@@ -77,6 +87,9 @@ _SCORES: dict[Cue, tuple[_Note, ...]] = {
     Cue.MUTE_OFF: (_Note(0.0, 0.08, 1046.50, 0.6),),
     Cue.THINKING: (_Note(0.0, 0.045, 783.99, 0.3), _Note(0.11, 0.045, 783.99, 0.3)),
     Cue.TIMER: (_Note(0.0, 0.16, 1174.66, 0.75, _BELL), _Note(0.19, 0.2, 880.00, 0.75, _BELL)),
+    Cue.RECONNECT: tuple(
+        _Note(0.05 * i, 0.035, 739.99 if i % 2 == 0 else 880.00, 0.3) for i in range(4)
+    ),
 }
 
 

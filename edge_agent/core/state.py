@@ -70,6 +70,14 @@ Decisions worth knowing:
 - Non-fatal session losses during a conversation change nothing here: the session
   layer reconnects and replays buffered user audio. Timers bound every wait: no speech
   after a wake (LISTEN), no reply after a turn (RESPONSE).
+- Except a loss that cuts a reply short (SPEAKING, its turnComplete not yet in): the
+  question is asked again on the next connection (the session layer re-sends a spoken
+  turn that was not answered; a text turn is re-sent from here) and the answer then
+  comes from its start. So the fragment fades out (``FlushPlayback``), the quiet
+  ``Cue.RECONNECT`` says why, and the device waits for the answer again (THINKING, with
+  the RESPONSE timer as the bound): the user hears the answer whole, once. A reply that
+  had fully arrived plays out; speech the model made on its own (no turn of ours) is
+  not asked for again: it fades and the device goes on as after a reply.
 - A fatal loss (bad key, permission) goes OFFLINE; the session layer keeps retrying at
   its slow fatal rate and ``SessionReady`` brings the device back to IDLE. A wake word
   or press while OFFLINE plays the error cue (and asks for a session if none is open).
@@ -133,6 +141,15 @@ from edge_agent.core.policy import AgentState, BargeInRules, ConversationPolicy,
 
 # AgentState is defined beside the per-state policy (core.policy); importing it from
 # here still works.
+
+
+class _Asked(StrEnum):
+    """What the reply being waited for or played answers: what a dropped connection
+    must ask again."""
+
+    VOICE = "voice"  # the user's spoken turn: the session layer re-sends it
+    TEXT = "text"  # a text turn: re-sent from here (the session layer does not)
+    NOTHING = "nothing"  # the model spoke on its own: nothing to ask again
 
 
 class Timer(StrEnum):
@@ -347,6 +364,8 @@ class ConversationMachine:
         self._queued_texts: deque[TextTurnRequested] = deque(maxlen=_MAX_QUEUED_TEXTS)
         self._text_to_send: str | None = None  # a text turn waiting for the session
         self._back_to_follow_up = True  # after this reply: follow-up window (else IDLE)
+        self._asked = _Asked.VOICE  # what the current reply answers
+        self._asked_text: str | None = None  # the text turn it answers (_Asked.TEXT)
         self._end_requested = False  # end_conversation: close after this reply
         self._last_activity_at: float | None = None
         self._now = 0.0
@@ -602,6 +621,7 @@ class ConversationMachine:
             self._cancel_timer(name)
         self._activity_open = False
         self._reset_turn()
+        self._asked, self._asked_text = _Asked.NOTHING, None
         self._touch()
         self._go(AgentState.SPEAKING, "the model spoke on its own (a tool's answer)")
 
@@ -653,6 +673,26 @@ class ConversationMachine:
             self._go(AgentState.OFFLINE, f"session lost: {ev.reason}")
         elif self._state is AgentState.IDLE and self._session_open:
             self._close_session()  # no reason to reconnect a session nobody is using
+        elif self._state in _REPLYING:
+            self._reply_lost_with_connection()
+
+    def _reply_lost_with_connection(self) -> None:
+        """A non-fatal loss while a reply is due or playing (see the module docstring)."""
+        if self._turn_complete:
+            return  # the whole reply arrived: it plays out
+        if self._asked is _Asked.TEXT and self._asked_text is not None:
+            self._text_to_send = self._asked_text  # sent again once the session is ready
+        if self._state is not AgentState.SPEAKING:
+            return  # nothing of the answer heard yet: it simply comes later
+        self._emit(FlushPlayback())
+        self._touch()
+        if self._asked is _Asked.NOTHING:
+            self._follow_up("connection lost while the model spoke on its own")
+            return
+        self._cue(Cue.RECONNECT)
+        self._reset_turn()
+        self._set_timer(Timer.RESPONSE, self._now + self.RESPONSE_TIMEOUT_S)
+        self._go(AgentState.THINKING, "connection lost mid-reply: the question is asked again")
 
     def _on_session_closed(self) -> None:
         self._session_open = False
@@ -776,6 +816,7 @@ class ConversationMachine:
         self._ensure_session()
         self._activity_open = False
         self._reset_turn()
+        self._asked, self._asked_text = _Asked.TEXT, ev.text
         if ev.kind is TextTurnKind.ANNOUNCE:
             self._emit(PlayCue(Cue.WAKE))  # an announcement always opens with its chime
         if self._session_ready:
@@ -838,6 +879,7 @@ class ConversationMachine:
         self._back_to_follow_up = True
         self._cancel_timer(Timer.LISTEN)
         self._reset_turn()
+        self._asked, self._asked_text = _Asked.VOICE, None
         self._touch()
         self._set_timer(Timer.RESPONSE, self._now + self.RESPONSE_TIMEOUT_S)
         self._go(AgentState.THINKING, why)

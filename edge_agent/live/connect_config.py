@@ -14,6 +14,8 @@ Why each websocket setting:
   resume while it is open gets 1011); a dead peer must not hold that up for 10 s.
 - logger: websockets logs handshake headers at DEBUG, and the API key travels in the
   ``x-goog-api-key`` header. Its records go through a redacting logger instead.
+- create_connection: a cancelled connection closes with 1000, not 1011
+  (``live.ws_connection``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from edge_agent.config import GeminiConfig
 from edge_agent.live.profiles import ModelProfile, Support, ThinkingForm, ToolCalls, choose_profile
 from edge_agent.live.tool_calls import declaration_behavior
 from edge_agent.live.tools import ToolRegistry
+from edge_agent.live.ws_connection import LiveClientConnection
 from edge_agent.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -182,6 +185,7 @@ def build_http_options(
         "close_timeout": WS_CLOSE_TIMEOUT_S,
         "open_timeout": WS_OPEN_TIMEOUT_S,
         "logger": websocket_logger(),
+        "create_connection": LiveClientConnection,
     }
     if ssl_context is not None:
         ws_args["ssl"] = ssl_context

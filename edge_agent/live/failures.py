@@ -17,6 +17,12 @@ What google-genai 3.x raises, and where (reproduced against the emulator):
   ``Caught.TRANSPORT``.
 - ``connect()`` has no timeout for setupComplete: the adapter adds one
   (``Caught.SETUP_TIMEOUT``).
+- A keepalive timeout: websockets got no pong within ``ping_timeout``, so it sent a close
+  frame 1011 "keepalive ping timeout" and dropped the connection without waiting for the
+  server's. The SDK reports only the frame it *received* (none: 1006 "abnormal closure
+  [internal]"); the ``ConnectionClosed`` it raised from still carries the frame that was
+  *sent*, and ``is_keepalive_timeout`` reads it (``Caught.KEEPALIVE_TIMEOUT``). It is a
+  network failure: the server, or the path to it, went silent.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from edge_agent.core.backoff import CLOSE_ABNORMAL, Failure, FailureKind
 
 NO_CLOSE_FRAME_REASON = "connection closed without a close frame"
 DEFAULT_LIVE_ENDPOINT = "generativelanguage.googleapis.com"
+# What websockets (14 to 17) sends when a ping goes unanswered for ping_timeout.
+KEEPALIVE_CLOSE_CODE = 1011
+KEEPALIVE_CLOSE_REASON = "keepalive ping timeout"
 
 
 class Caught(StrEnum):
@@ -47,6 +56,7 @@ class Caught(StrEnum):
     UNREADABLE = "unreadable"  # receive() could not parse one server frame (Value/TypeError)
     BAD_FRAMES = "bad_frames"  # too many unreadable server messages in a row
     INTERNAL = "internal"  # a bug of ours ended the connection task
+    KEEPALIVE_TIMEOUT = "keepalive_timeout"  # no pong within ping_timeout (we closed)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,23 @@ class ConnectionFacts:
 def is_close_code(code: object) -> bool:
     """A websocket close code, as opposed to an HTTP status or an SDK error number."""
     return isinstance(code, int) and not isinstance(code, bool) and 1000 <= code <= 4999
+
+
+def is_keepalive_timeout(
+    received_close: bool, sent_code: int | None, sent_reason: str | None
+) -> bool:
+    """The websocket ended because our keepalive ping went unanswered: websockets sent its
+    own 1011 "keepalive ping timeout" and no close frame came back."""
+    return (
+        not received_close
+        and sent_code == KEEPALIVE_CLOSE_CODE
+        and sent_reason == KEEPALIVE_CLOSE_REASON
+    )
+
+
+def keepalive_timeout_reason(ping_timeout_s: float) -> str:
+    """The log's words for a keepalive timeout."""
+    return f"the server stopped answering keepalive pings (no pong within {ping_timeout_s:g} s)"
 
 
 def receive_error_ends_connection(code: int | None) -> bool:
@@ -104,6 +131,7 @@ _KIND = {
     Caught.UNREADABLE: FailureKind.PROTOCOL,
     Caught.BAD_FRAMES: FailureKind.PROTOCOL,
     Caught.INTERNAL: FailureKind.PROTOCOL,
+    Caught.KEEPALIVE_TIMEOUT: FailureKind.NETWORK,
 }
 _WITH_CODE = frozenset({Caught.API_ERROR, Caught.CLOSED, Caught.HTTP_REFUSED})
 

@@ -43,7 +43,9 @@ suppression (an interrupted reply still ends with a turnComplete, which answers 
 Known limits (inherent to handles without ``transparent``):
 - A turn whose answer arrived but whose handle did not (drop in between) is forgotten by
   the server; it is re-sent on resume and answered a second time.
-- A reply cut by a drop is generated again from its start after the resume.
+- A reply cut by a drop is generated again from its start after the resume (the
+  conversation machine fades the fragment and plays a reconnect cue, so the answer is
+  heard whole, once).
 - With the server's VAD the server, not our markers, ends turns: a turnComplete is taken
   to answer everything sent so far (audio spoken in that instant may not be replayed).
 - Tool responses are not replayed: a call still running when its connection dies is
@@ -100,6 +102,7 @@ from edge_agent.live.failures import (
     Caught,
     ConnectionFacts,
     classify_caught,
+    keepalive_timeout_reason,
     receive_error_ends_connection,
 )
 from edge_agent.live.fallback import (
@@ -171,6 +174,7 @@ class Connection:
     open: bool = False  # setupComplete arrived and serving has not ended
     after_go_away: bool = False
     go_away_deadline: float | None = None  # loop time
+    ping_timeout_s: float = 0.0  # the keepalive timeout this connection was opened with
 
     def facts(self) -> ConnectionFacts:
         return ConnectionFacts(self.resuming, self.setup_done, self.after_go_away)
@@ -389,7 +393,7 @@ class LiveProtocol:
         return handle, False
 
     def attempt_started(self, resuming: bool) -> None:
-        self.conn = Connection(resuming=resuming)
+        self.conn = Connection(resuming=resuming, ping_timeout_s=self.cfg.keepalive_ping_timeout_s)
         self._set_state(SessionState.CONNECTING)
         self.counters.attempts += 1
         if self._flags.retry_pending:
@@ -539,7 +543,9 @@ class LiveProtocol:
     ) -> Failure | None:
         """``receive()`` raised: the connection ends (a close code, or too many bad frames
         in a row), or that one message is skipped (None)."""
-        if caught is Caught.API_ERROR and receive_error_ends_connection(code):
+        if caught is Caught.KEEPALIVE_TIMEOUT or (
+            caught is Caught.API_ERROR and receive_error_ends_connection(code)
+        ):
             return self.failure(caught, code, reason)
         flags = self._flags
         flags.bad_in_a_row += 1
@@ -557,6 +563,8 @@ class LiveProtocol:
 
     def failure(self, caught: Caught, code: int | None = None, reason: str = "") -> Failure:
         """What the adapter caught on the current connection, as a policy ``Failure``."""
+        if caught is Caught.KEEPALIVE_TIMEOUT:
+            reason = keepalive_timeout_reason(self.conn.ping_timeout_s)
         return classify_caught(caught, self.conn.facts(), code, reason)
 
     def tool_answered(self, call_id: str, answer: ToolAnswer) -> types.FunctionResponse | None:

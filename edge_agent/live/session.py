@@ -12,7 +12,9 @@ One supervisor task per LiveSession. While the daemon wants a session (``open()`
 keeps one connection up: connect (setupComplete within ``setup_timeout_s``: the SDK has
 no timeout of its own), then three child tasks per connection: the sender (drains the
 uplink log), the receiver (server messages -> core -> events) and the controller (idle
-close, goAway handover). Whatever ends a connection ends all three.
+close, goAway handover). Whatever ends a connection ends all three. A connection left on
+purpose (idle close, ``stop()``, a setup timeout) closes with 1000, not 1011
+(``live.ws_connection``).
 
 Uplink: ``send_audio`` & co. never block and never talk to the socket; the core buffers
 them and the sender sends what the core says is next.
@@ -70,6 +72,7 @@ from edge_agent.live.failures import (
     describe_setup_timeout,
     describe_transport_error,
     endpoint_of,
+    is_keepalive_timeout,
 )
 from edge_agent.live.fallback import ListedModel
 from edge_agent.live.handles import DEFAULT_VALIDITY_S, HandleStore, StoredHandle
@@ -337,6 +340,8 @@ class LiveSession:
                 self._uplink.set()
                 return await self._serve(session)  # leaving the stack closes the websocket
         except errors.APIError as exc:
+            if _keepalive_timed_out(exc):
+                return proto.failure(Caught.KEEPALIVE_TIMEOUT)
             return proto.failure(Caught.API_ERROR, _api_error_code(exc), _api_error_reason(exc))
         except websockets.InvalidStatus as exc:
             return proto.failure(Caught.HTTP_REFUSED, exc.response.status_code)
@@ -380,10 +385,7 @@ class LiveSession:
                     await _send_text(session, text, profile_for(proto.cfg.model).mid_session_text)
                 except websockets.ConnectionClosed as exc:
                     self._texts.appendleft(text)  # for the next connection
-                    frame = exc.rcvd
-                    if frame is None:
-                        return proto.failure(Caught.CLOSED)
-                    return proto.failure(Caught.CLOSED, frame.code, frame.reason)
+                    return self._closed_failure(exc)
                 logger.info("sent a text turn (%d characters)", len(text))
                 continue
             item = proto.next_uplink()
@@ -395,15 +397,21 @@ class LiveSession:
             try:
                 await _send_one(session, message)
             except websockets.ConnectionClosed as exc:
-                frame = exc.rcvd
-                if frame is None:
-                    return proto.failure(Caught.CLOSED)
-                return proto.failure(Caught.CLOSED, frame.code, frame.reason)
+                return self._closed_failure(exc)
             except (ValueError, TypeError) as exc:  # refused by the SDK: resending won't help
                 logger.warning("dropped an uplink %s the SDK refused: %s", message.kind, exc)
             proto.uplink_sent(seq)
             if message.kind is not UplinkKind.AUDIO:
                 logger.debug("sent %s", message.kind)
+
+    def _closed_failure(self, exc: websockets.ConnectionClosed) -> Failure:
+        """A send found the connection closed: how it ended, as the core sees it."""
+        if _keepalive_timed_out(exc):
+            return self._proto.failure(Caught.KEEPALIVE_TIMEOUT)
+        frame = exc.rcvd
+        if frame is None:
+            return self._proto.failure(Caught.CLOSED)
+        return self._proto.failure(Caught.CLOSED, frame.code, frame.reason)
 
     async def _control_loop(self) -> End:
         proto = self._proto
@@ -432,8 +440,11 @@ class LiveSession:
                     continue
                 except errors.APIError as exc:
                     stream = None
-                    code, reason = _api_error_code(exc), _api_error_reason(exc)
-                    failure = proto.receive_error(Caught.API_ERROR, code, reason)
+                    if _keepalive_timed_out(exc):
+                        failure = proto.receive_error(Caught.KEEPALIVE_TIMEOUT)
+                    else:
+                        code, reason = _api_error_code(exc), _api_error_reason(exc)
+                        failure = proto.receive_error(Caught.API_ERROR, code, reason)
                 except (ValueError, TypeError) as exc:
                     stream = None
                     what = f"{exc.__class__.__name__}: {exc}"
@@ -568,6 +579,22 @@ async def _send_text(session: Any, text: str, form: MidSessionText) -> None:
     else:
         turn = types.Content(role="user", parts=[types.Part(text=text)])
         await session.send_client_content(turns=turn, turn_complete=True)
+
+
+def _keepalive_timed_out(exc: BaseException) -> bool:
+    """Did our keepalive give up on the server? google-genai raises its APIError inside
+    ``except ConnectionClosed`` and keeps only the received close frame (none here, so
+    1006); the ConnectionClosed, its ``__context__``, still has the frame websockets sent
+    (see ``live.failures``)."""
+    closed = exc if isinstance(exc, websockets.ConnectionClosed) else exc.__context__
+    if not isinstance(closed, websockets.ConnectionClosed):
+        return False
+    sent = closed.sent
+    return is_keepalive_timeout(
+        closed.rcvd is not None,
+        None if sent is None else sent.code,
+        None if sent is None else sent.reason,
+    )
 
 
 def _api_error_code(exc: errors.APIError) -> int | None:
