@@ -413,7 +413,7 @@ def test_a_keepalive_timeout_ends_the_connection_and_says_the_server_went_quiet(
     assert failure is not None and failure.kind is FailureKind.NETWORK
     assert failure.code is None and not failure.during_setup
     assert failure.describe() == (
-        "network: the server stopped answering keepalive pings (no pong within 45 s)"
+        "the server stopped answering keepalive pings (no pong within 45 s)"
     )
     assert p.counters.bad_frames == 0  # not taken for an unreadable message
     outcome = p.failed(failure, now=3.0)
