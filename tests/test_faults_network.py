@@ -160,8 +160,8 @@ def test_connection_refused_until_the_server_comes_back(tmp_path: Path) -> None:
             snap = app.status()
             assert snap["state"] == "thinking" and not snap["session"]["ready"]
             assert (snap["session"]["offline"] or "").startswith(f"offline: {what}"), snap
-            # The conversation's own LEDs (thinking: the status LED pulses), not dark.
-            assert snap["leds"]["status"].startswith("pulse"), snap["leds"]
+            # The status LED blinks evenly over the conversation's own LEDs: reconnecting.
+            assert snap["leds"]["status"] == "blink 0.5/0.5s", snap["leds"]
             shown = app.cli("status")
             assert shown.returncode == 0 and f"offline: {what}" in shown.stdout, shown
 
@@ -169,6 +169,7 @@ def test_connection_refused_until_the_server_comes_back(tmp_path: Path) -> None:
             proxy.start(port)  # the server comes back on the same port
             t_back = expect_answered(app, t_fix)
             assert log_count(app, BACK_RE) == 1
+            assert app.status()["leds"]["status"] != "blink 0.5/0.5s"  # back: no longer shown
             expect_alive_and_stop(app)
     lost = lost_speech_bytes(app.record, clip)
     Outage(

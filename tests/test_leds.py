@@ -45,3 +45,19 @@ def test_string_state_names_work_and_unknown_names_fail_loudly() -> None:
     assert pattern_for("muted") == pattern_for(AgentState.MUTED)
     with pytest.raises(KeyError):
         pattern_for("sleeping")
+
+
+def test_reconnecting_shows_over_each_conversing_state_and_looks_like_no_state() -> None:
+    from edge_agent.core.leds import (
+        RECONNECTING_STATUS,
+        reconnecting_pattern,
+        timer_ringing_pattern,
+    )
+
+    normal = {pattern_for(state) for state in AgentState} | {timer_ringing_pattern()}
+    for state in AgentState:
+        shown = reconnecting_pattern(state)
+        assert shown.status == RECONNECTING_STATUS
+        # The listen and mute LEDs keep saying what the state says (speech still taken).
+        assert (shown.listen, shown.mute) == (pattern_for(state).listen, pattern_for(state).mute)
+        assert shown not in normal, state

@@ -20,7 +20,7 @@ from edge_agent.core.events import (
     TimerRang,
     TimerRingStopped,
 )
-from edge_agent.core.leds import pattern_for, timer_ringing_pattern
+from edge_agent.core.leds import pattern_for, reconnecting_pattern, timer_ringing_pattern
 from edge_agent.core.policy import NO_BARGE_IN, BargeInRules, Listen, Uplink, decide
 from edge_agent.core.state import (
     Action,
@@ -88,6 +88,10 @@ def cues(actions: list[Action]) -> list[Cue]:
 
 def leds(state: AgentState) -> ShowLeds:
     return ShowLeds(pattern_for(state))
+
+
+def reconnecting(state: AgentState) -> ShowLeds:
+    return ShowLeds(reconnecting_pattern(state))
 
 
 def to_speaking(m: ConversationMachine, t: float = 0.0) -> float:
@@ -578,25 +582,52 @@ def test_hold_toggles_mute_from_offline_and_error_too() -> None:
 
 def test_non_fatal_loss_before_a_reply_or_after_it_arrived_whole_changes_nothing() -> None:
     """Listening or thinking: the session layer re-sends the turn, nothing was heard yet.
-    A reply whose turnComplete is in plays out: it is whole."""
+    A reply whose turnComplete is in plays out: it is whole. Only the status LED says the
+    connection is being re-opened, and goes back when the session is ready."""
     m = make()
     m.handle(WAKE, 1.0)
     m.handle(SessionReady(), 1.5)
     m.handle(SpeechStarted(17_000), 2.0)
-    assert m.handle(SessionLost("1011 deadline expired"), 2.5) == []
+    lost = SessionLost("1011 deadline expired")
+    assert m.handle(lost, 2.5) == [reconnecting(S.LISTENING)]
     assert m.state is S.LISTENING and m.policy.uplink_open
+    assert m.handle(SessionLost("retry refused"), 2.6) == []  # already shown
     m.handle(SpeechEnded(40_000), 3.5)
-    assert m.handle(SessionLost("1011 deadline expired"), 3.6) == []
+    assert m.handle(SessionReady(resumed=True), 3.55) == [
+        leds(S.THINKING),
+        SetTimer(Timer.RESPONSE, 23.55),
+    ]
+    assert m.handle(lost, 3.6) == [reconnecting(S.THINKING)]
     assert m.state is S.THINKING
-    assert m.handle(SessionReady(resumed=True), 4.0) == [SetTimer(Timer.RESPONSE, 24.0)]
+    assert m.handle(SessionReady(resumed=True), 4.0) == [
+        leds(S.THINKING),
+        SetTimer(Timer.RESPONSE, 24.0),
+    ]
     m.handle(ModelAudioReceived(), 4.5)
     m.handle(TurnCompleted(), 5.0)
-    assert m.handle(SessionLost("1011 deadline expired"), 5.5) == []
+    assert m.handle(lost, 5.5) == [reconnecting(S.SPEAKING)]
     assert m.state is S.SPEAKING
-    assert m.handle(SessionReady(resumed=True), 6.0) == []
+    assert m.handle(SessionReady(resumed=True), 6.0) == [leds(S.SPEAKING)]
     assert m.handle(GoAwayReceived(), 7.0) == []
     m.handle(PlaybackDrained(), 9.0)
     assert m.state is S.FOLLOW_UP
+
+
+@pytest.mark.shelf
+def test_the_reconnecting_leds_follow_state_changes_and_end_with_the_session() -> None:
+    m = make()
+    m.handle(WAKE, 1.0)
+    assert m.handle(SessionLost("connection refused"), 1.2) == [reconnecting(S.CONNECTING)]
+    # Still reconnecting when the turn ends: THINKING shows the same overlay.
+    m.handle(SpeechStarted(17_000), 2.0)
+    actions = m.handle(SpeechEnded(40_000), 3.5)
+    assert m.state is S.THINKING and of(actions, ShowLeds) == [reconnecting(S.THINKING)]
+    # The reply never comes: the conversation ends, the session closes, the LEDs go dark.
+    actions = m.handle(TimerFired(Timer.RESPONSE), 3.5 + m.RESPONSE_TIMEOUT_S)
+    assert m.state is S.IDLE and of(actions, ShowLeds)[-1] == leds(S.IDLE)
+    # The next conversation starts with the state's own pattern.
+    actions = m.handle(WAKE, 40.0)
+    assert of(actions, ShowLeds) == [leds(S.CONNECTING)]
 
 
 @pytest.mark.shelf
@@ -610,13 +641,16 @@ def test_loss_mid_reply_fades_the_fragment_cues_and_waits_for_the_whole_answer()
         FlushPlayback(),
         PlayCue(Cue.RECONNECT),
         SetTimer(Timer.RESPONSE, t + 0.5 + ConversationMachine.RESPONSE_TIMEOUT_S),
-        leds(S.THINKING),
+        reconnecting(S.THINKING),  # until the session is back
     ]
     assert m.state is S.THINKING
     assert m.last_transitions[0].reason == "connection lost mid-reply: the question is asked again"
     assert not m.policy.reply_audio_stale and not m.policy.uplink_open  # the answer will play
     ready = m.handle(SessionReady(resumed=True), t + 1.0)
-    assert ready == [SetTimer(Timer.RESPONSE, t + 1.0 + ConversationMachine.RESPONSE_TIMEOUT_S)]
+    assert ready == [
+        leds(S.THINKING),
+        SetTimer(Timer.RESPONSE, t + 1.0 + ConversationMachine.RESPONSE_TIMEOUT_S),
+    ]
     assert m.handle(ModelAudioReceived(), t + 1.5) == [
         CancelTimer(Timer.RESPONSE),
         leds(S.SPEAKING),
@@ -648,7 +682,7 @@ def test_loss_during_a_text_turn_sends_the_text_again_on_the_next_connection() -
     m = make()
     m.handle(TextTurnRequested("what is the weather"), 1.0)
     assert of(m.handle(SessionReady(), 1.5), SendText) == [SendText("what is the weather")]
-    assert m.handle(SessionLost("network"), 2.0) == []
+    assert m.handle(SessionLost("network"), 2.0) == [reconnecting(S.THINKING)]
     assert of(m.handle(SessionReady(resumed=True), 2.5), SendText) == [
         SendText("what is the weather")
     ]
@@ -791,7 +825,8 @@ def test_irrelevant_unknown_and_stale_events_are_ignored() -> None:
 def test_transitions_are_recorded_once_each_and_bounded() -> None:
     m = make()
     m.handle(WAKE, 1.0)
-    assert m.handle(SessionLost("net"), 1.1) == [] and m.last_transitions == []
+    lost = m.handle(SessionLost("net"), 1.1)
+    assert lost == [reconnecting(S.CONNECTING)] and m.last_transitions == []
     m.handle(SessionReady(), 2.0)
     assert [(t.from_state, t.to_state) for t in m.transitions] == [
         (S.IDLE, S.CONNECTING),
@@ -877,6 +912,8 @@ def test_random_event_storms_keep_the_invariants(seed: int) -> None:
         assert session_open == m.session_open
         if m.last_transitions:  # the ring's look covers every state while it rings
             look = timer_ringing_pattern() if m.ringing else pattern_for(m.state)
+            if m.reconnecting and not m.ringing:
+                look = reconnecting_pattern(m.state)
             assert actions[-1] == ShowLeds(look)
 
 

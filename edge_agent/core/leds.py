@@ -18,7 +18,7 @@ IDLE is all dark, like most kitchen appliances: light means "something is happen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -103,3 +103,14 @@ TIMER_RINGING = LedPattern(status=Blink(0.25, 0.25), listen=Blink(0.25, 0.25))
 def timer_ringing_pattern() -> LedPattern:
     """The LEDs while a timer rings."""
     return TIMER_RINGING
+
+
+# A conversation whose connection dropped and is being re-opened: the status LED blinks
+# evenly (1 Hz) over the state's own pattern, so the listen LED still says whether speech
+# is being taken (it is kept and sent once the connection is back).
+RECONNECTING_STATUS = Blink(0.5, 0.5)
+
+
+def reconnecting_pattern(state: AgentState | str) -> LedPattern:
+    """The LEDs of ``state`` while its session reconnects."""
+    return replace(pattern_for(state), status=RECONNECTING_STATUS)

@@ -67,9 +67,10 @@ Decisions worth knowing:
   say what else does: the wake word, the user's voice).
 - A wake word in IDLE must come with its ``end_sample`` so the wake phrase itself is
   never sent to Gemini.
-- Non-fatal session losses during a conversation change nothing here: the session
-  layer reconnects and replays buffered user audio. Timers bound every wait: no speech
-  after a wake (LISTEN), no reply after a turn (RESPONSE).
+- Non-fatal session losses during a conversation change nothing here but the status LED
+  (it blinks evenly until the session is back, so a person sees the network trouble):
+  the session layer reconnects and replays buffered user audio. Timers bound every
+  wait: no speech after a wake (LISTEN), no reply after a turn (RESPONSE).
 - Except a loss that cuts a reply short (SPEAKING, its turnComplete not yet in): the
   question is asked again on the next connection (the session layer re-sends a spoken
   turn that was not answered; a text turn is re-sent from here) and the answer then
@@ -136,7 +137,12 @@ from edge_agent.core.events import (
     TurnCompleted,
     WakeWordDetected,
 )
-from edge_agent.core.leds import LedPattern, pattern_for, timer_ringing_pattern
+from edge_agent.core.leds import (
+    LedPattern,
+    pattern_for,
+    reconnecting_pattern,
+    timer_ringing_pattern,
+)
 from edge_agent.core.policy import AgentState, BargeInRules, ConversationPolicy, Uplink, decide
 
 # AgentState is defined beside the per-state policy (core.policy); importing it from
@@ -349,6 +355,7 @@ class ConversationMachine:
         self._state = AgentState.MUTED if muted_at_start else AgentState.IDLE
         self._session_open = False  # asked for and not closed (may be reconnecting)
         self._session_ready = False
+        self._link_down = False  # the open session lost its connection and is reconnecting
         # The uplink window opened last; open while the state takes the user's turn.
         self._uplink = Uplink(None, 0)
         self._activity_open = False  # SendActivityStart sent, SendActivityEnd not yet
@@ -398,6 +405,11 @@ class ConversationMachine:
     @property
     def ringing(self) -> bool:
         return self._ringing
+
+    @property
+    def reconnecting(self) -> bool:
+        """The conversation's session lost its connection and is not back yet."""
+        return self._link_down and self._state in _CONVERSING
 
     @property
     def queued_texts(self) -> int:
@@ -565,6 +577,7 @@ class ConversationMachine:
         if not self._session_open:
             return  # a connection we already gave up on
         self._session_ready = True
+        self._show_link_down(False)
         self._discard_model_audio = False  # a new connection carries no stale audio
         why = "session resumed" if ev.resumed else "session ready"
         if self._state is AgentState.CONNECTING:
@@ -673,8 +686,14 @@ class ConversationMachine:
             self._go(AgentState.OFFLINE, f"session lost: {ev.reason}")
         elif self._state is AgentState.IDLE and self._session_open:
             self._close_session()  # no reason to reconnect a session nobody is using
-        elif self._state in _REPLYING:
-            self._reply_lost_with_connection()
+        else:
+            before = self._state
+            newly_down = self._session_open and before in _CONVERSING and not self._link_down
+            self._link_down = self._link_down or newly_down
+            if before in _REPLYING:
+                self._reply_lost_with_connection()
+            if newly_down and self._state is before:  # a new state showed it already
+                self._emit(ShowLeds(self._leds()))
 
     def _reply_lost_with_connection(self) -> None:
         """A non-fatal loss while a reply is due or playing (see the module docstring)."""
@@ -697,6 +716,7 @@ class ConversationMachine:
     def _on_session_closed(self) -> None:
         self._session_open = False
         self._session_ready = False
+        self._show_link_down(False)
         self._discard_model_audio = False
         self._cancel_timer(Timer.IDLE_CLOSE)
         if self._state is AgentState.FOLLOW_UP:
@@ -971,6 +991,7 @@ class ConversationMachine:
         self._emit(CloseSession())
         self._session_open = False
         self._session_ready = False
+        self._show_link_down(False)
         self._discard_model_audio = False
         self._cancel_timer(Timer.IDLE_CLOSE)
 
@@ -1015,5 +1036,15 @@ class ConversationMachine:
         self.last_transitions.append(transition)
         self._emit(ShowLeds(self._leds()))
 
+    def _show_link_down(self, down: bool) -> None:
+        """Reconnecting or back: the LEDs change at once, not at the next state change."""
+        if down is not self._link_down:
+            self._link_down = down
+            self._emit(ShowLeds(self._leds()))
+
     def _leds(self) -> LedPattern:
-        return timer_ringing_pattern() if self._ringing else pattern_for(self._state)
+        if self._ringing:
+            return timer_ringing_pattern()
+        if self.reconnecting:
+            return reconnecting_pattern(self._state)
+        return pattern_for(self._state)
