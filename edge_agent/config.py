@@ -639,7 +639,7 @@ def parse_config(text: str, source: str = "config.toml", base_dir: Path | None =
     except RecursionError:  # tomllib recurses into nested arrays and inline tables
         raise ConfigError([f"{source}: invalid TOML: arrays or tables nested too deeply"]) from None
     except ValueError:  # an integer of more digits than Python converts (4300)
-        raise ConfigError([f"{source}: invalid TOML: an integer with thousands of digits"]) from None
+        raise ConfigError([f"{source}: invalid TOML: an integer of thousands of digits"]) from None
     sections: dict[str, Any] = {}
     hints = get_type_hints(Config)
     for name, value in raw.items():
