@@ -266,10 +266,9 @@ def test_a_flood_is_bounded_and_status_keeps_being_served(tmp_path: Path) -> Non
         assert all(a == {"ok": True, "cmd": "status"} for a in answers), answers
         assert peak <= CLIENTS, "connections held at once must stay bounded"
         assert r.server.evicted > 0 and r.server.refused > 0
-        for data in replies:
-            if data:  # evicted idle-looking ones get EOF; the rest one line each
-                answer = one_answer(data)
-                assert answer["ok"] or answer["error"].startswith("busy"), answer
+        for data in replies:  # each one line: answered, busy, or closed to make room
+            answer = one_answer(data)
+            assert answer["ok"] or answer["error"].startswith(("busy", "closed to make room"))
         assert sum(b'"ok": true' in d for d in replies) >= CLIENTS // 2
 
 
@@ -342,7 +341,9 @@ def test_the_real_daemon_keeps_serving_through_abuse(tmp_path: Path) -> None:
             fuzzed = _fuzzed_real_requests(path)
         assert max(latencies) < 1.0, latencies
         timeout_error = f"no complete request line within {CLIENT_TIMEOUT_S:g} s"
-        assert one_answer(results["slow"][0]) == {"ok": False, "error": timeout_error}
+        # Timed out, or closed earlier to make room for the flood (it was the oldest).
+        slow_error = one_answer(results["slow"][0])["error"]
+        assert slow_error == timeout_error or slow_error.startswith("closed to make room")
         assert one_answer(results["huge"][0])["error"].startswith("request longer than")
         assert all(one_answer(d)["ok"] is False for d in results["junk"])
         assert fuzzed >= 100

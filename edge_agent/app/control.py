@@ -12,9 +12,10 @@ One request line in, one response line out. A misbehaving client cannot hold the
 - at most ``MAX_CLIENTS`` connections are served at once (file descriptors are a budget
   the Live session and the sound card share). When that many are open, a new connection
   takes the place of the oldest one still waiting for its request line after
-  ``EVICTABLE_AFTER_S`` (a flood of idle connections cannot lock a well-behaved client
-  out: its own line arrives within milliseconds); if none is that old, the newcomer is
-  answered ``busy`` and closed at once (``control_request``, the CLI's client, retries);
+  ``EVICTABLE_AFTER_S``, which is told so (a flood of idle connections cannot lock a
+  well-behaved client out: its own line arrives within milliseconds); if none is that
+  old, the newcomer is answered ``busy`` and closed at once (``control_request``, the
+  CLI's client, retries);
 - a request that is not a JSON object, or that the handler fails on, gets an error answer;
   a handler bug is logged with its traceback and costs that request only.
 """
@@ -103,8 +104,13 @@ class ControlServer:
                 return None
             oldest.evicted = True
             self._clients.remove(oldest)
-            oldest.writer.transport.abort()
             self.evicted += 1
+            evicted = _error(
+                f"closed to make room: no complete request line after {now - oldest.since:.1f} s "
+                f"while {self.max_clients} clients were connected"
+            )
+            oldest.writer.write(json.dumps(evicted).encode() + b"\n")
+            oldest.writer.transport.close()  # after that line; its reader sees the end
             if self.evicted == 1:
                 log.warning(
                     "control socket: more than %d clients at once; closing the idle ones",
@@ -205,7 +211,9 @@ def _request_once(path: str | Path, request: dict[str, Any], timeout_s: float) -
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(str(path))
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        # Answered (busy) and closed before the request went out: read that answer.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps(request).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
