@@ -18,8 +18,8 @@ Wire (a few hundred examples): the emulator sends fuzzed frames raw, as text or 
 frames, over the real TLS WebSocket to a real LiveSession driven by the real SDK. The
 session survives (a sentinel frame after them arrives on the same connection and the next
 turn is answered with all its audio), or, for the frames that end a connection by the
-protocol's rules (a frame over the client's size limit, a text frame that is not UTF-8, an
-error message carrying a close code, a goAway), it reconnects and the next turn is answered
+protocol's rules (a frame over the client's size limit, an error message carrying a close
+code, a goAway), it reconnects and the next turn is answered
 with all its audio; the WARNING for a kind of bad frame is logged once, not per frame.
 """
 
@@ -466,8 +466,7 @@ def test_no_event_sequence_crashes_the_conversation_machine(
 
 KEY = "test-key"
 CHUNK = 640  # 20 ms of 16 kHz s16le
-WIRE_EXAMPLES = 200
-WIRE_TURN_EVERY = 10  # a full turn after every this many examples (and at the end)
+WIRE_EXAMPLES = 300
 
 
 @dataclass(frozen=True)
@@ -480,11 +479,6 @@ def _may_end_connection(frame: Frame) -> bool:
     """Frames after which the protocol ends the connection (and the session reconnects)."""
     if len(frame.data) > CLIENT_MAX_FRAME_BYTES:
         return True  # 1009 message too big
-    if frame.text:
-        try:
-            frame.data.decode("utf-8")
-        except UnicodeDecodeError:
-            return True  # 1007 invalid UTF-8 in a text frame
     kind, value = parse_outcome(frame.data)
     if kind == "close":
         return True
@@ -676,13 +670,12 @@ def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireRig]:
 @given(frames=st.lists(wire_frames, min_size=1, max_size=4))
 @example(frames=[Frame(b"[1, 2]", False), Frame(b"[" * 100_000, True)])
 @example(frames=[oversized])
-@example(frames=[Frame(b"\xff\xfe not utf-8", True)])
+@example(frames=[Frame(b"\xff\xfe not utf-8", True)])  # the SDK reads text frames undecoded
 def test_fuzzed_frames_over_the_wire_never_cost_the_session(
     wire: WireRig, frames: list[Frame]
 ) -> None:
     wire.run(wire.send(frames))
-    if wire.sentinels % WIRE_TURN_EVERY == 0:
-        wire.run(wire.turn())
+    wire.run(wire.turn())  # answered, with every byte of its audio
     assert not any(isinstance(e, ev.SessionLost) and e.fatal for e in wire.events.events), (
         "a fuzzed frame made the session give up"
     )
