@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 import types
@@ -48,6 +49,7 @@ MCP_SERVER_NAME_PATTERN = r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$"
 SERVICE_MIN_PING_TIMEOUT_S = 30.0
 GEMINI_SERVICE_HOST_SUFFIX = "googleapis.com"
 SECRET_KEYS = ("token", "bearer_token", "access_token", "api_key", "password", "headers")
+MAX_CONFIG_BYTES = 1_000_000  # a config.toml is a few kB: anything this big is the wrong file
 
 
 def _f(default: Any, doc: str = "", **rules: Any) -> Any:
@@ -323,10 +325,32 @@ def _type_name(t: Any) -> str:
     t = _optional_inner(t)
     origin = get_origin(t)
     if origin in (list, tuple):
-        return f"a list of {_type_name(get_args(t)[0])}s"
+        items = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {items.get(get_args(t)[0], 'values')}"
     if origin is dict:
         return "a table"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[t]
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as a problem line quotes it: short, even for a 1 MB string or an integer of
+    thousands of digits (whose repr raises ValueError past Python's digit limit)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # a huge integer inside a list or table
+        return "a value too large to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _expand_user(path: Path) -> Path:
+    """``~`` and ``~user`` expanded; left as written when the user does not exist (Path
+    raises RuntimeError then), so the problem is "file not found", not a traceback."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
 
 
 def _coerce(value: Any, t: Any) -> tuple[bool, Any]:
@@ -353,7 +377,10 @@ def _coerce(value: Any, t: Any) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if t is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return ok, float(value) if ok else None
+        try:
+            return ok, float(value) if ok else None
+        except OverflowError:  # an integer too large for a float
+            return False, None
     return isinstance(value, str), value
 
 
@@ -398,7 +425,7 @@ class _Checker:
                 continue
             ok, coerced = _coerce(value, hints[name])
             if not ok:
-                self.problem(key, f"must be {_type_name(hints[name])} (got {value!r})")
+                self.problem(key, f"must be {_type_name(hints[name])} (got {_shown(value)})")
                 continue
             if self.rules(key, coerced, fields[name].metadata):
                 values[name] = coerced
@@ -417,14 +444,20 @@ class _Checker:
         items = list(value) if isinstance(value, tuple) else [value]
         if isinstance(value, dict):
             items = list(value.values())
+        if any(isinstance(item, str) and "\x00" in item for item in items):
+            self.problem(key, "must not contain a NUL character (\\u0000)")
+            return False  # and no path may be looked up with one
         for item in items:
+            if isinstance(item, float) and math.isnan(item):
+                self.problem(key, "must be a number (got nan)")
+                continue
             if "min" in meta and item < meta["min"]:
-                self.problem(key, f"must be at least {meta['min']} (got {item!r})")
+                self.problem(key, f"must be at least {meta['min']} (got {_shown(item)})")
             if "max" in meta and item > meta["max"]:
-                self.problem(key, f"must be at most {meta['max']} (got {item!r})")
+                self.problem(key, f"must be at most {meta['max']} (got {_shown(item)})")
             if "choices" in meta and item not in meta["choices"]:
                 choices = ", ".join(str(c) for c in meta["choices"])
-                self.problem(key, f"must be one of {choices} (got {item!r})")
+                self.problem(key, f"must be one of {choices} (got {_shown(item)})")
         if "max_len" in meta and len(value) > meta["max_len"]:
             self.problem(key, f"must be at most {meta['max_len']} characters long")
         if meta.get("program") and value:
@@ -434,31 +467,33 @@ class _Checker:
         if meta.get("nonempty") and not value.strip():
             self.problem(key, "must not be empty")
         if "pattern" in meta and not re.match(meta["pattern"], value):
-            self.problem(key, f"is not valid (got {value!r})")
+            self.problem(key, f"is not valid (got {_shown(value)})")
         if meta.get("path") == "file" and value:
             path = self.resolve(value)
             if not path.is_file():
                 self.problem(key, f"file not found: {path}")
         if meta.get("pin") and value and bcm_number(value) is None:
             self.problem(
-                key, f"not a Raspberry Pi GPIO pin (got {value!r}; use e.g. 'GPIO17' or 'BOARD11')"
+                key,
+                f"not a Raspberry Pi GPIO pin (got {_shown(value)}; "
+                "use e.g. 'GPIO17' or 'BOARD11')",
             )
         if meta.get("wake_models"):
             self.wake_models(key, value)
         if meta.get("model_names"):
             for name in value:
                 if not re.match(MODEL_NAME_PATTERN, name):
-                    self.problem(key, f"not a model name (got {name!r})")
+                    self.problem(key, f"not a model name (got {_shown(name)})")
         if meta.get("language_codes"):
             for code in value:
                 if not re.match(r"^[a-z]{2,3}(-[A-Z]{2})?$", code):
-                    self.problem(key, f"not a BCP-47 language code (got {code!r})")
+                    self.problem(key, f"not a BCP-47 language code (got {_shown(code)})")
         return len(self.problems) == before
 
     def program(self, key: str, program: str) -> None:
         """argv[0] of a tool: an absolute path to an existing file (no shell, no PATH)."""
         if not program.startswith("/"):
-            self.problem(key, f"the program must be an absolute path (got {program!r})")
+            self.problem(key, f"the program must be an absolute path (got {_shown(program)})")
         elif not Path(program).is_file():
             self.problem(key, f"program not found: {program}")
 
@@ -470,7 +505,7 @@ class _Checker:
             self.problem(key, "properties must be a table of schemas")
 
     def resolve(self, value: str) -> Path:
-        path = Path(value).expanduser()
+        path = _expand_user(Path(value))
         return path if path.is_absolute() else self.base_dir / path
 
     def wake_models(self, key: str, models: tuple[str, ...]) -> None:
@@ -485,7 +520,9 @@ class _Checker:
                 hint = difflib.get_close_matches(name, BUILTIN_WAKE_MODELS, n=1)
                 suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
                 builtins = ", ".join(BUILTIN_WAKE_MODELS)
-                self.problem(key, f"unknown wake word model {name!r}{suffix}; built-in: {builtins}")
+                self.problem(
+                    key, f"unknown wake word model {_shown(name)}{suffix}; built-in: {builtins}"
+                )
             else:
                 model_dir = builtin_wake_model_dir()
                 if model_dir is None or not (model_dir / f"{name}.tflite").is_file():
@@ -624,7 +661,14 @@ def parse_config(text: str, source: str = "config.toml", base_dir: Path | None =
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
+        message = str(exc)
+        if message.endswith("(at end of document)"):  # say which line that is
+            message = f"{message[:-1]}, line {len(text.splitlines()) or 1})"
+        raise ConfigError([f"{source}: invalid TOML: {message}"]) from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError([f"{source}: invalid TOML: arrays or tables nested too deeply"]) from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise ConfigError([f"{source}: invalid TOML: an integer of thousands of digits"]) from None
     sections: dict[str, Any] = {}
     hints = get_type_hints(Config)
     for name, value in raw.items():
@@ -640,20 +684,31 @@ def parse_config(text: str, source: str = "config.toml", base_dir: Path | None =
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; a missing or unreadable file is a ConfigError too."""
+    """Read and validate a config file; a missing, unreadable, oversized or non-UTF-8 file
+    is a ConfigError too."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a config file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a config file"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}: not UTF-8 text (line {line}): {exc.reason}"]) from None
     return parse_config(text, source=str(path), base_dir=path.parent.resolve())
 
 
 def resolve_path(cfg: Config, value: str) -> Path:
     """A path from the config, relative paths taken from the config file's folder."""
-    path = Path(value).expanduser()
+    path = _expand_user(Path(value))
     if path.is_absolute() or cfg.source.startswith("<"):
         return path
     return Path(cfg.source).resolve().parent / path

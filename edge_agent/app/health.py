@@ -200,6 +200,7 @@ class Health:
                 "ready": status.ready,
                 "reconnects": status.reconnect_count,
                 "handovers": status.handovers,
+                "bad_frames": status.bad_frames,
                 "last_error": status.last_error,
                 "model": status.model,
                 "configured_model": status.configured_model,

@@ -68,7 +68,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from google.genai import types
@@ -125,6 +125,7 @@ logger = logging.getLogger(__name__)
 MODEL_AUDIO_RATE_HZ = 24_000
 COALESCE_AUDIO_BYTES = 32_000  # a replayed backlog goes out in 1 s messages
 MAX_BAD_FRAMES_IN_A_ROW = 50
+MAX_BAD_KINDS_LOGGED = 32  # kinds of unreadable server message each logged once at WARNING
 HANDOVER_MARGIN_S = 5.0  # hand over at the latest this long before goAway's timeLeft
 DEFAULT_TIME_LEFT_S = 10.0  # if a goAway's timeLeft cannot be parsed
 
@@ -214,6 +215,7 @@ class _Flags:
     retry_pending: bool = False  # the next attempt follows a failure
     bad_in_a_row: int = 0
     warned_rate: bool = False
+    bad_kinds_logged: set[tuple[Caught, int | None, str]] = field(default_factory=set)
 
 
 def parse_duration_s(value: object) -> float:
@@ -552,8 +554,18 @@ class LiveProtocol:
         self.counters.bad_frames += 1
         what = f"error message from server ({code}): {reason}" if code is not None else reason
         text = redact(what)[:200]
-        level = logging.WARNING if flags.bad_in_a_row == 1 else logging.DEBUG
-        logger.log(level, "skipped an unreadable Live server message (%s)", text)
+        # Once per kind (the error code, or the exception class) for the daemon's life:
+        # a server that keeps sending one odd frame must not fill the journal.
+        kind = (caught, code, "" if code is not None else reason.partition(":")[0][:60])
+        if kind in flags.bad_kinds_logged or len(flags.bad_kinds_logged) >= MAX_BAD_KINDS_LOGGED:
+            logger.debug("skipped an unreadable Live server message (%s)", text)
+        else:
+            flags.bad_kinds_logged.add(kind)
+            logger.warning(
+                "skipped an unreadable Live server message (%s); more of this kind are "
+                "logged at debug level and counted in `edge-agent status`",
+                text,
+            )
         if flags.bad_in_a_row >= MAX_BAD_FRAMES_IN_A_ROW:
             reason = f"{flags.bad_in_a_row} unreadable server messages in a row"
             return self.failure(Caught.BAD_FRAMES, reason=reason)

@@ -21,7 +21,8 @@ them and the sender sends what the core says is next.
 
 Bad frames: google-genai's ``AsyncSession.receive()`` is an async generator that ends at
 each turnComplete and dies on a frame it cannot parse (non-JSON -> ValueError /
-UnicodeDecodeError, unknown message -> TypeError). Each of those exceptions is raised
+UnicodeDecodeError, unknown message -> TypeError, and the rest of
+``UNREADABLE_FRAME_ERRORS``). Each of those exceptions is raised
 after the frame was consumed from the websocket, so the receiver simply starts a new
 ``receive()``: a bad frame costs that one message. Only public SDK methods are used;
 no SDK internals are patched or wrapped.
@@ -87,6 +88,17 @@ logger = logging.getLogger(__name__)
 
 AUDIO_IN_MIME = "audio/pcm;rate=16000"
 MAX_PENDING_TEXTS = 8  # text turns waiting for a connection (oldest dropped)
+# What google-genai raises for a server frame it cannot parse, after the frame was read:
+# non-JSON / non-UTF-8 / pydantic -> ValueError, unknown message -> TypeError, JSON that is
+# not an object (an array, a string) -> AttributeError, nesting deeper than the JSON
+# decoder's recursion limit -> RecursionError (found by tests/test_fuzz_server_messages.py).
+UNREADABLE_FRAME_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    AttributeError,
+    LookupError,
+    RecursionError,
+)
 
 
 class _NoKey(Exception):
@@ -345,9 +357,9 @@ class LiveSession:
             return proto.failure(Caught.API_ERROR, _api_error_code(exc), _api_error_reason(exc))
         except websockets.InvalidStatus as exc:
             return proto.failure(Caught.HTTP_REFUSED, exc.response.status_code)
-        except (OSError, websockets.WebSocketException, ValueError, TypeError) as exc:
+        except (OSError, websockets.WebSocketException, *UNREADABLE_FRAME_ERRORS) as exc:
             # OSError covers refused/unreachable/reset, TLS errors and the opening handshake
-            # timeout; ValueError/TypeError: an unparsable first server frame.
+            # timeout; UNREADABLE_FRAME_ERRORS: an unparsable first server frame.
             if isinstance(exc, OSError):
                 reason = describe_transport_error(exc, endpoint_of(cfg.base_url))
             else:
@@ -445,7 +457,7 @@ class LiveSession:
                     else:
                         code, reason = _api_error_code(exc), _api_error_reason(exc)
                         failure = proto.receive_error(Caught.API_ERROR, code, reason)
-                except (ValueError, TypeError) as exc:
+                except UNREADABLE_FRAME_ERRORS as exc:
                     stream = None
                     what = f"{exc.__class__.__name__}: {exc}"
                     failure = proto.receive_error(Caught.UNREADABLE, None, what)

@@ -134,13 +134,14 @@ class EmulatorServerConnection(ServerConnection):
 class _Outgoing:
     """One queued server frame (or a close action) and what to do once it is sent."""
 
-    payload: bytes | None
+    payload: bytes | str | None
     generation: int | None = None
     audio: bytes | None = None  # modelTurn PCM carried by this message
     model_turn: bool = False
     ends_generation: bool = False
     close: tuple[int, str] | None = None
     on_sent: Callable[[], None] | None = None
+    text: bool | None = None  # None: by the payload's type (the raw_frame fault sets it)
 
 
 class ConnectionHandler:
@@ -907,7 +908,7 @@ class ConnectionHandler:
                     await self._close(*item.close)
                     return
                 assert item.payload is not None
-                await self.ws.send(item.payload)
+                await self.ws.send(item.payload, text=item.text)
                 await self._after_sent(item)
                 if self._close_started:
                     return
@@ -1004,18 +1005,26 @@ class ConnectionHandler:
             await self._emit(payload, direct=direct)
         elif kind == fk.UNKNOWN_MESSAGE:
             await self._emit(proto.encode(proto.UNKNOWN_MESSAGE), direct=direct)
+        elif kind == fk.RAW_FRAME:
+            text = bool(spec.param("text"))
+            await self._emit(spec.param("data"), direct=direct, text=text)
         elif kind == fk.CANCEL_TOOL_CALLS:
             await self._cancel_tool_calls(direct=direct)
 
     async def _emit(
-        self, payload: bytes, *, direct: bool, on_sent: Callable[[], None] | None = None
+        self,
+        payload: bytes | str,
+        *,
+        direct: bool,
+        on_sent: Callable[[], None] | None = None,
+        text: bool | None = None,
     ) -> None:
         if direct:
-            await self.ws.send(payload)
+            await self.ws.send(payload, text=text)
             if on_sent is not None:
                 on_sent()
         else:
-            await self._put(_Outgoing(payload, on_sent=on_sent))
+            await self._put(_Outgoing(payload, on_sent=on_sent, text=text))
 
     async def _close_later(self, close: tuple[int, str], delay_s: float) -> None:
         await asyncio.sleep(delay_s)

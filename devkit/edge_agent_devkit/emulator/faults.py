@@ -15,6 +15,9 @@ When a fault fires:
 - Connection-level kinds (`never_setup`, `bad_key`, `missing_key`, `http_status`) only make
   sense in `connection_faults` and ignore timing.
 
+`raw_frame` sends `data` exactly as given (str or bytes), as a text frame if `text` is true
+(bytes need not be UTF-8 then) or else a binary one: the fuzz tests' way to send any frame.
+
 `cancel_tool_calls` is the service cancelling every function call it issued that has not
 been answered yet (toolCallCancellation), as it does when it no longer needs them.
 
@@ -34,6 +37,7 @@ DROP_TCP = "drop_tcp"
 VANISH = "vanish"
 BAD_FRAME = "bad_frame"
 UNKNOWN_MESSAGE = "unknown_message"
+RAW_FRAME = "raw_frame"
 CANCEL_TOOL_CALLS = "cancel_tool_calls"
 # Behaviours that hold from the moment they fire.
 NO_PONG = "no_pong"
@@ -46,7 +50,16 @@ MISSING_KEY = "missing_key"
 HTTP_STATUS = "http_status"
 
 ACTION_KINDS = frozenset(
-    {GO_AWAY, CLOSE_1011, DROP_TCP, VANISH, BAD_FRAME, UNKNOWN_MESSAGE, CANCEL_TOOL_CALLS}
+    {
+        GO_AWAY,
+        CLOSE_1011,
+        DROP_TCP,
+        VANISH,
+        BAD_FRAME,
+        UNKNOWN_MESSAGE,
+        RAW_FRAME,
+        CANCEL_TOOL_CALLS,
+    }
 )
 BEHAVIOUR_KINDS = frozenset({NO_PONG, LATE_PONG, DELAY})
 CONNECTION_KINDS = frozenset({NEVER_SETUP, BAD_KEY, MISSING_KEY, HTTP_STATUS})
@@ -62,6 +75,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     VANISH: {"after_chunks": 2, "hold_s": 3600.0},
     BAD_FRAME: {"data": None},
     UNKNOWN_MESSAGE: {},
+    RAW_FRAME: {"data": b"", "text": False},
     CANCEL_TOOL_CALLS: {},
     NO_PONG: {},
     LATE_PONG: {"delay_s": 25.0},
