@@ -120,6 +120,22 @@ def test_transcript_logs_each_side_once_per_turn(caplog: pytest.LogCaptureFixtur
     ]
 
 
+@pytest.mark.shelf
+def test_a_hostile_servers_huge_transcripts_keep_a_turn_bounded() -> None:
+    """Huge pieces, and endless small ones, keep the newest words and a bounded size."""
+    from edge_agent.app.runtime import TRANSCRIPT_MAX_CHARS
+
+    transcript = TurnTranscript(wall_clock=lambda: 1000.0)
+    for _ in range(50):
+        transcript.said("x" * 1_000_000)
+    for i in range(5_000):
+        transcript.heard(f" w{i}")
+    transcript.said(" the end.")
+    heard, said = transcript.log_and_clear()
+    assert len(said.text) <= TRANSCRIPT_MAX_CHARS and said.text.endswith("x the end.")
+    assert len(heard.text) <= TRANSCRIPT_MAX_CHARS and heard.text.endswith("w4999")
+
+
 def test_mute_file_survives_a_restart_and_a_missing_file_means_unmuted(tmp_path: Path) -> None:
     assert MuteFile(tmp_path).load() is False
     MuteFile(tmp_path).save(True)

@@ -51,7 +51,11 @@ if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow pa
 log = logging.getLogger(__name__)
 
 MUTE_FILE = "muted"
-TRANSCRIPT_MAX_PIECES = 1000  # a turn that never completes must not grow memory for ever
+# A turn that never completes, or a hostile server's huge pieces, must not grow memory for
+# ever: a turn's line keeps its newest pieces, at most this many characters (a spoken
+# minute is about 1,000).
+TRANSCRIPT_MAX_PIECES = 1000
+TRANSCRIPT_MAX_CHARS = 20_000
 ANNOUNCE_INSTRUCTION = (
     "Say exactly the following words to the people in the room, word for word, and nothing else: "
 )
@@ -454,9 +458,15 @@ def _append_all(history: Any, utterances: list[Utterance]) -> None:
 
 def _append_bounded(pieces: list[str], text: str) -> None:
     """Collect transcript pieces for the turn's log line, keeping only the newest."""
-    pieces.append(text)
+    pieces.append(text[-TRANSCRIPT_MAX_CHARS:])
     if len(pieces) > TRANSCRIPT_MAX_PIECES:
         del pieces[: len(pieces) - TRANSCRIPT_MAX_PIECES]
+    excess = sum(map(len, pieces)) - TRANSCRIPT_MAX_CHARS
+    while excess > 0:  # drop the oldest words first
+        if len(pieces[0]) > excess:
+            pieces[0] = pieces[0][excess:]
+            break
+        excess -= len(pieces.pop(0))
 
 
 class MuteFile:
