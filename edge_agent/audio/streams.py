@@ -436,12 +436,13 @@ class Session:
             ready = min(len(self.mic_acc), len(self.ref_acc))
         else:
             ready = len(self.mic_acc)
+        # Views, not copies: the accumulators are only ever replaced, never written into.
         while ready >= n:
-            mic = self.mic_acc[:n].copy()
+            mic = self.mic_acc[:n]
             self.mic_acc = self.mic_acc[n:]
             ref = None
             if ref16 is not None:
-                ref = self.ref_acc[:n].copy()
+                ref = self.ref_acc[:n]
                 self.ref_acc = self.ref_acc[n:]
             ready -= n
             pos = counters.captured_samples
