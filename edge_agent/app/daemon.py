@@ -298,6 +298,7 @@ class Daemon:
             duplex_rate_hz=cfg.audio.duplex_rate_hz,
             block_ms=cfg.audio.block_ms,
             output_source=self.runtime.playback.output_source,
+            output_quiet=self.runtime.playback.output_quiet,
             on_block=self.runtime.capture.on_block,
             reopen_max_delay_s=cfg.audio.reopen_max_delay_s,
         )

@@ -56,6 +56,16 @@ class ReplyPlayback:
                 loop.call_soon_threadsafe(self._drained)
         return block
 
+    def output_quiet(self) -> bool:
+        """Sound card thread: the next pull would be silence and change nothing (no reply
+        pushed, fading or draining, no cue): the idle sound card callback then skips it."""
+        return (
+            self._drain_reported
+            and self._first_chunk_at is None
+            and self.jitter.is_quiet
+            and not self.cues.is_playing
+        )
+
     def push(self, pcm24k: bytes) -> None:
         """Loop: a chunk of the reply; the first one of a reply starts the latency clock."""
         if not self.playing:

@@ -56,7 +56,7 @@ REF_SILENCE_PEAK = 32
 
 def reference_active(ref: np.ndarray | None) -> bool:
     """True when the reference block carries audible playback."""
-    if ref is None or ref.size == 0:
+    if ref is None or ref.size == 0 or not ref.any():  # any(): the idle case, cheaply
         return False
     return int(np.max(np.abs(ref.astype(np.int32)))) > REF_SILENCE_PEAK
 
@@ -261,6 +261,12 @@ def block_energy_db(block: np.ndarray) -> float:
     return 10.0 * float(np.log10(np.dot(x, x) / max(1, x.size) + 1.0))
 
 
+def _energies_db(blocks: np.ndarray) -> np.ndarray:
+    """`block_energy_db` of each row of a 2-D int16 array, in one pass."""
+    x = blocks.astype(np.float64)
+    return 10.0 * np.log10(np.einsum("ij,ij->i", x, x) / max(1, x.shape[1]) + 1.0)
+
+
 class NoiseFill:
     """Replaces AEC-gated (near-silent) blocks with recorded room noise, for the VAD only.
 
@@ -301,14 +307,18 @@ class NoiseFill:
         """Return the block the VAD should see."""
         if ref_active:
             self._since_ref = 0
+        elif self._since_ref + mic.size < self._learn_after:
+            self._since_ref += mic.size  # too soon after playback: nothing to learn yet
         else:
             # 10 ms at a time, so a block of several (the capture pipeline hands those over
-            # while idle) is learned exactly as its 10 ms blocks one by one would be.
+            # while idle) is learned exactly as its 10 ms blocks one by one would be; their
+            # energies come from one numpy pass either way (the same numbers).
             step = self._step if mic.size % self._step == 0 else mic.size
-            for i in range(0, mic.size, step):
+            energies = _energies_db(mic.reshape(-1, step)).tolist()
+            for i, energy in enumerate(energies):
                 self._since_ref = min(self._since_ref + step, self._learn_after)
                 if self._since_ref >= self._learn_after:
-                    self._learn(mic[i : i + step] if step < mic.size else mic)
+                    self._learn(energy, mic[i * step : (i + 1) * step])
         if cleaned is mic or self.floor_db is None or not self._bank:
             return cleaned  # AEC bypassed (nothing gated), or nothing learned yet
         if block_energy_db(cleaned) >= self.floor_db - self._fill_below:
@@ -320,17 +330,17 @@ class NoiseFill:
         self.filled_blocks += 1
         return noise
 
-    def _learn(self, mic: np.ndarray) -> None:
-        energy = block_energy_db(mic)
+    def _learn(self, energy: float, mic: np.ndarray) -> None:
         self._cur_min = energy if self._cur_min is None else min(self._cur_min, energy)
         self._cur_samples += mic.size
         if self._cur_samples >= self._window:
             self._minima.append(self._cur_min)
             self._cur_min = None
             self._cur_samples = 0
-        candidates = list(self._minima)
+        floor = min(self._minima) if self._minima else None
         if self._cur_min is not None:
-            candidates.append(self._cur_min)
-        self.floor_db = min(candidates)
+            floor = self._cur_min if floor is None else min(floor, self._cur_min)
+        assert floor is not None
+        self.floor_db = floor
         if energy <= self.floor_db + self._bank_margin:
             self._bank.append(mic.copy())

@@ -28,6 +28,7 @@ from edge_agent.audio.streams import (
     MIC_RATE_HZ,
     SOURCE_RATE_HZ,
     BlockCallback,
+    OutputQuiet,
     OutputSource,
     StreamCounters,
     StreamSetup,
@@ -54,7 +55,8 @@ class AudioEngine:
     The constructor only stores settings; :meth:`start` opens the devices on the supervisor
     thread and returns once the first attempt has succeeded or failed (it never raises for
     device problems: watch :attr:`state` / :attr:`healthy` / :attr:`last_error`). Without
-    ``on_block`` captured blocks are only counted (a playback-only user).
+    ``on_block`` captured blocks are only counted (a playback-only user). ``output_quiet``
+    (optional) lets idle callbacks skip pulling a source that has nothing to play.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class AudioEngine:
         duplex_rates_hz: tuple[int, ...] = DEFAULT_DUPLEX_RATES_HZ,
         block_ms: int = 10,
         output_source: OutputSource | None = None,
+        output_quiet: OutputQuiet | None = None,
         on_block: BlockCallback | None = None,
         reopen_initial_delay_s: float = 0.25,
         reopen_max_delay_s: float = 10.0,
@@ -95,6 +98,7 @@ class AudioEngine:
             on_block=on_block,
             counters=self._counters,
             clock=clock,
+            output_quiet=output_quiet,
         )
         self._supervisor = DeviceSupervisor(
             setup,

@@ -32,7 +32,8 @@ Idle (full duplex, what the device does nearly all of its life): the callback st
 every ``block_ms`` (the period sets the output latency, hence barge-in and cue delays), but
 does as little as it can there. While the source gives digital silence and the output
 resampler is quiet (:meth:`StreamResampler.skip_silence`), the device gets a prebuilt block
-of zeros. And when ``on_block`` answered with an object whose ``hold_grid`` is
+of zeros; a source that can say it is quiet (``output_quiet``, the daemon's reply playback)
+is not even pulled then. And when ``on_block`` answered with an object whose ``hold_grid`` is
 ``(phase, period)`` (the capture pipeline: the ears listen for the wake word alone), the raw
 mic input of silent-output callbacks is held back until the blocks it makes would reach a
 position ``phase + k * period``, then resampled in one piece (soxr's streaming output does not
@@ -57,6 +58,7 @@ import pyaudio
 from edge_agent.audio import devices as dev
 from edge_agent.audio.capture import reaches_grid
 from edge_agent.audio.resample import StreamResampler
+from edge_agent.audio.threadstate import ThreadStatePins
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,11 @@ SOURCE_RATE_HZ = 24_000
 OutputSource = Callable[[int], np.ndarray]
 """``output_source(n)`` -> exactly ``n`` int16 samples at 24 kHz (called on the audio thread)."""
 
+OutputQuiet = Callable[[], bool]
+"""``output_quiet()`` (audio thread, optional): True when the source's next ``n`` samples are
+digital silence and pulling them would change nothing in it (no reply, no cue, nothing
+fading): idle callbacks then skip the pull (see "Idle" above)."""
+
 BlockCallback = Callable[[np.ndarray, np.ndarray | None, int], Any]
 """``on_block(mic, ref, capture_sample_pos)``: 16 kHz int16 blocks; must not block. It may
 return an object with a ``hold_grid`` attribute (read on the audio thread): see "Idle" above."""
@@ -74,6 +81,7 @@ _SILENCE = np.zeros(0, dtype=np.int16)
 _PLAYED_HANDOFF_SAMPLES = MIC_RATE_HZ // 5  # 200 ms: more means the mic side is stalled
 _MAX_RENDER_PULLS = 8  # per callback; only the resampler's first call needs more than one
 _MAX_HELD_CALLBACKS = 8  # idle mic input held back at most this many callbacks (80 ms)
+_UNPIN_PERIODS = 4  # closing: how long (in blocks) the last callback may take to come
 
 
 @dataclass
@@ -105,6 +113,7 @@ class StreamSetup:
     on_block: BlockCallback | None
     counters: StreamCounters
     clock: Callable[[], float] = time.monotonic
+    output_quiet: OutputQuiet | None = None
 
     @property
     def block_samples(self) -> int:
@@ -164,6 +173,8 @@ class Session:
     out_silent: bool = False
     silent_out: np.ndarray = field(default_factory=lambda: _SILENCE)
     silent_bytes: bytes = b""
+    # The callback threads' Python thread states, kept between callbacks (threadstate.py).
+    pins: ThreadStatePins = field(default_factory=ThreadStatePins)
 
     # ------------------------------------------------------------- open and close
 
@@ -257,6 +268,8 @@ class Session:
     def close_streams(self) -> None:
         """Close the streams (PortAudio stays initialised)."""
         self.closing = True
+        if self.pins.pinned:  # the next callback answers paAbort and gives its state back
+            self.pins.wait_released(_UNPIN_PERIODS * self.setup.block_ms / 1000)
         with dev.PA_LOCK:
             for label, stream in self.streams:
                 try:
@@ -279,7 +292,9 @@ class Session:
 
     def _input_callback(self, in_data: bytes, frames: int, time_info: Any, status: int) -> Any:
         if self.closing or self.stop.is_set():
+            self.pins.unpin()
             return None, pyaudio.paAbort
+        self.pins.pin()
         counters = self.setup.counters
         try:
             self.last_in = self.setup.clock()
@@ -298,7 +313,9 @@ class Session:
         self, in_data: bytes | None, frames: int, time_info: Any, status: int
     ) -> Any:
         if self.closing or self.stop.is_set():
+            self.pins.unpin()
             return bytes(frames * 2 * self.out_channels), pyaudio.paAbort
+        self.pins.pin()
         try:
             self.last_out = self.setup.clock()
             if status & pyaudio.paOutputUnderflow:
@@ -312,7 +329,9 @@ class Session:
 
     def _duplex_callback(self, in_data: bytes, frames: int, time_info: Any, status: int) -> Any:
         if self.closing or self.stop.is_set():
+            self.pins.unpin()
             return bytes(frames * 2 * self.out_channels), pyaudio.paAbort
+        self.pins.pin()
         counters = self.setup.counters
         try:
             self.last_in = self.last_out = self.setup.clock()
@@ -417,12 +436,13 @@ class Session:
             ready = min(len(self.mic_acc), len(self.ref_acc))
         else:
             ready = len(self.mic_acc)
+        # Views, not copies: the accumulators are only ever replaced, never written into.
         while ready >= n:
-            mic = self.mic_acc[:n].copy()
+            mic = self.mic_acc[:n]
             self.mic_acc = self.mic_acc[n:]
             ref = None
             if ref16 is not None:
-                ref = self.ref_acc[:n].copy()
+                ref = self.ref_acc[:n]
                 self.ref_acc = self.ref_acc[n:]
             ready -= n
             pos = counters.captured_samples
@@ -499,13 +519,23 @@ class Session:
         ring = self.out_ring
         pulls = 0
         if not len(ring) and self.out_rs.quiet:
-            # Idle: the source's silence needs no resampling (StreamResampler.skip_silence).
-            x = self._pull(math.ceil(frames * SOURCE_RATE_HZ / self.out_rate))
-            m = None if np.count_nonzero(x) else self.out_rs.skip_silence(len(x))
+            # Idle: the source's silence needs no resampling (StreamResampler.skip_silence),
+            # and no pull at all when the source says it is quiet (the same zeros).
+            need = math.ceil(frames * SOURCE_RATE_HZ / self.out_rate)
+            quiet = self.setup.output_quiet
+            if quiet is not None and quiet():
+                self.setup.counters.pulled_samples_24k += need
+                x = _SILENCE
+                m = self.out_rs.skip_silence(need)
+            else:
+                x = self._pull(need)
+                m = None if np.count_nonzero(x) else self.out_rs.skip_silence(len(x))
             if m == frames:
                 self._count_played(frames)
                 self.out_silent = True
                 return self._silent_block(frames)
+            if m is None and not len(x):  # quiet, but the resampler must see the zeros
+                x = np.zeros(need, dtype=np.int16)
             ring = np.zeros(m, dtype=np.int16) if m is not None else self.out_rs.process(x)
             pulls = 1
         while len(ring) < frames and pulls < _MAX_RENDER_PULLS:

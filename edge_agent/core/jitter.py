@@ -326,6 +326,19 @@ class JitterBuffer:
             return self._buffered == 0 and not self._playing and self._tail_remaining == 0
 
     @property
+    def is_quiet(self) -> bool:
+        """The next pull would return silence and change nothing (the idle fast path of
+        ``pull``, already taken once): a sound card callback may skip it."""
+        with self._lock:
+            return not (
+                self._buffered
+                or self._playing
+                or self._tail_remaining
+                or self._rebuffering
+                or self._last_pull_was_audio
+            )
+
+    @property
     def turn_complete(self) -> bool:
         with self._lock:
             return self._turn_complete

@@ -514,6 +514,11 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
         cues (its other checks only look further while a reply is due or playing)."""
         return cues.mix_into(jitter.pull(n))
 
+    def output_quiet() -> bool:
+        """What the daemon's playback answers the engine while idle (ReplyPlayback.
+        output_quiet): nothing to pull."""
+        return jitter.is_quiet and not cues.is_playing
+
     pipe = _IdlePipeline(ears, model, start, end, cfg.audio.capture_queue_blocks)
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-rig-") as tmp:
         rig = AlsaRig(Path(tmp) / "rig")
@@ -527,6 +532,7 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
             duplex_rate_hz=rate,
             block_ms=cfg.audio.block_ms,
             output_source=output_source,
+            output_quiet=output_quiet,
             on_block=pipe.on_block,
         )
         pipe.start()
