@@ -186,7 +186,16 @@ class Health:
                 "ringing": [t.label for t in book.ringing()],
             }
         out["uptime_s"] = round(time.monotonic() - self.started_at)
+        out["tasks"] = _task_count()  # asyncio tasks alive: flat over a soak, or a leak
         return out
+
+
+def _task_count() -> int | None:
+    """Tasks on the running loop (None off the loop, where there is nothing to count)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return None
 
 
 async def _reachable(base_url: str) -> bool:
