@@ -211,12 +211,15 @@ def appliance_options(plan: SoakPlan, *, compression: bool = True, limit_s: floa
     )
 
 
-class _Soak:
+class SoakDriver:
     """Drives one running Appliance through `plan.conversations` conversations."""
 
-    def __init__(self, app: Any, plan: SoakPlan) -> None:
+    def __init__(
+        self, app: Any, plan: SoakPlan, timeout_s: float = CONVERSATION_TIMEOUT_S
+    ) -> None:
         self.app = app
         self.plan = plan
+        self.timeout_s = timeout_s
         self.result = SoakResult(plan)
         self.clip = question_clip()
         self._t0 = time.monotonic()
@@ -271,7 +274,8 @@ class _Soak:
     def sample(self, conversation: int) -> None:
         """Resources while idle with the session up (a handover under way adds a socket)."""
         assert self.app.proc is not None
-        self.app.wait_until(self.session_ready, 20)
+        if conversation > 0:  # before the first one there is no session yet
+            self.app.wait_until(self.session_ready, 20)
         rss_mb, fds, threads = read_resources(self.app.proc.pid)
         tasks = self.app.status().get("tasks")
         self.result.samples.append(
@@ -296,10 +300,10 @@ class _Soak:
             answer = control_request(app.state_dir / "control.sock", {"cmd": "say", "text": text})
             if not answer.get("ok"):
                 return f"say refused: {answer}"
-        said = app.wait_log(rf"gemini said: {re.escape(expected)}", CONVERSATION_TIMEOUT_S, t0)
+        said = app.wait_log(rf"gemini said: {re.escape(expected)}", self.timeout_s, t0)
         if said is None:
-            return f"no 'gemini said: {expected}' within {CONVERSATION_TIMEOUT_S:.0f} s"
-        if app.wait_log(r"-> idle: reply played", CONVERSATION_TIMEOUT_S, said.t) is None:
+            return f"no 'gemini said: {expected}' within {self.timeout_s:.0f} s"
+        if app.wait_log(r"-> idle: reply played", self.timeout_s, said.t) is None:
             return "the reply never played out to idle"
         return None
 
@@ -334,7 +338,7 @@ def run_soak(workdir: Path, plan: SoakPlan) -> SoakResult:
 
     with Appliance(workdir, appliance_options(plan)) as app:
         app.start()
-        result = _Soak(app, plan).run()
+        result = SoakDriver(app, plan).run()
         code, _ = app.stop()
         if code != 0:
             result.failures.append(f"the daemon exited with {code} on SIGTERM")
@@ -361,7 +365,7 @@ def run_session_limit(
     count = 0
     with Appliance(workdir, appliance_options(plan, compression=False, limit_s=limit_s)) as app:
         app.start()
-        soak = _Soak(app, plan)
+        soak = SoakDriver(app, plan)
         end = time.monotonic() + duration_s
         while time.monotonic() < end:
             count += 1
