@@ -34,15 +34,15 @@ needs_espeak = pytest.mark.skipif(
 )
 
 # 80 conversations, 1 in 4 by voice (and every fault that cuts a reply), a fault every 4th;
-# goAway 4 s into every connection (younger than the client's 10 s "suspicious" age, so
-# each handover also goes through the backoff, capped at 0.5 s here).
+# goAway 3 s into every connection (younger than the client's 10 s "suspicious" age, so
+# each handover also goes through the backoff, capped at 0.5 s here): about 20 handovers.
 CI_PLAN = soak.SoakPlan(
     conversations=80,
     voice_every=4,
     fault_every=4,
     sample_every=10,
     warmup=30,
-    go_away_after_s=4.0,
+    go_away_after_s=3.0,
     go_away_time_left_s=1.0,
     reconnect_max_delay_s=0.5,
 )
@@ -65,6 +65,7 @@ def test_eighty_conversations_with_faults_all_complete_and_resources_stay_flat(
     assert fired["drop_tcp"] >= 2  # its own turn and the refused handle's
     # Long life: the session handed over again and again, and its context was compressed.
     assert result.handovers >= 10, result.table()
+    assert fired["go_away"] >= result.handovers  # each handover answered a goAway sent
     assert result.emulator["compressions"] >= 5, result.emulator
     # Every question got a reply sent whole (the tool call's answer is a second reply).
     assert result.emulator["replies_completed"] >= CI_PLAN.conversations

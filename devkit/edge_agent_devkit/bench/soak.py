@@ -65,6 +65,7 @@ FAULTS = (
 # until someone presses the button (found by this soak; tests/test_soak.py pins it).
 MID_REPLY_FAULTS = frozenset({"close_1011", "drop_tcp", "refused_handle"})
 CONVERSATION_TIMEOUT_S = 45.0
+SAMPLE_READS = 3
 FAULT_TRIES = 3  # a cut fault can miss its reply (a handover came first): try again
 # Each short turn stands for a longer one in the emulator's context count (about 8 s of
 # audio): with the trigger at the config's minimum, a compression every few turns.
@@ -214,9 +215,7 @@ def appliance_options(plan: SoakPlan, *, compression: bool = True, limit_s: floa
 class SoakDriver:
     """Drives one running Appliance through `plan.conversations` conversations."""
 
-    def __init__(
-        self, app: Any, plan: SoakPlan, timeout_s: float = CONVERSATION_TIMEOUT_S
-    ) -> None:
+    def __init__(self, app: Any, plan: SoakPlan, timeout_s: float = CONVERSATION_TIMEOUT_S) -> None:
         self.app = app
         self.plan = plan
         self.timeout_s = timeout_s
@@ -272,15 +271,22 @@ class SoakDriver:
         return int(emulator_stats(self.app)["faults"].get(kind, 0))
 
     def sample(self, conversation: int) -> None:
-        """Resources while idle with the session up (a handover under way adds a socket)."""
+        """Resources while idle with the session up. Counts are the least of a few reads
+        0.1 s apart: the socket of a connection still closing after a handover is not a
+        leak; a leaked one stays in every read."""
         assert self.app.proc is not None
         if conversation > 0:  # before the first one there is no session yet
             self.app.wait_until(self.session_ready, 20)
-        rss_mb, fds, threads = read_resources(self.app.proc.pid)
-        tasks = self.app.status().get("tasks")
-        self.result.samples.append(
-            Sample(conversation, time.monotonic() - self._t0, rss_mb, fds, threads, int(tasks))
-        )
+        reads = []
+        for n in range(SAMPLE_READS):
+            if n:
+                time.sleep(0.1)
+            rss_mb, fds, threads = read_resources(self.app.proc.pid)
+            reads.append((rss_mb, fds, threads, int(self.app.status().get("tasks"))))
+        fds, threads, tasks = (min(r[k] for r in reads) for k in (1, 2, 3))
+        elapsed = time.monotonic() - self._t0
+        sample = Sample(conversation, elapsed, reads[-1][0], int(fds), int(threads), int(tasks))
+        self.result.samples.append(sample)
         log.info("soak: %s", self.result.samples[-1])
 
     def conversation(self, fault: str | None, by_voice: bool) -> str | None:
