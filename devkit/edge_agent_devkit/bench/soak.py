@@ -19,8 +19,9 @@ and a tool call (get_time, answered by the daemon and then spoken). The faults t
 a reply always come with a voice conversation (see MID_REPLY_FAULTS).
 
 Long life: the emulator sends goAway `go_away_after_s` into every connection, so the
-session is handed over again and again, and the context compression trigger is set to
-the config's minimum so the emulator compresses the context every few dozen turns.
+session is handed over again and again (at least `min_handovers` times, or the soak
+fails), and the context compression trigger is set to the config's minimum so the
+emulator compresses the context every few turns.
 `run_session_limit` checks the other side: compression off, the session limit shortened
 to seconds; the session ends under the conversation and the next one is still answered.
 
@@ -88,9 +89,12 @@ class SoakPlan:
     fault_every: int = 5
     sample_every: int = 100
     warmup: int = 100  # the first sample flatness is measured from
-    go_away_after_s: float = 10.5  # > MIN_HANDOVER_UPTIME_S: the quick handover, as in the field
+    # goAway this long into every connection. Under the client's MIN_HANDOVER_UPTIME_S
+    # (10 s) each handover also waits out a backoff delay (at most reconnect_max_delay_s).
+    go_away_after_s: float = 5.0
     go_away_time_left_s: float = 2.0
     reconnect_max_delay_s: float = 2.0
+    min_handovers: int = 50  # long life: the daemon handed over at least this often
     bounds: Bounds = field(default_factory=Bounds)
 
 
@@ -128,6 +132,8 @@ class SoakResult:
     def problems(self) -> list[str]:
         """Why the soak failed; empty when every conversation completed and all is flat."""
         out = [f"{len(self.failures)} conversation(s) failed"] if self.failures else []
+        if self.handovers < self.plan.min_handovers:
+            out.append(f"only {self.handovers} handovers (wanted {self.plan.min_handovers})")
         base, last = self._window()
         if base is None or last is None or last.conversation <= base.conversation:
             return [*out, "too few samples to judge growth"]
@@ -366,7 +372,7 @@ def run_session_limit(
     for `duration_s`; the session ends under them and every one is still answered."""
     from edge_agent_devkit.rig.appliance import Appliance
 
-    plan = SoakPlan(go_away_after_s=3600.0)
+    plan = SoakPlan(go_away_after_s=3600.0, min_handovers=0)
     failures: list[str] = []
     count = 0
     with Appliance(workdir, appliance_options(plan, compression=False, limit_s=limit_s)) as app:
@@ -387,7 +393,8 @@ def run_session_limit(
 def run(quick: bool = False) -> dict[str, Any]:
     """The bench part: the full soak (quick: 60 conversations), then the session limit."""
     report = PartReport(keys=SOAK_KEYS)
-    plan = SoakPlan(conversations=60, sample_every=10, warmup=20) if quick else SoakPlan()
+    quick_plan = SoakPlan(conversations=60, sample_every=10, warmup=20, min_handovers=5)
+    plan = quick_plan if quick else SoakPlan()
     with tempfile.TemporaryDirectory(prefix="edge-agent-soak-") as tmp:
         holder: dict[str, SoakResult] = {}
         report.guard(SOAK_KEYS, lambda: holder.setdefault("r", run_soak(Path(tmp) / "s", plan)))
@@ -430,7 +437,13 @@ def _report_soak(report: PartReport, result: SoakResult) -> None:
         ("soak_task_growth_per_100", "tasks"),
     ):
         report.put(key, result.growth_per_100(what), f"{window}; samples: {_series(result, what)}")
-    report.put("soak_handovers", result.handovers, f"emulator: {json.dumps(result.emulator)}")
+    report.put(
+        "soak_handovers",
+        result.handovers,
+        f"goAway every {result.plan.go_away_after_s:g} s into each connection; handovers the "
+        "daemon made with a conversation under way (a goAway while idle just closes the "
+        f"connection); emulator counters: {json.dumps(result.emulator)}",
+    )
     report.put("soak_compressions", result.emulator.get("compressions"))
     problems = result.problems()
     report.put("soak_passed", not problems, "; ".join(problems) or "every conversation, flat")
