@@ -204,7 +204,7 @@ def appliance_options(plan: SoakPlan, *, compression: bool = True, limit_s: floa
         "--session-limit", str(limit_s), "--turn-context-tokens", str(TURN_CONTEXT_TOKENS),
     ]  # fmt: skip
     gemini: dict[str, Any] = {"context_window_compression": compression}
-    if compression:  # the config's minimum: compressions every few dozen turns
+    if compression:  # the config's minimum: with TURN_CONTEXT_TOKENS, one every few turns
         gemini |= {"compression_trigger_tokens": 1000, "compression_target_tokens": 500}
     return ApplianceOptions(
         emulator_args=emulator_args,
