@@ -37,11 +37,24 @@ ISSUE_6_KEYS = {
 
 
 ISSUE_15_KEYS = {"arm64_smoke"}
+ISSUE_17_KEYS = {  # the soak (bench/soak.py)
+    "soak_conversations",
+    "soak_failures",
+    "soak_rss_growth_mb_per_100",
+    "soak_fd_growth_per_100",
+    "soak_thread_growth_per_100",
+    "soak_task_growth_per_100",
+    "soak_handovers",
+    "soak_compressions",
+    "soak_session_limit_ends",
+    "soak_passed",
+}
+ISSUE_17_FLAGS = {"soak_passed"}
 
 
 def test_key_table_is_exactly_the_issue_6_and_15_keys_with_the_named_baselines() -> None:
-    assert set(report.result_keys()) == ISSUE_6_KEYS | ISSUE_15_KEYS
-    assert report.FLAG_KEYS == ISSUE_15_KEYS
+    assert set(report.result_keys()) == ISSUE_6_KEYS | ISSUE_15_KEYS | ISSUE_17_KEYS
+    assert report.FLAG_KEYS == ISSUE_15_KEYS | ISSUE_17_FLAGS
     assert set(report.baseline_keys()) == {
         "baseline_echo_self_triggers_aec_off",
         "baseline_underruns_per_minute_no_jitter_buffer",

@@ -223,6 +223,7 @@ class Health:
                 "ringing": [t.label for t in book.ringing()],
             }
         out["uptime_s"] = round(time.monotonic() - self.started_at)
+        out["tasks"] = _task_count()  # asyncio tasks alive: flat over a soak, or a leak
         return out
 
 
@@ -238,6 +239,14 @@ def offline_text(status: LiveStatus) -> str | None:
     if status.retry_in_s is None:
         return f"offline: {status.last_error}; trying again now"
     return f"offline: {status.last_error}; retrying in {math.ceil(status.retry_in_s)} s"
+
+
+def _task_count() -> int | None:
+    """Tasks on the running loop (None off the loop, where there is nothing to count)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return None
 
 
 async def _reachable(base_url: str) -> bool:

@@ -1,4 +1,4 @@
-"""`python -m edge_agent_devkit.bench [--quick] [--out PATH] [--only audio|system]`."""
+"""`python -m edge_agent_devkit.bench [--quick] [--out PATH] [--only audio|system|arm64|soak]`."""
 
 from __future__ import annotations
 

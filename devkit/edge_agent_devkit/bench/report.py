@@ -31,9 +31,12 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("audio", "system", "arm64")
+PARTS = ("audio", "system", "arm64", "soak")
 # Parts that run only when named with --only, and how to ask for them.
-ON_REQUEST = {"arm64": "run scripts/bench --only arm64 (slow: an arm64 root under QEMU)"}
+ON_REQUEST = {
+    "arm64": "run scripts/bench --only arm64 (slow: an arm64 root under QEMU)",
+    "soak": "run scripts/bench --only soak (slow: 500 conversations, about 15 minutes)",
+}
 DEFAULT_PARTS = tuple(p for p in PARTS if p not in ON_REQUEST)
 
 
@@ -85,6 +88,17 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("startup_ready_s", "s", "system"),
     # arm64: scripts/check-arm64, true only when every step of its smoke passed
     KeySpec("arm64_smoke", "pass", "arm64", is_flag=True),
+    # soak: hundreds of conversations in a row against the daemon, with faults (soak.py)
+    KeySpec("soak_conversations", "count", "soak"),
+    KeySpec("soak_failures", "count", "soak"),
+    KeySpec("soak_rss_growth_mb_per_100", "MB", "soak"),
+    KeySpec("soak_fd_growth_per_100", "count", "soak"),
+    KeySpec("soak_thread_growth_per_100", "count", "soak"),
+    KeySpec("soak_task_growth_per_100", "count", "soak"),
+    KeySpec("soak_handovers", "count", "soak"),
+    KeySpec("soak_compressions", "count", "soak"),
+    KeySpec("soak_session_limit_ends", "count", "soak"),
+    KeySpec("soak_passed", "pass", "soak", is_flag=True),
 )
 FLAG_KEYS = frozenset(k.name for k in KEYS if k.is_flag)
 
@@ -302,6 +316,49 @@ def merge(
     return doc
 
 
+def _previous(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def carry_over(
+    doc: dict[str, Any], previous: dict[str, Any] | None, selected: Sequence[str]
+) -> None:
+    """Keep the figures of parts this run did not run from the file it replaces.
+
+    `--only soak` must not wipe the audio and system figures measured earlier: each key of
+    a part not run keeps its previous value, error and note; meta says which were kept.
+    """
+    if not previous:
+        return
+    kept: list[str] = []
+    old_errors = previous.get("errors") or {}
+    old_notes = previous.get("notes") or {}
+    for part in PARTS:
+        if part in selected:
+            continue
+        for key in all_keys(part):
+            if key not in previous:
+                continue
+            doc[key] = _value(key, previous[key])
+            doc["errors"].pop(key, None)
+            if key in old_errors:
+                doc["errors"][key] = old_errors[key]
+            if key in old_notes:
+                doc["notes"][key] = old_notes[key]
+            kept.append(key)
+    if kept:
+        old_meta = previous.get("meta") or {}
+        doc["meta"]["carried_over"] = {
+            "keys": kept,
+            "from_date": old_meta.get("date"),
+            "from_commit": old_meta.get("git_commit"),
+        }
+
+
 def missing_keys(doc: dict[str, Any], parts: Iterable[str]) -> list[str]:
     """Keys of the given parts that have no number (a flag key: no true or false)."""
     return [k for p in parts for k in all_keys(p) if _value(k, doc.get(k)) is None]
@@ -453,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_at_start": [round(x, 2) for x in load] if load else None,
     }
     doc = merge(parts, selected=selected, meta=meta)
+    carry_over(doc, _previous(out_path), selected)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")

@@ -11,6 +11,8 @@ With `--control-stdin`, commands arrive one per line on stdin while it serves (a
 changes the service in the middle of a device's life):
     retire MODEL                  the next setup naming MODEL is refused (1008)
     fault KIND[:key=value,...]    inject a fault into every open connection now
+    forget-handles                every handle issued so far is refused (1007) from now on
+    stats                         print counters: connections, sessions, compressions, ...
 Each command is acknowledged on stderr with a line starting `control: `.
 """
 
@@ -46,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--message-delay", type=float, default=0.0, help="seconds per server message")
     p.add_argument("--message-jitter", type=float, default=0.0, help="+- seconds per message")
     p.add_argument("--handle-ttl", type=float, default=7200.0)
+    p.add_argument(
+        "--go-away-after", type=float, default=None, help="goAway this long after setupComplete"
+    )
+    p.add_argument(
+        "--turn-context-tokens", type=int, default=0, help="extra context tokens per turn"
+    )
+    p.add_argument("--go-away-time-left", type=float, default=50.0, help="goAway's timeLeft")
+    p.add_argument(
+        "--session-limit",
+        type=float,
+        default=900.0,
+        help="seconds an audio session without context compression lives (0 = no limit)",
+    )
     p.add_argument("--reply-text", default=None, help="fixed reply sentence")
     p.add_argument("--no-espeak", action="store_true", help="reply with a tone, not speech")
     p.add_argument("--voice", default="en-us")
@@ -131,6 +146,10 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         retired_models=tuple(args.retire),
         not_addressed_below_ms=args.not_addressed_below_ms,
         not_addressed_marker=args.not_addressed_marker,
+        go_away_after_s=args.go_away_after,
+        go_away_time_left_s=args.go_away_time_left,
+        session_limit_s=args.session_limit or None,
+        turn_context_tokens=args.turn_context_tokens,
     )
 
 
@@ -148,6 +167,10 @@ def run_command(emulator: LiveEmulator, line: str) -> str:
             return f"control: error: {exc}"
         emulator.inject(spec)
         return f"control: injected {spec.kind}"
+    if verb == "forget-handles":
+        return f"control: forgot {emulator.forget_handles()} handles"
+    if verb == "stats":
+        return f"control: stats {json.dumps(emulator.stats())}"
     return f"control: error: unknown command {line.strip()!r}"
 
 

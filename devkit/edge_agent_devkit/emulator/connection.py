@@ -421,6 +421,7 @@ class ConnectionHandler:
         session.connections += 1
         self._session = session
         self.conn.session_id = session.session_id
+        self.registry.configure_compression(session, setup.get("contextWindowCompression"))
 
         ric = setup.get("realtimeInputConfig") or {}
         aad = ric.get("automaticActivityDetection") or {}
@@ -469,6 +470,22 @@ class ConnectionHandler:
     def _setup_sent(self) -> None:
         self.conn.setup_complete_sent = True
         self._on_change()
+        self._arm_lifetimes()
+
+    def _arm_lifetimes(self) -> None:
+        """The scheduled goAway and the session limit (EmulatorOptions; soaks shorten them)."""
+        if self.opts.go_away_after_s is not None:
+            spec = FaultSpec(fk.GO_AWAY, time_left_s=self.opts.go_away_time_left_s)
+            self._spawn(self._fire_later(spec, self.opts.go_away_after_s), "lifetime-go-away")
+        left = None if self._session is None else self.registry.session_time_left(self._session)
+        if left is not None:
+            self._spawn(self._end_session_later(max(0.0, left)), "session-limit")
+
+    async def _end_session_later(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        assert self._session is not None
+        self.registry.end_session(self._session)
+        await self._close(proto.CLOSE_INTERNAL, proto.REASON_DEADLINE)
 
     # ---- client messages ----
 
@@ -732,6 +749,9 @@ class ConnectionHandler:
                 ends_generation=True,
             )
         )
+        if self._session is not None:
+            tokens = prompt_tokens + response_tokens + self.opts.turn_context_tokens
+            self.registry.add_context_tokens(self._session, tokens)
         if self._resumption:
             assert self._session is not None
             handle = self.registry.issue_handle(self._session, snapshot)

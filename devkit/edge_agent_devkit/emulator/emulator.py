@@ -33,7 +33,7 @@ from .connection import ConnectionHandler, EmulatorServerConnection
 from .faults import FaultSpec
 from .models import DEFAULT_MODELS, ServedModel, SetupVerdict
 from .record import DEFAULT_MAX_AUDIO_BYTES, DEFAULT_MAX_MESSAGES, ConnectionRecord, EmulatorRecord
-from .sessions import SessionRegistry
+from .sessions import DEFAULT_SESSION_LIMIT_S, SessionRegistry
 from .tls import TlsMaterial, make_tls
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,17 @@ class EmulatorOptions:
     # not meant for the device gets no reply, only a bare turnComplete (inferred).
     not_addressed_below_ms: int = 0  # audio turns with less speech than this
     not_addressed_marker: str | None = None  # text turns containing this text
+    # Lifetimes, shortened so that hours of use pass in minutes. The service sends goAway
+    # about 540 s into a connection (timeLeft 50 s) and closes with 1008 when it runs out;
+    # None: no scheduled goAway (faults can still send one).
+    go_away_after_s: float | None = None  # after setupComplete, on every connection
+    go_away_time_left_s: float = 50.0
+    # An audio-only session without contextWindowCompression ends this long after it
+    # began (the service: 15 min): closed with 1011, its handles refused (1007) after.
+    session_limit_s: float | None = DEFAULT_SESSION_LIMIT_S
+    # Context tokens each turn adds on top of its reported usage: a soak's short turns
+    # stand in for long ones, so the compression trigger is reached in minutes.
+    turn_context_tokens: int = 0
 
 
 class LiveEmulator:
@@ -123,6 +134,7 @@ class LiveEmulator:
             self.record,
             handle_ttl_s=self.options.handle_ttl_s,
             max_audio_bytes=self.options.max_recorded_audio_bytes,
+            session_limit_s=self.options.session_limit_s,
         )
         self._rng = random.Random(self.options.seed)
         self._server: Server | None = None
@@ -241,6 +253,26 @@ class LiveEmulator:
             logger.warning("inject(%s): no open connection", spec.kind)
         for handler in list(self._handlers.values()):
             handler.inject(spec)
+
+    def forget_handles(self) -> int:
+        """Refuse every handle issued so far (the next resume gets 1007). Loop thread."""
+        count = self._registry.forget_handles()
+        logger.info("forgot %d resumption handles", count)
+        return count
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of a long run: connections, sessions, compressions, ended sessions,
+        replies sent whole, and the faults that fired, by kind."""
+        faults: dict[str, int] = {}
+        for conn in self.record.connections:
+            for kind in conn.faults:
+                faults[kind] = faults.get(kind, 0) + 1
+        return {
+            "connections": self._connection_count,
+            **self._registry.stats(),
+            "replies_completed": sum(1 for r in self.record.replies if r.completed),
+            "faults": faults,
+        }
 
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
         """Wait until `predicate()` holds; re-checked on every recorded change.
