@@ -61,9 +61,8 @@ FAULTS = (
     "close_1011", "drop_tcp", "go_away", "bad_frame", "unknown_message",
     "refused_handle", "tool_call",
 )  # fmt: skip
-# Faults that cut a reply: they go with a voice conversation, whose turn the daemon replays.
-# A text turn (`say`) cut mid-reply is not replayed and leaves the device in "speaking"
-# until someone presses the button (found by this soak; tests/test_soak.py pins it).
+# Faults that cut a reply: the daemon asks the question again (a spoken turn from the
+# session's replay log, a text turn from the machine) and the answer plays whole once.
 MID_REPLY_FAULTS = frozenset({"close_1011", "drop_tcp", "refused_handle"})
 CONVERSATION_TIMEOUT_S = 45.0
 SAMPLE_READS = 3
@@ -242,9 +241,7 @@ class SoakDriver:
                 self.result.faults_planned[fault] = self.result.faults_planned.get(fault, 0) + 1
                 tries = 0
             fired_before = self.fired(fault) if fault in MID_REPLY_FAULTS else 0
-            by_voice = (i % self.plan.voice_every == 0 or fault in MID_REPLY_FAULTS) and (
-                fault != "tool_call"
-            )
+            by_voice = i % self.plan.voice_every == 0 and fault != "tool_call"
             error = self.conversation(fault, by_voice)
             if error is None:
                 self.result.completed += 1
