@@ -33,7 +33,7 @@ needs_espeak = pytest.mark.skipif(
     not speech.espeak_available(), reason="espeak-ng is needed for the spoken questions"
 )
 
-# 80 conversations, 1 in 4 by voice (and every fault that cuts a reply), a fault every 4th;
+# 80 conversations, 1 in 4 by voice, the others by `say`, a fault every 4th;
 # goAway 3 s into every connection (younger than the client's 10 s "suspicious" age, so
 # each handover also goes through the backoff, capped at 0.5 s here): about 20 handovers.
 CI_PLAN = soak.SoakPlan(
