@@ -33,16 +33,6 @@ ALL_BUILTINS = [
 AUDIBLE = 200
 
 
-def wake_and_ask(question: str) -> np.ndarray:
-    def phrase(text: str) -> np.ndarray:
-        return speech.trim(speech.synthesize(text, voice="en-us"))
-
-    return speech.concat(
-        speech.silence(0.8), phrase("hey jarvis"), speech.silence(0.15), phrase(question),
-        speech.silence(0.3),
-    )  # fmt: skip
-
-
 def loud_after(app: Appliance, t: float, timeout: float) -> bool:
     """Whether the speaker played audible audio after monotonic time `t`."""
     start = app.speaker.samples_played_by(t)
@@ -76,7 +66,7 @@ def test_a_timer_set_by_voice_rings_the_button_stops_it_and_timers_survive_a_res
     with Appliance(tmp_path, opts) as app:
         app.start()
         t0 = time.monotonic()
-        app.say(wake_and_ask("set a tea timer for ten seconds"))
+        app.say(speech.wake_and_ask("set a tea timer for ten seconds"))
         set_line = app.wait_log(r"timer tea set for 10 seconds", 60, t0)
         assert set_line is not None, app.log_text()[-3000:]
         rang = app.wait_log(r"timer tea rings", 15, set_line.t)
@@ -109,7 +99,7 @@ def test_a_timer_set_by_voice_rings_the_button_stops_it_and_timers_survive_a_res
 
         # A second timer, then a restart before it is due: it rings from the new daemon.
         t1 = time.monotonic()
-        app.say(wake_and_ask("set a tea timer for ten seconds"))
+        app.say(speech.wake_and_ask("set a tea timer for ten seconds"))
         second = app.wait_log(r"timer tea set for 10 seconds", 60, t1)
         assert second is not None, app.log_text()[-3000:]
         app.restart_daemon()

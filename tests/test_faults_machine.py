@@ -37,16 +37,6 @@ TIMER_TOOL_ARGS = [
 ]
 
 
-def wake_and_ask(question: str) -> np.ndarray:
-    def phrase(text: str) -> np.ndarray:
-        return speech.trim(speech.synthesize(text, voice="en-us"))
-
-    return speech.concat(
-        speech.silence(0.8), phrase("hey jarvis"), speech.silence(0.15), phrase(question),
-        speech.silence(0.3),
-    )  # fmt: skip
-
-
 def _mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True, timeout=10)
 
@@ -116,7 +106,7 @@ def test_state_dir_read_only_then_full_keeps_working_and_saves_when_it_clears(
         assert app.wait_log(rf"cannot save volume: {re.escape(ro)}", 5, t0)
 
         # A timer set by voice still rings, with nothing on disk.
-        app.say(wake_and_ask("set a tea timer for three seconds"))
+        app.say(speech.wake_and_ask("set a tea timer for three seconds"))
         set_line = app.wait_log(r"timer tea set for 3 seconds", 60, t0)
         assert set_line is not None, app.log_text()[-3000:]
         assert app.wait_log(rf"cannot save timers: {re.escape(ro)}", 5, t0)
@@ -178,7 +168,7 @@ def test_gpio_unavailable_at_start_runs_without_button_and_says_so_once(tmp_path
             lambda: any("no button or LEDs" in s for s in app.notify.statuses()), 5
         ), app.notify.statuses()
         t0 = time.monotonic()
-        app.say(wake_and_ask("what time is it"))
+        app.say(speech.wake_and_ask("what time is it"))
         assert app.wait_log(r"wake word hey_jarvis", 30, t0), app.log_text()[-3000:]
         assert app.wait_state("follow_up", 60, t0), app.log_text()[-3000:]
         assert app.stop()[0] == 0
@@ -195,7 +185,9 @@ def test_microphone_vanishes_mid_turn_and_returns(tmp_path: Path) -> None:
         app.start()
         assert app.notify is not None
         t0 = time.monotonic()
-        app.say(wake_and_ask("tell me a long story about the sea and the mountains and a cat"))
+        app.say(
+            speech.wake_and_ask("tell me a long story about the sea and the mountains and a cat")
+        )
         assert app.wait_state("listening", 30, t0), app.log_text()[-3000:]
         time.sleep(0.5)  # mid-question
         app.mic.vanish()
@@ -213,7 +205,7 @@ def test_microphone_vanishes_mid_turn_and_returns(tmp_path: Path) -> None:
         assert app.notify.wait_for("WATCHDOG=1", 10, t_back) is not None
         assert app.wait_until(lambda: "microphone lost" not in app.notify.statuses()[-1], 5)
         t1 = time.monotonic()
-        app.say(wake_and_ask("what time is it"))
+        app.say(speech.wake_and_ask("what time is it"))
         assert app.wait_state("follow_up", 60, t1), app.log_text()[-3000:]
         assert app.stop()[0] == 0
     log = app.log_text()
@@ -234,7 +226,7 @@ def test_speaker_fails_mid_reply_and_returns(tmp_path: Path) -> None:
         app.start()
         assert app.notify is not None
         t0 = time.monotonic()
-        app.say(wake_and_ask("what time is it"))
+        app.say(speech.wake_and_ask("what time is it"))
         assert app.wait_state("speaking", 60, t0), app.log_text()[-3000:]
         time.sleep(0.3)
         app.speaker.vanish()
@@ -250,7 +242,7 @@ def test_speaker_fails_mid_reply_and_returns(tmp_path: Path) -> None:
         assert app.wait_state("idle", 30, t_gone)
         t1 = time.monotonic()
         heard_from = app.speaker.drained_samples
-        app.say(wake_and_ask("and what is the date"))
+        app.say(speech.wake_and_ask("and what is the date"))
         assert app.wait_state("follow_up", 60, t1), app.log_text()[-3000:]
 
         def reply_heard() -> bool:

@@ -335,3 +335,12 @@ def wake_phrase_clip(
     if noise_dbfs is not None:
         audio = to_int16(add_noise(audio, noise_dbfs, np.random.default_rng(seed)))
     return PhraseClip(audio, wake_end, rest_start, rest_end)
+
+
+def wake_and_ask(question: str, voice: str = "en-us") -> np.ndarray:
+    """ "hey jarvis", a short pause and `question`, as an owner says it to the rig's mic."""
+
+    def phrase(text: str) -> np.ndarray:
+        return trim(synthesize(text, voice=voice))
+
+    return concat(silence(0.8), phrase("hey jarvis"), silence(0.15), phrase(question), silence(0.3))
