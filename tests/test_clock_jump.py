@@ -44,7 +44,13 @@ def test_steady_clocks_are_no_step_however_late_the_tick() -> None:
 
 @pytest.mark.parametrize(
     ("step_s", "text"),
-    [(50 * 3600.0, "+2.1 d"), (-3600.0, "-1.0 h"), (300.0, "+5.0 min"), (-3.25, "-3.2 s")],
+    [
+        (50 * 3600.0, "+2.1 d"),
+        (-3600.0, "-1.0 h"),
+        (-3599.98, "-1.0 h"),  # the two clocks are read a moment apart: not "-60.0 min"
+        (300.0, "+5.0 min"),
+        (-3.25, "-3.2 s"),
+    ],
 )
 def test_a_step_is_reported_once_with_its_size(step_s: float, text: str) -> None:
     detector = ClockStepDetector(threshold_s=2.0)

@@ -30,7 +30,7 @@ class ClockStep:
         size = abs(self.step_s)
         sign = "+" if self.step_s >= 0 else "-"
         for unit_s, unit in _UNITS:
-            if size >= unit_s:
+            if round(size / unit_s, 1) >= 1.0:  # 3599.98 s (two clocks read apart) is 1.0 h
                 return f"{sign}{size / unit_s:.1f} {unit}"
         return f"{sign}{size:.1f} s"
 
