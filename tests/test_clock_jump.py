@@ -5,17 +5,21 @@ steps it forward once the network is up; a later correction or an owner may step
 The daemon's timers and resumption handle run on the monotonic clock, so neither step may
 ring a timer early or late, lose it, or throw away the conversation.
 
-End to end, the daemon runs under the real libfaketime (Debian package ``faketime``,
-through the devkit ``Appliance``'s ``fake_clock_file``; ``rig.fakeclock`` says how and
+End to end, the daemon runs under the real libfaketime (Debian package ``libfaketime``,
+through the devkit ``Appliance``'s ``fake_clock_file``; ``rig.fakeclock`` says how, and
 which of its faults it works around): its wall clock is the real one plus the offset in
 a file, re-read at every call, and its monotonic clock is left alone, as a real step
-leaves it. Rewriting the file is the step. The pure detector that logs a
-step (``core.clockstep``) is tested here too.
+leaves it. Rewriting the file is the step. The rig itself is checked first, then the
+pure detector that logs a step (``core.clockstep``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +33,52 @@ from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions, LogLine
 pytestmark = pytest.mark.shelf
 
 TIMER_S = 10.0
+needs_fake_clock = pytest.mark.skipif(
+    not fakeclock.available(), reason="needs libfaketime (apt libfaketime) and gcc"
+)
+
+# Run under the fake clock: step it, and measure both clocks and what else a step touches.
+CLOCK_PROBE = """
+import json, subprocess, sys, threading, time
+clock_file = sys.argv[1]
+wall0, mono0 = time.time(), time.monotonic()
+with open(clock_file, "w") as f:
+    f.write("+49h\\n")
+wall1, mono1 = time.time(), time.monotonic()
+t = time.monotonic()
+time.sleep(0.2)  # clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME): libfaketime#426
+slept = time.monotonic() - t
+subprocess.run([sys.executable, "-c", "pass"], timeout=30, check=True)  # sleeps too
+offsets = []
+def read():
+    for _ in range(5000):
+        offsets.append(time.time() - time.monotonic())
+threads = [threading.Thread(target=read) for _ in range(4)]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
+print(json.dumps({"wall_step": (wall1 - wall0) - (mono1 - mono0), "mono_gap": mono1 - mono0,
+                  "slept": slept, "spread": max(offsets) - min(offsets), "start": wall0}))
+"""
+
+
+@needs_fake_clock
+def test_the_rig_steps_only_the_wall_clock_and_sleeps_still_work(tmp_path: Path) -> None:
+    clock_file = tmp_path / "wall-offset"
+    clock_file.write_text("-50h\n")
+    env = {**os.environ, **fakeclock.fake_clock_env(clock_file, tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", CLOCK_PROBE, str(clock_file)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert abs(seen["start"] - (time.time() - 50 * 3600)) < 60  # booted 50 h behind
+    assert abs(seen["wall_step"] - 99 * 3600) < 1  # -50 h -> +49 h: the wall clock jumped
+    assert seen["mono_gap"] < 1  # the monotonic clock did not
+    assert 0.19 <= seen["slept"] < 2
+    assert seen["spread"] < 1  # no thread ever read the real time (the plain build does)
 
 
 # ------------------------------------------------------------------- the pure detector
@@ -142,7 +192,7 @@ def check_timer_keeps_its_time(app: Appliance, set_line: LogLine, offset_h: int)
     assert app.wait_log(r"Live session closed", 15, set_line.t), app.log_text()[-3000:]
 
 
-@pytest.mark.skipif(not fakeclock.available(), reason="needs libfaketime (apt faketime) and gcc")
+@needs_fake_clock
 @pytest.mark.skipif(not speech.espeak_available(), reason="espeak-ng is needed for speech")
 @pytest.mark.timeout(180)
 def test_wall_clock_steps_move_no_timer_and_keep_the_session(tmp_path: Path) -> None:
