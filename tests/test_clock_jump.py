@@ -235,8 +235,11 @@ def test_wall_clock_steps_move_no_timer_and_keep_the_session(tmp_path: Path) -> 
         assert len(re.findall(r"wall clock stepped by", log)) == 4, log[-3000:]
         assert "dropping the resumption handle" not in log
         assert "came due" not in log and "Traceback" not in log, log[-3000:]
+        assert app.proc is not None
+        pid = app.proc.pid
         code, _ = app.stop()
         assert code == 0, log[-3000:]
+        assert not list(Path("/dev/shm").glob(f"*faketime_*_{pid}"))  # the rig cleaned up
     record = app.record
     assert record is not None
     calls = [c for r in record["replies"] for c in r.get("tool_calls", [])]

@@ -35,7 +35,7 @@ import numpy as np
 from edge_agent.app.control import control_request
 from edge_agent.config import Config, load_config
 from edge_agent_devkit.rig.alsa_rig import AlsaRig, FifoFeeder, FifoRecorder
-from edge_agent_devkit.rig.fakeclock import fake_clock_env
+from edge_agent_devkit.rig.fakeclock import fake_clock_env, remove_shared_memory
 
 # The stand-in key of every run: random per process and shaped like no real key, so a
 # test can grep everything a run produced for it (tests/conftest.py does, at the end).
@@ -487,6 +487,8 @@ class Appliance:
         else:
             code = self.proc.returncode
         elapsed = time.monotonic() - t0
+        if self.options.fake_clock_file is not None:
+            remove_shared_memory(self.proc.pid)
         if self._reader is not None:
             self._reader.join(5)
         return code, elapsed

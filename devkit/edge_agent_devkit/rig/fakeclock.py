@@ -76,6 +76,17 @@ def build_sleep_fix(workdir: Path) -> Path:
     return library
 
 
+def remove_shared_memory(pid: int, shm_dir: Path = Path("/dev/shm")) -> None:
+    """Remove what libfaketime shares with the children of process ``pid``.
+
+    Each process that loads it creates ``faketime_shm_PID`` and ``sem.faketime_sem_PID``
+    and removes them in a destructor at exit, which ``os._exit`` (the daemon's way out)
+    skips: call this once ``pid`` has ended.
+    """
+    for name in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
+        (shm_dir / name).unlink(missing_ok=True)
+
+
 def fake_clock_env(offset_file: Path, workdir: Path) -> dict[str, str]:
     """The environment that runs a process with the stepped wall clock of ``offset_file``."""
     library = libfaketime_path()
