@@ -3,6 +3,7 @@
 The watchdog ping, the audio device monitor, the STATUS= line and the status snapshot
 served by the control socket. All of it reads the runtime's components; the only thing
 it changes is the conversation's view of the audio device (AudioDeviceLost/Restored).
+The device monitor's tick also logs a step of the wall clock (``core.clockstep``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent import statefile
 from edge_agent.core import events as ev
+from edge_agent.core.clockstep import ClockStepDetector
 from edge_agent.core.watchdog import WatchdogGate
 from edge_agent.secrets import redact
 
@@ -53,6 +55,7 @@ class Health:
         self._audio_ok = True
         self._save_problems: list[str] = []  # what the state directory cannot hold now
         self._state_retry_at = 0.0
+        self._clock_steps = ClockStepDetector()
         self.started_at = time.monotonic()
 
     async def watchdog_loop(self) -> None:
@@ -92,6 +95,7 @@ class Health:
         runtime = self.runtime
         while True:
             await asyncio.sleep(DEVICE_POLL_S)
+            self._check_wall_clock(time.monotonic(), time.time())
             await self._check_state_dir()
             engine = runtime.engine
             if engine is None:
@@ -110,6 +114,16 @@ class Health:
                     reason = engine.last_error or "audio device error"
                     runtime.last_error = reason
                     runtime.dispatch(ev.AudioDeviceLost(reason))
+
+    def _check_wall_clock(self, now: float, wall_now: float) -> None:
+        """Say once per step that the wall clock jumped, and that nothing waits on it."""
+        step = self._clock_steps.observe(now, wall_now)
+        if step is not None:
+            log.info(
+                "wall clock stepped by %s (NTP, or set by hand); timers set since boot and "
+                "the session's resumption handle keep their time (monotonic clock)",
+                step.describe(),
+            )
 
     async def _check_state_dir(self) -> None:
         """Retry what the state directory refused; STATUS follows what is still unsaved."""

@@ -35,6 +35,7 @@ import numpy as np
 from edge_agent.app.control import control_request
 from edge_agent.config import Config, load_config
 from edge_agent_devkit.rig.alsa_rig import AlsaRig, FifoFeeder, FifoRecorder
+from edge_agent_devkit.rig.fakeclock import fake_clock_env, remove_shared_memory
 
 # The stand-in key of every run: random per process and shaped like no real key, so a
 # test can grep everything a run produced for it (tests/conftest.py does, at the end).
@@ -59,6 +60,9 @@ class ApplianceOptions:
     log_level: str = "INFO"
     api_key: str | None = API_KEY  # None: no key anywhere
     gpio_pin_factory: str | None = "mock"  # None: gpiozero's own search (no GPIO here)
+    # Set: the daemon's wall clock (only) is the real one plus this file's offset ("-50h"),
+    # re-read at every call: rewriting the file steps it, as NTP does (rig.fakeclock).
+    fake_clock_file: Path | None = None
 
 
 class Emulator:
@@ -320,6 +324,8 @@ class Appliance:
             env["GEMINI_API_KEY"] = self.options.api_key
         if self.options.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.options.watchdog_usec)
+        if self.options.fake_clock_file is not None:
+            env.update(fake_clock_env(self.options.fake_clock_file, self.workdir))
         env.pop("INVOCATION_ID", None)
         env.pop("JOURNAL_STREAM", None)
         self.started_at = time.monotonic()
@@ -481,6 +487,8 @@ class Appliance:
         else:
             code = self.proc.returncode
         elapsed = time.monotonic() - t0
+        if self.options.fake_clock_file is not None:
+            remove_shared_memory(self.proc.pid)
         if self._reader is not None:
             self._reader.join(5)
         return code, elapsed
