@@ -53,6 +53,7 @@ from edge_agent.live.failures import Caught, is_close_code
 from edge_agent.live.protocol import MAX_BAD_KINDS_LOGGED, LiveProtocol, SessionState
 from edge_agent.live.session import UNREADABLE_FRAME_ERRORS, LiveSession
 from edge_agent_devkit.emulator import EmulatorOptions, FaultSpec, LiveEmulator
+from edge_agent_devkit.rig.appliance import API_KEY as STAND_IN_KEY
 
 pytestmark = pytest.mark.shelf
 
@@ -464,7 +465,8 @@ def test_no_event_sequence_crashes_the_conversation_machine(
 
 # ---- wire level: raw frames over the real TLS WebSocket ------------------------------------
 
-KEY = "test-key"
+# The suite's random stand-in key: tests/conftest.py sweeps every log and file for it.
+KEY = STAND_IN_KEY
 CHUNK = 640  # 20 ms of 16 kHz s16le
 WIRE_EXAMPLES = 300
 

@@ -56,6 +56,7 @@ from edge_agent.live.handles import FILE_NAME, HandleStore
 from edge_agent.live.session import LiveSession, SessionState
 from edge_agent.live.tools import GET_TIME_DECLARATION, Tool, ToolRegistry, builtin_tools
 from edge_agent_devkit.emulator import EmulatorOptions, FaultSpec, LiveEmulator
+from edge_agent_devkit.rig.appliance import API_KEY as STAND_IN_KEY
 
 # ---- handle store ------------------------------------------------------------------------
 
@@ -190,7 +191,8 @@ def test_keepalive_and_logger_reach_the_sdk_websocket_args() -> None:
 
 # ---- LiveSession against the emulator ------------------------------------------------------
 
-KEY = "test-key"
+# The suite's random stand-in key: tests/conftest.py sweeps every log and file for it.
+KEY = STAND_IN_KEY
 CHUNK = 640  # 20 ms of 16 kHz s16le
 
 
