@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from edge_agent.live.profiles import DEFAULT_MODEL, Support, ThinkingForm, choose_profile
+from edge_agent.quoting import short_repr
 
 BUILTIN_WAKE_MODELS = ("hey_jarvis", "alexa", "hey_mycroft", "hey_rhasspy", "okay_nabu")
 BUILTIN_TOOLS = (
@@ -332,16 +333,9 @@ def _type_name(t: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[t]
 
 
-def _shown(value: Any, limit: int = 80) -> str:
-    """A value as a problem line quotes it: short, even for a 1 MB string or an integer of
-    thousands of digits (whose repr raises ValueError past Python's digit limit)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
-    try:
-        text = repr(value)
-    except ValueError:  # a huge integer inside a list or table
-        return "a value too large to show"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _shown(value: Any) -> str:
+    """A value as a problem line quotes it (see ``edge_agent.quoting``)."""
+    return short_repr(value, 80)
 
 
 def _expand_user(path: Path) -> Path:

@@ -422,3 +422,14 @@ def test_refused_and_malformed_keys_never_show(tmp_path: Path) -> None:
     assert "not a single line" in probe.stderr
     assert API_KEY not in probe.stdout + probe.stderr
     assert find_leaks([tmp_path]) == []
+
+
+@pytest.mark.shelf
+def test_a_bad_value_is_quoted_short_and_never_raises() -> None:
+    """Config problems and tool errors quote what was sent through one helper."""
+    from edge_agent.quoting import short_repr
+
+    assert short_repr("x" * 100_000, 40) == "'" + "x" * 36 + "..."
+    assert short_repr(10**5000, 40) == f"an integer of {(10**5000).bit_length()} bits"
+    assert short_repr([10**5000], 40) == "a value too large to show"  # repr raises inside
+    assert short_repr({"a": 1}, 40) == "{'a': 1}"

@@ -37,7 +37,7 @@ from edge_agent.abilities.timers import (
     TimerMissed,
     describe_duration,
 )
-from edge_agent.live.tools import Tool, ToolResult
+from edge_agent.live.tools import Tool, ToolResult, quote_argument
 from edge_agent.statefile import read_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ def read_boot_id() -> str:
 
 TIMER_TOOL_NAMES = ("set_timer", "list_timers", "cancel_timer")
 MAX_NAME_CHARS = 40  # a name is a word or two ("pasta"); it is logged, saved and spoken
-_SHOWN_CHARS = 40  # of a bad argument, quoted back to the model
 
 
 class TimerStore:
@@ -284,12 +283,6 @@ CANCEL_TIMER = types.FunctionDeclaration(
 )
 
 
-def _shown(value: Any) -> str:
-    """A bad argument as quoted in an error: its repr, cut short (it may be huge)."""
-    text = repr(value)
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
-
-
 def parse_duration(args: Mapping[str, Any]) -> float:
     """hours/minutes/seconds from the model -> seconds; TimerError says what is wrong."""
     total = 0.0
@@ -302,9 +295,9 @@ def parse_duration(args: Mapping[str, Any]) -> float:
             try:
                 value = float(value.strip())
             except ValueError:
-                raise TimerError(f"{key} must be a number, not {_shown(value)}") from None
+                raise TimerError(f"{key} must be a number, not {quote_argument(value)}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TimerError(f"{key} must be a number, not {_shown(value)}")
+            raise TimerError(f"{key} must be a number, not {quote_argument(value)}")
         try:
             value = float(value)  # an int of hundreds of digits does not fit
         except OverflowError:
@@ -327,7 +320,7 @@ def _name_arg(args: Mapping[str, Any]) -> str:
     if name is None:
         return ""
     if not isinstance(name, str):
-        raise TimerError(f"name must be text, not {_shown(name)}")
+        raise TimerError(f"name must be text, not {quote_argument(name)}")
     name = "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Cs") else " " for c in name)
     name = " ".join(name.split())
     if len(name) > MAX_NAME_CHARS:

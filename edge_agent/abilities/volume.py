@@ -17,7 +17,7 @@ from typing import Any
 
 from google.genai import types
 
-from edge_agent.live.tools import Tool, ToolResult
+from edge_agent.live.tools import Tool, ToolResult, quote_argument
 from edge_agent.statefile import read_json, save_json
 
 logger = logging.getLogger(__name__)
@@ -36,10 +36,10 @@ def parse_level(value: Any) -> int:
         try:
             value = float(value.strip().removesuffix("%"))
         except ValueError:
-            shown = _shown(value)
+            shown = quote_argument(value)
             raise VolumeError(f"the volume must be a number from 0 to 100, not {shown}") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise VolumeError(f"the volume must be a number from 0 to 100, not {_shown(value)}")
+        raise VolumeError(f"the volume must be a number from 0 to 100, not {quote_argument(value)}")
     if not 0 <= value <= 100:
         raise VolumeError(f"the volume goes from 0 to 100 (asked for {_amount(value)})")
     return round(value)
@@ -51,12 +51,6 @@ def _amount(value: float) -> str:
         return f"{value:g}"
     except OverflowError:
         return "more than 100" if value > 0 else "less than 0"
-
-
-def _shown(value: Any) -> str:
-    """The bad value as the error quotes it: short, whatever the model sent."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class VolumeControl:

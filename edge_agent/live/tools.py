@@ -26,6 +26,7 @@ from google.genai import types
 
 from edge_agent.live.profiles import ToolCalls
 from edge_agent.live.tool_calls import Scheduling, ToolAnswer
+from edge_agent.quoting import short_repr
 from edge_agent.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,14 @@ class ToolRegistry:
         if not isinstance(result, dict):
             result = {"result": result}
         return ToolAnswer(result, tool.scheduling)
+
+
+QUOTED_ARGUMENT_CHARS = 40  # of a bad argument, quoted back to the model
+
+
+def quote_argument(value: Any) -> str:
+    """A bad tool argument as an error quotes it: short, whatever the model sent."""
+    return short_repr(value, QUOTED_ARGUMENT_CHARS)
 
 
 def _redacted(value: Any) -> Any:
