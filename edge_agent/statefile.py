@@ -72,13 +72,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace ``path`` with ``data`` as JSON; the old content survives any crash mid-way."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
-    replace_file(path, text.encode("utf-8"))
-
-
 def describe_failure(path: Path, exc: OSError) -> str:
     """Why a state file cannot be written, as a person reads it."""
     folder = path.parent
