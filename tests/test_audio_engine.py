@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import soxr
 
 from edge_agent.audio.capture import reaches_grid
 from edge_agent.audio.engine import AudioEngine, EngineState
-from edge_agent.audio.resample import StreamResampler, resample_all
+from edge_agent.audio.resample import FirDecimator, StreamResampler, resample_all
 from edge_agent_devkit.rig.alsa_rig import AlsaRig
 
 pytestmark = pytest.mark.timeout(60)
@@ -156,8 +157,13 @@ def test_resampler_streaming_has_no_clicks_and_keeps_pitch_and_length():
 
 
 def _soxr_every_chunk(x: np.ndarray, in_rate: int, out_rate: int, chunk: int) -> np.ndarray:
-    """What the resampler gave before it skipped silence: soxr sees every chunk, zeros too."""
-    stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ", vr=True)
+    """What the resampler gave before it skipped silence: its engine (soxr, or the FIR for a
+    whole-number downsampling ratio) sees every chunk, zeros too."""
+    stream: Any
+    if in_rate % out_rate == 0:
+        stream = FirDecimator(in_rate // out_rate, out_rate)
+    else:
+        stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ", vr=True)
     out = [
         np.clip(np.rint(stream.resample_chunk(x[i : i + chunk].astype(np.float32))), -32768, 32767)
         for i in range(0, len(x), chunk)
@@ -202,6 +208,53 @@ def test_resampler_rejects_aliases_when_downsampling():
     x = tone(10000, 48000, 0.5)  # above 8 kHz: must not fold into the speech band
     y = resample_all(x, 48000, 16000)
     assert np.abs(y[1000:-1000]).max() < 50
+
+
+@pytest.mark.parametrize("in_rate", [32000, 48000, 96000])
+def test_fir_decimator_keeps_the_speech_band_and_rejects_what_would_fold(in_rate):
+    """Through the streaming path in 10 ms chunks: tones up to 7 kHz keep their level
+    within 0.05 dB; from 8 kHz up they come out at least 85 dB down (they would fold into
+    the band the wake word, the VAD and Gemini hear)."""
+    factor = in_rate // 16000
+
+    def level(hz: float) -> float:
+        t = np.arange(in_rate) / in_rate
+        x = np.sin(2 * np.pi * hz * t).astype(np.float32) * 10000
+        dec = FirDecimator(factor, 16000)
+        y = np.concatenate(
+            [
+                dec.resample_chunk(x[i : i + in_rate // 100])
+                for i in range(0, len(x), in_rate // 100)
+            ]
+        )
+        return float(np.sqrt(np.mean(y[800:-800].astype(np.float64) ** 2)) / (10000 / np.sqrt(2)))
+
+    for hz in (100, 1000, 3000, 6000, 7000):
+        assert abs(20 * np.log10(level(hz))) < 0.05, hz
+    for hz in (8000, 8500, 10000, 15000, in_rate / 2 - 500):
+        assert 20 * np.log10(max(level(hz), 1e-12)) < -85, hz
+
+
+def test_fir_decimator_output_does_not_depend_on_how_the_input_is_cut():
+    """Chunk edges anywhere (the idle callbacks hand over 80 ms at once, a conversation
+    10 ms): the same samples, the same count, and a flush that completes the length."""
+    x = noise(48000, 4).astype(np.float32)
+    whole = FirDecimator(3, 16000)
+    one = np.concatenate([whole.resample_chunk(x), whole.resample_chunk(x[:0], last=True)])
+    assert len(one) == 16000
+    cut = FirDecimator(3, 16000)
+    sizes, parts, i, k = [480, 7, 1, 3840, 333, 2], [], 0, 0
+    while i < len(x):
+        parts.append(cut.resample_chunk(x[i : i + sizes[k % len(sizes)]]))
+        i, k = i + sizes[k % len(sizes)], k + 1
+    parts.append(cut.resample_chunk(x[:0], last=True))
+    assert np.array_equal(np.concatenate(parts), one)
+    # The filter's delay is taken off: a click at input sample 3 * 1000 peaks at output 1000.
+    click = np.zeros(48000, dtype=np.float32)
+    click[3000] = 30000
+    dec = FirDecimator(3, 16000)
+    y = np.concatenate([dec.resample_chunk(click), dec.resample_chunk(click[:0], last=True)])
+    assert int(np.argmax(np.abs(y))) == 1000
 
 
 # ------------------------------------------------------------------------ construction

@@ -2,6 +2,9 @@
 
 * A quiet output source (``output_quiet``) is not pulled, yet every device sample and
   counter is what pulling it would have given, and a reply that starts is pulled at once.
+* Idle callbacks that only hold the mic input back take a short path; what comes out of
+  the session (device samples, counters, the blocks and their positions) is what the long
+  path gives, and a reply, a cue or a change of listening ends the short path at once.
 * PortAudio's callback thread keeps its Python thread state between callbacks (its
   thread-local values survive) and gives it back when the stream stops.
 """
@@ -98,6 +101,103 @@ def test_quiet_source_is_not_pulled_and_the_device_gets_the_same_samples():
     assert quiet_src.pos == plain_src.pos == len(clip)
     for field in ("pulled_samples_24k", "played_device_samples", "played_24k"):
         assert getattr(quiet.setup.counters, field) == getattr(plain.setup.counters, field)
+
+
+class GridConsumer:
+    """Takes blocks as the capture pipeline does while the ears wait for the wake word:
+    it answers with itself, and its ``hold_grid`` (80 ms frames) lets idle input wait."""
+
+    def __init__(self, hold: bool) -> None:
+        self.hold_grid: tuple[int, int] | None = (128, 1280) if hold else None
+        self.blocks: list[tuple[int, bytes, bytes | None]] = []
+        self.arrived_at: list[int] = []  # the callback each block came out of
+        self.callback = 0
+
+    def __call__(self, mic: np.ndarray, ref: np.ndarray | None, pos: int) -> GridConsumer:
+        self.blocks.append((pos, mic.tobytes(), None if ref is None else ref.tobytes()))
+        self.arrived_at.append(self.callback)
+        return self
+
+
+def _held_session(source: ScriptedSource, consumer: GridConsumer) -> Session:
+    s = _session(source, quiet=True)
+    s.setup = StreamSetup(**{**s.setup.__dict__, "on_block": consumer})
+    return s
+
+
+def _drive(s: Session, consumer: GridConsumer, mic48: np.ndarray, until: int) -> list[bytes]:
+    outs = []
+    for k in range(until):
+        consumer.callback = k
+        out, _flag = s._duplex_callback(mic48[480 * k : 480 * (k + 1)].tobytes(), 480, None, 0)
+        outs.append(out)
+    return outs
+
+
+def test_idle_short_path_gives_what_the_long_path_gives():
+    """A consumer with a hold grid against one without (every block delivered at once, no
+    holding, no short path): the same device output, counters and blocks, the reply that
+    starts mid-batch included; most idle callbacks took the short path."""
+    mic48 = (np.random.default_rng(5).standard_normal(48000 * 3) * 2000).astype(np.int16)
+    clip = (np.random.default_rng(6).standard_normal(7200) * 3000).astype(np.int16)
+    start = 240 * 151  # the reply starts in the middle of an 80 ms batch
+    runs = {}
+    for hold in (False, True):
+        source, consumer = ScriptedSource(clip, start), GridConsumer(hold)
+        s = _held_session(source, consumer)
+        outs = _drive(s, consumer, mic48, 290)
+        runs[hold] = (outs, consumer, s.setup.counters, source, s)
+    (outs0, plain, c0, src0, s0), (outs1, held, c1, src1, s1) = runs[False], runs[True]
+    assert outs1 == outs0
+    assert src1.pos == src0.pos == len(clip)
+    for name in ("pulled_samples_24k", "played_device_samples", "played_24k"):
+        assert getattr(c1, name) == getattr(c0, name), name
+    assert s1.out_rs is not None and s0.out_rs is not None
+    assert (s1.out_rs.in_samples, s1.out_rs.out_samples) == (
+        s0.out_rs.in_samples,
+        s0.out_rs.out_samples,
+    )
+    n = len(held.blocks)
+    assert n >= len(plain.blocks) - 8  # at most one batch still held at the end
+    assert held.blocks == plain.blocks[:n]
+    assert c0.short_path_callbacks == 0
+    # Idle for 150 callbacks; after the resampler's first 100 ms, 7 of every 8 go short.
+    assert c1.short_path_callbacks >= 115
+    # While the reply plays nothing is held: each block with playback in its reference
+    # comes out of the same callback as without holding.
+    playing = [
+        k for k, (_p, _m, ref) in enumerate(held.blocks) if np.frombuffer(ref, np.int16).any()
+    ]
+    assert len(playing) > 25
+    assert all(held.arrived_at[k] == plain.arrived_at[k] for k in playing)
+
+
+def test_idle_short_path_ends_when_the_grid_goes():
+    """The ears stop waiting for the wake word alone (a button press, say): the input held
+    so far comes out with the very next callback, not at the end of the batch."""
+    mic48 = (np.random.default_rng(7).standard_normal(48000 * 2) * 2000).astype(np.int16)
+    source, consumer = ScriptedSource(np.zeros(0, dtype=np.int16), 10**9), GridConsumer(True)
+    s = _held_session(source, consumer)
+    _drive(s, consumer, mic48, 40)
+    assert s.setup.counters.short_path_callbacks > 0
+    while not s.fast_held:  # into a batch, past its first (long-path) callback
+        consumer.callback += 1
+        k = consumer.callback
+        s._duplex_callback(mic48[480 * k : 480 * (k + 1)].tobytes(), 480, None, 0)
+    delivered = len(consumer.blocks)
+    consumer.hold_grid = None
+    consumer.callback += 1
+    k = consumer.callback
+    s._duplex_callback(mic48[480 * k : 480 * (k + 1)].tobytes(), 480, None, 0)
+    assert len(consumer.blocks) > delivered
+    assert consumer.arrived_at[-1] == k
+    assert not s.held and not s.fast_held and s.batch_left == 0
+    # Every sample up to this callback has come out, as the long path would give it.
+    rs = StreamResampler(48000, 16000)
+    expected = rs.process(mic48[: 480 * (k + 1)])
+    got = np.frombuffer(b"".join(m for _p, m, _r in consumer.blocks), dtype=np.int16)
+    assert got.size == expected.size // 160 * 160
+    assert np.array_equal(got, expected[: got.size])
 
 
 def test_reply_playback_is_quiet_only_with_nothing_to_play_or_report():

@@ -142,6 +142,44 @@ def test_scores_equal_openwakeword_model_from_the_first_frame_and_after_reset(
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+@needs_espeak
+def test_the_lean_front_end_computes_what_openwakeword_computes() -> None:
+    """The daemon's streaming front end (no 10 s deque copied per frame, no interpreter
+    re-allocation) against openwakeword's own on noise, two wake phrases and a reset:
+    every score, melspectrogram row and embedding bit for bit."""
+    from edge_agent.audio.wakeword import FRAME_SAMPLES, load_openwakeword_model
+
+    rng = np.random.default_rng(21)
+    noise = (rng.standard_normal(16000 * 12) * 40).astype(np.int16)
+    audio = np.concatenate(
+        (
+            noise,
+            speech.wake_phrase_clip("en-us", 150).audio,
+            noise[: 16000 * 2],
+            speech.wake_phrase_clip("en-gb-scotland", 175).audio,
+        )
+    )
+    frames = audio[: audio.size // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+    models = {}
+    for lean in (False, True):
+        np.random.seed(77)  # the noise openwakeword fills its feature buffer with
+        models[lean] = load_openwakeword_model(["hey_jarvis"], lean_streaming=lean)
+    assert type(models[True]._features) is not type(models[False]._features)
+    scores: dict[bool, list[float]] = {False: [], True: []}
+    for i, frame in enumerate(frames):
+        if i == len(frames) // 2:
+            for lean in (False, True):
+                np.random.seed(78)
+                models[lean].reset()
+        for lean in (False, True):
+            scores[lean].append(models[lean].predict(frame)["hey_jarvis"])
+    assert scores[True] == scores[False]
+    assert max(scores[True]) > 0.9  # a wake phrase was heard
+    stock, lean_features = models[False]._features, models[True]._features
+    assert np.array_equal(lean_features.melspectrogram_buffer, stock.melspectrogram_buffer)
+    assert np.array_equal(lean_features.feature_buffer, stock.feature_buffer)
+
+
 def _fake_openwakeword(root: Path, utils_source: str) -> dict[str, str]:
     """A package named openwakeword whose __init__ fails if executed; env that finds it first."""
     pkg = root / "openwakeword"
@@ -165,6 +203,9 @@ def test_the_package_init_is_not_executed(tmp_path: Path) -> None:
             def reset(self): ...
             def _get_melspectrogram(self, x): ...
             def _get_embeddings(self, x): ...
+            def _buffer_raw_data(self, x): ...
+            def _streaming_melspectrogram(self, n): ...
+            def _streaming_features(self, x): ...
 
         PACKAGE_FILE = openwakeword.__file__
         """,
@@ -187,6 +228,22 @@ def test_the_package_init_is_not_executed(tmp_path: Path) -> None:
     [
         ("class Features:\n    pass\n", "cannot import openwakeword.utils.AudioFeatures"),
         ("class AudioFeatures:\n    def reset(self): ...\n", "AudioFeatures has no __call__()"),
+        (
+            "class AudioFeatures:\n"
+            + "".join(
+                f"    def {name}(self, *a): ...\n"
+                for name in (
+                    "__call__",
+                    "get_features",
+                    "reset",
+                    "_get_melspectrogram",
+                    "_get_embeddings",
+                    "_buffer_raw_data",
+                    "_streaming_features",
+                )
+            ),
+            "AudioFeatures has no _streaming_melspectrogram()",
+        ),
         ("import no_such_module_anywhere\n", "No module named 'no_such_module_anywhere'"),
     ],
 )

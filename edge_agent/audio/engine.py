@@ -271,4 +271,5 @@ class AudioEngine:
             "output_missing": self.output_missing,
             "output_retries": self.output_retries,
             "discarded_samples_24k": self.discarded_samples_24k,
+            "short_path_callbacks": self._counters.short_path_callbacks,
         }

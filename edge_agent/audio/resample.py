@@ -1,4 +1,5 @@
-"""Streaming int16 mono resampler for the audio callbacks (soxr).
+"""Streaming int16 mono resampler for the audio callbacks (soxr; whole-number downsampling
+ratios by a windowed-sinc FIR, see the end of this docstring).
 
 Why the variable-rate engine (``vr=True``): soxr's default fixed-rate engine processes in
 FFT blocks and returns nothing for several 10 ms chunks, then ~30 ms at once (measured:
@@ -28,6 +29,18 @@ non-silent chunk continues the stream sample for sample as if soxr had seen ever
 common divisor is a multiple of 8 kHz skip (16/24/32/48/96 kHz): at 44.1 kHz the chunks
 still map to whole numbers of samples, but soxr's phase is not exactly periodic there
 (measured: the continued stream differs by 1 LSB now and then), so those never skip.
+
+Why whole-number downsampling (48 -> 16 kHz, also 32 and 96 kHz) does not use soxr: the mic
+is resampled every second of the device's life, and soxr's variable-rate engine, the one
+with output for every chunk, cost 0.31 % of a core here for 48 -> 16 kHz in a tight loop
+and 0.56 % inside the sound card callback (the largest share of the idle callback's work).
+A ratio of 3 needs no rate interpolation, only a low-pass filter and every third sample:
+one linear-phase FIR (Kaiser-windowed sinc, 100 taps per unit of the ratio, cut at 7.5 kHz)
+through numpy's convolution, with output for every chunk and soxr's way with delay (the
+filter's 3 ms are taken off at the start and given back by ``flush``). Measured: flat
+within 0.05 dB to 7.1 kHz, at least 91 dB down from 8 kHz up (soxr HQ here: 86 dB SNR
+on a 440 Hz tone, -90 dB at 10 kHz), about 0.1 % of a core in a tight loop. Mic and echo
+reference go through the same filter, so their alignment is unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +51,9 @@ import numpy as np
 import soxr
 
 QUIET_AFTER_MS = 100  # of zeros through the filter before silence is skipped (filter: ~2 ms)
+FIR_TAPS_PER_RATIO = 100  # decimator length: 100 * ratio + 1 taps (301 for 48 -> 16 kHz)
+FIR_CUTOFF_HZ = 7_500.0  # at 16 kHz out; for other output rates scaled (see fir_lowpass)
+FIR_KAISER_BETA = 9.0  # about 90 dB of stopband
 
 
 def _to_int16(y: np.ndarray) -> np.ndarray:
@@ -49,6 +65,56 @@ def _to_int16(y: np.ndarray) -> np.ndarray:
     np.minimum(y, 32767, out=y)
     np.maximum(y, -32768, out=y)
     return y.astype(np.int16)
+
+
+def fir_lowpass(factor: int, out_rate_hz: int) -> np.ndarray:
+    """The decimator's filter: linear phase, unity gain at DC, float32."""
+    taps = FIR_TAPS_PER_RATIO * factor + 1
+    cutoff = FIR_CUTOFF_HZ * out_rate_hz / 16_000 / (out_rate_hz * factor)  # cycles/sample
+    n = np.arange(taps) - (taps - 1) / 2
+    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, FIR_KAISER_BETA)
+    return (h / h.sum()).astype(np.float32)
+
+
+class FirDecimator:
+    """Whole-number ratio downsampling: low-pass FIR, then every ``factor``-th sample.
+
+    Output sample k is the filter centred on input sample ``factor * k`` (the filter's
+    delay is taken off, as soxr does), so it is ready once input reaches
+    ``factor * k + delay``; ``resample_chunk(..., last=True)`` gives the rest. Same call
+    shape as ``soxr.ResampleStream.resample_chunk`` (float32 in, float32 out).
+    """
+
+    def __init__(self, factor: int, out_rate_hz: int) -> None:
+        if factor < 2:
+            raise ValueError(f"decimation factor must be >= 2, got {factor}")
+        self.factor = factor
+        self._h = fir_lowpass(factor, out_rate_hz)
+        self._delay = (len(self._h) - 1) // 2  # a multiple of factor
+        self._history = np.zeros(len(self._h) - 1, dtype=np.float32)  # before input 0: zeros
+        self._next = 0  # input index of the next sample given
+
+    def resample_chunk(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32).reshape(-1)
+        if last:
+            x = np.concatenate((x, np.zeros(self._delay, dtype=np.float32)))
+        start, n = self._next, len(x)
+        if not n:
+            return np.zeros(0, dtype=np.float32)
+        buf = np.concatenate((self._history, x))
+        self._history = buf[-(len(self._h) - 1) :]
+        self._next = start + n
+        # np.convolve(buf, h, "valid")[m] is centred on input (start + m - delay): the
+        # outputs are the m whose centre is a multiple of factor, from input 0 on.
+        first = max(0, self._delay - start)
+        first += (self._delay - start - first) % self.factor
+        if first >= n:
+            return np.zeros(0, dtype=np.float32)
+        return np.convolve(buf, self._h, "valid")[first :: self.factor].copy()
+
+    def skip_zeros(self, n: int) -> None:
+        """``n`` zeros went by while the history held nothing but zeros (it still does)."""
+        self._next += n
 
 
 class StreamResampler:
@@ -67,8 +133,13 @@ class StreamResampler:
         self._quiet_run = 0  # silent input samples in a row answered with exact silence
         self._quiet_after = self.in_rate_hz * QUIET_AFTER_MS // 1000
         self._can_skip = math.gcd(self.in_rate_hz, self.out_rate_hz) % 8000 == 0
-        self._stream: soxr.ResampleStream | None = None
-        if not self.passthrough:
+        self._stream: soxr.ResampleStream | FirDecimator | None = None
+        if self.passthrough:
+            pass
+        elif self.in_rate_hz % self.out_rate_hz == 0:
+            self._stream = FirDecimator(self.in_rate_hz // self.out_rate_hz, self.out_rate_hz)
+            self._can_skip = True
+        else:
             self._stream = soxr.ResampleStream(
                 self.in_rate_hz, self.out_rate_hz, 1, dtype="float32", quality=quality, vr=True
             )
@@ -102,6 +173,8 @@ class StreamResampler:
         m, rem = divmod(n * self.out_rate_hz, self.in_rate_hz)
         if rem:
             return None
+        if isinstance(self._stream, FirDecimator):
+            self._stream.skip_zeros(n)
         self.in_samples += n
         self.skipped_samples += n
         self.out_samples += m

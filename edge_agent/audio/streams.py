@@ -39,7 +39,13 @@ mic input of silent-output callbacks is held back until the blocks it makes woul
 position ``phase + k * period``, then resampled in one piece (soxr's streaming output does not
 depend on how the input is cut: same samples, measured) and delivered as the same 10 ms
 blocks at the same positions. Nothing is held while anything plays, nor for more than
-``_MAX_HELD_CALLBACKS`` callbacks.
+``_MAX_HELD_CALLBACKS`` callbacks. A callback that holds (or delivers) works out how many
+of the next ones may be held as well (the grid and the device period do not move while
+nothing is delivered); those take the short path at the top of the duplex callback: keep
+the input, count the silence played, answer the prebuilt silent block, and leave the rest
+(the output resampler's skipped zeros, the held length) to the next full callback, which
+settles it exactly as if each had gone the long way. Each still asks ``output_quiet()`` and
+reads the grid, so a cue, a reply or a change of listening ends the batch at once.
 """
 
 from __future__ import annotations
@@ -98,6 +104,7 @@ class StreamCounters:
     callback_errors: int = 0
     source_errors: int = 0
     discarded_samples_24k: int = 0  # pulled from the source while no speaker was open
+    short_path_callbacks: int = 0  # idle callbacks that took the short path
     input_stalled: bool = False  # set by the supervisor on a stall, cleared by the next audio
 
 
@@ -173,6 +180,13 @@ class Session:
     out_silent: bool = False
     silent_out: np.ndarray = field(default_factory=lambda: _SILENCE)
     silent_bytes: bytes = b""
+    # The short path (see the module docstring): callbacks it may still take, how many it
+    # took since the last full callback, and their length in device frames.
+    batch_left: int = 0
+    fast_held: int = 0
+    fast_frames: int = 0
+    fast_pull: int = 0  # 24 kHz samples each would have pulled
+    fast_played_24k: float = 0.0
     # The callback threads' Python thread states, kept between callbacks (threadstate.py).
     pins: ThreadStatePins = field(default_factory=ThreadStatePins)
 
@@ -328,27 +342,82 @@ class Session:
         return self._device_bytes(out), pyaudio.paContinue
 
     def _duplex_callback(self, in_data: bytes, frames: int, time_info: Any, status: int) -> Any:
+        if (
+            self.batch_left
+            and not status
+            and not self.closing
+            and frames == self.fast_frames
+            and self._still_idle()
+        ):
+            # The short path (module docstring); the counters others read stay exact.
+            self.batch_left -= 1
+            self.fast_held += 1
+            self.held.append(in_data)
+            counters = self.setup.counters
+            counters.pulled_samples_24k += self.fast_pull
+            counters.played_device_samples += frames
+            counters.played_24k += self.fast_played_24k
+            counters.short_path_callbacks += 1
+            return self.silent_bytes, pyaudio.paContinue
+        self.batch_left = 0
         if self.closing or self.stop.is_set():
             self.pins.unpin()
             return bytes(frames * 2 * self.out_channels), pyaudio.paAbort
         self.pins.pin()
         counters = self.setup.counters
         try:
+            self._settle_fast_held()
             self.last_in = self.last_out = self.setup.clock()
             if status & pyaudio.paInputOverflow:
                 counters.input_overflows += 1
             if status & pyaudio.paOutputUnderflow:
                 counters.output_underflows += 1
             out = self._render(frames)
-            if self.out_silent and self._may_hold(frames):
+            holdable = self._holdable_callbacks(frames) if self.out_silent else 0
+            if holdable:
                 self.held.append(in_data)
                 self.held_frames += frames
+                holdable -= 1
             else:
                 self._duplex_mic(in_data, out, frames)
+                # The next batch may begin with the next callback.
+                holdable = self._holdable_callbacks(frames) if self.out_silent else 0
+            if holdable and self.setup.output_quiet is not None:
+                self._start_batch(holdable, frames)
         except Exception as exc:
             self._callback_failed(exc)
             out = np.zeros(frames, dtype=np.int16)
         return self._device_bytes(out), pyaudio.paContinue
+
+    def _still_idle(self) -> bool:
+        """The short path's checks: not stopping, nothing to play, the grid still there."""
+        quiet, source = self.setup.output_quiet, self.hold_source
+        return (
+            quiet is not None
+            and source is not None
+            and not self.stop.is_set()
+            and quiet()
+            and source.hold_grid is not None
+        )
+
+    def _start_batch(self, callbacks: int, frames: int) -> None:
+        """Let the next `callbacks` callbacks of `frames` frames take the short path."""
+        self.batch_left, self.fast_frames = callbacks, frames
+        self.fast_pull = math.ceil(frames * SOURCE_RATE_HZ / self.out_rate)
+        self.fast_played_24k = frames * SOURCE_RATE_HZ / self.out_rate
+
+    def _settle_fast_held(self) -> None:
+        """Finish the short path's callbacks as the long path would have: each rendered
+        the source's silence without pulling it (``output_quiet``; the counters were
+        kept), the output resampler skipped it, and the input was held."""
+        k, self.fast_held = self.fast_held, 0
+        if not k:
+            return
+        assert self.out_rs is not None
+        frames = k * self.fast_frames
+        if self.out_rs.skip_silence(k * self.fast_pull) != frames:  # quiet throughout
+            raise RuntimeError("the output resampler could not skip the held callbacks")
+        self.held_frames += frames
 
     def _duplex_mic(self, in_data: bytes, out: np.ndarray, frames: int) -> None:
         """Resample the mic input (with any held back) and its reference; deliver blocks."""
@@ -363,21 +432,29 @@ class Session:
             mic, ref = self._mic(in_data), out
         self._deliver(self.mic_rs.process(mic), self.ref_rs.process(ref))
 
-    def _may_hold(self, frames: int) -> bool:
-        """Idle: may this callback's mic input wait? Yes while the blocks it would complete
-        reach no position of the consumer's hold grid (see the module docstring)."""
+    def _holdable_callbacks(self, frames: int) -> int:
+        """Idle: how many callbacks, this one first, may hold their mic input back? Each
+        may while the blocks the held input would complete reach no position of the
+        consumer's hold grid (see the module docstring); 0: deliver now."""
         source, mic_rs = self.hold_source, self.mic_rs
-        if source is None or mic_rs is None or len(self.held) >= _MAX_HELD_CALLBACKS:
-            return False
+        if source is None or mic_rs is None:
+            return 0
         grid = getattr(source, "hold_grid", None)
         if grid is None or (frames * MIC_RATE_HZ) % self.in_rate:
-            return False
+            return 0
         if mic_rs.in_samples < self.in_rate // 10:  # past the resampler's start-up
-            return False
+            return 0
         start = self.setup.counters.captured_samples  # the next block delivered starts here
-        ready = len(self.mic_acc) + (self.held_frames + frames) * MIC_RATE_HZ // self.in_rate
-        whole = ready - ready % self.setup.block_samples
-        return not whole or not reaches_grid(grid, start, whole)
+        block = self.setup.block_samples
+        count = 0
+        while len(self.held) + count < _MAX_HELD_CALLBACKS:
+            held_frames = self.held_frames + (count + 1) * frames
+            ready = len(self.mic_acc) + held_frames * MIC_RATE_HZ // self.in_rate
+            whole = ready - ready % block
+            if whole and reaches_grid(grid, start, whole):
+                break
+            count += 1
+        return count
 
     def _callback_failed(self, exc: Exception) -> None:
         counters = self.setup.counters

@@ -406,12 +406,16 @@ class WakeWordDetector:
 
 
 def load_openwakeword_model(
-    models: Sequence[str | os.PathLike[str]], *, validate: bool = True
+    models: Sequence[str | os.PathLike[str]],
+    *,
+    validate: bool = True,
+    lean_streaming: bool = True,
 ) -> WakeModel:
     """Load openWakeWord's TFLite models for the given built-in names or paths.
 
     Scores equal `openwakeword.Model(..., inference_framework="tflite")`'s, without
-    the package `__init__` and its onnxruntime/scipy/sklearn (see `oww_tflite`).
+    the package `__init__` and its onnxruntime/scipy/sklearn (see `oww_tflite`);
+    lean_streaming=False runs openwakeword's own per-frame bookkeeping (a baseline).
     """
     if not models:
         raise WakeModelError("no wake model configured")
@@ -430,4 +434,4 @@ def load_openwakeword_model(
     from edge_agent.audio.oww_tflite import load_tflite_wake_models
 
     logger.info("loading wake models %s", ", ".join(stems))
-    return load_tflite_wake_models(paths, melspec, embedding)
+    return load_tflite_wake_models(paths, melspec, embedding, lean_streaming=lean_streaming)
