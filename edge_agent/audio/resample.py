@@ -83,38 +83,59 @@ class FirDecimator:
     delay is taken off, as soxr does), so it is ready once input reaches
     ``factor * k + delay``; ``resample_chunk(..., last=True)`` gives the rest. Same call
     shape as ``soxr.ResampleStream.resample_chunk`` (float32 in, float32 out).
+
+    Polyphase: only the kept outputs are computed. With the taps split by phase,
+    ``g_r[i] = h[factor * i + r]``, and the input likewise, ``u_r[m] = x[factor * m +
+    delay - r]``, each output is ``sum_r (g_r * u_r)[k]``: ``factor`` short convolutions
+    instead of one long one and a stride.
     """
 
     def __init__(self, factor: int, out_rate_hz: int) -> None:
         if factor < 2:
             raise ValueError(f"decimation factor must be >= 2, got {factor}")
         self.factor = factor
-        self._h = fir_lowpass(factor, out_rate_hz)
-        self._delay = (len(self._h) - 1) // 2  # a multiple of factor
-        self._history = np.zeros(len(self._h) - 1, dtype=np.float32)  # before input 0: zeros
-        self._next = 0  # input index of the next sample given
+        h = fir_lowpass(factor, out_rate_hz)
+        self._delay = (len(h) - 1) // 2  # a multiple of factor
+        self._span = -(-len(h) // factor)  # taps per phase
+        padded = np.zeros(self._span * factor, dtype=np.float32)
+        padded[: len(h)] = h
+        self._phases = [padded[r::factor].copy() for r in range(factor)]
+        # Input not yet used up: from the first sample the next output needs (samples
+        # before input 0 are zeros), to the newest.
+        self._next_out = 0
+        self._pending = np.zeros(self._first_needed(0) * -1, dtype=np.float32)
+        self._next_in = 0  # input index of the next sample given
+
+    def _first_needed(self, k: int) -> int:
+        """The oldest input sample output k reads."""
+        return self.factor * (k - self._span + 1) + self._delay - (self.factor - 1)
 
     def resample_chunk(self, x: np.ndarray, last: bool = False) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32).reshape(-1)
         if last:
             x = np.concatenate((x, np.zeros(self._delay, dtype=np.float32)))
-        start, n = self._next, len(x)
-        if not n:
+        self._next_in += len(x)
+        buf = np.concatenate((self._pending, x)) if len(self._pending) else x
+        # Outputs whose newest input sample (centre + delay) has arrived.
+        end = (self._next_in - 1 - self._delay) // self.factor + 1
+        k0, factor = self._next_out, self.factor
+        if end <= k0:
+            self._pending = buf
             return np.zeros(0, dtype=np.float32)
-        buf = np.concatenate((self._history, x))
-        self._history = buf[-(len(self._h) - 1) :]
-        self._next = start + n
-        # np.convolve(buf, h, "valid")[m] is centred on input (start + m - delay): the
-        # outputs are the m whose centre is a multiple of factor, from input 0 on.
-        first = max(0, self._delay - start)
-        first += (self._delay - start - first) % self.factor
-        if first >= n:
-            return np.zeros(0, dtype=np.float32)
-        return np.convolve(buf, self._h, "valid")[first :: self.factor].copy()
+        count = end - k0
+        seg = buf[: factor * (count + self._span - 1)]
+        out = np.zeros(count, dtype=np.float32)
+        for r, taps in enumerate(self._phases):
+            out += np.convolve(seg[factor - 1 - r :: factor], taps, "valid")
+        self._pending = buf[factor * count :]
+        self._next_out = end
+        return out
 
     def skip_zeros(self, n: int) -> None:
-        """``n`` zeros went by while the history held nothing but zeros (it still does)."""
-        self._next += n
+        """``n`` zeros (a multiple of ``factor``) went by while everything pending was
+        zeros: it still is, and the outputs they made (zeros) are taken as given."""
+        self._next_in += n
+        self._next_out += n // self.factor
 
 
 class StreamResampler:

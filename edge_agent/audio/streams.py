@@ -415,9 +415,9 @@ class Session:
             return
         assert self.out_rs is not None
         frames = k * self.fast_frames
+        self.held_frames += frames
         if self.out_rs.skip_silence(k * self.fast_pull) != frames:  # quiet throughout
             raise RuntimeError("the output resampler could not skip the held callbacks")
-        self.held_frames += frames
 
     def _duplex_mic(self, in_data: bytes, out: np.ndarray, frames: int) -> None:
         """Resample the mic input (with any held back) and its reference; deliver blocks."""
