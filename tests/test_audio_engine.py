@@ -255,6 +255,10 @@ def test_fir_decimator_output_does_not_depend_on_how_the_input_is_cut():
     dec = FirDecimator(3, 16000)
     y = np.concatenate([dec.resample_chunk(click), dec.resample_chunk(click[:0], last=True)])
     assert int(np.argmax(np.abs(y))) == 1000
+    # Latency: output 1000 is out as soon as input reaches 3000 + 150 (3.1 ms at 48 kHz;
+    # soxr's variable-rate engine lags 12.5 ms).
+    early = FirDecimator(3, 16000).resample_chunk(click[: 3000 + 150 + 1])
+    assert len(early) == 1001 and int(np.argmax(np.abs(early))) == 1000
 
 
 # ------------------------------------------------------------------------ construction

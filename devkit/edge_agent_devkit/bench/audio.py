@@ -26,6 +26,8 @@ What each figure counts (all measured in this run; a failed step gives None + an
   handed to it as the pipeline hands it to ``Ears.process`` (while idle, up to 80 ms at a
   time: see ``edge_agent.audio.capture``), counted with ``thread_time()`` (openWakeWord's
   TFLite interpreters run single-threaded).
+* ``idle_cpu_ratio_vs_lean_wake_model``: the same window against a second bare loop that
+  runs the daemon's lean front end (same scores): what everything but the wake model costs.
   The ALSA ``file`` plugin does a read()/write() per period where a real card uses DMA, so
   the capture share is, if anything, overstated.
 * ``wake_detection_delay_ms``: median over espeak-ng voices of (end of the 10 ms block in
@@ -190,8 +192,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     if model is None:
         return report.finish()
     report.guard(
-        ("idle_cpu_ratio_vs_bare_openwakeword", "idle_cpu_percent_of_core"),
-        lambda: measure_idle_cpu(report, quick),
+        (
+            "idle_cpu_ratio_vs_bare_openwakeword",
+            "idle_cpu_percent_of_core",
+            "idle_cpu_ratio_vs_lean_wake_model",
+        ),
+        lambda: measure_idle_cpu(report, model, quick),
     )
     report.guard(("wake_detection_delay_ms",), lambda: measure_wake_delay(report, model))
     report.guard(
@@ -329,27 +335,66 @@ class _Marks:
         return self.last[0] - self.first[0]
 
 
+class _BareLoop:
+    """A bare openWakeWord predict loop in its own thread, fed the blocks the pipeline's
+    worker was given, in 80 ms frames; its CPU time is marked at the window's edges."""
+
+    def __init__(self, model: Any, name: str, start: int, end: int, maxsize: int) -> None:
+        self.model = model
+        self.blocks: queue.Queue[tuple[np.ndarray, int]] = queue.Queue(maxsize)
+        self.marks = _Marks(start, end)
+        self.dropped = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def put(self, mic: np.ndarray, pos: int) -> None:
+        try:
+            self.blocks.put_nowait((mic, pos))
+        except queue.Full:
+            self.dropped += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        from edge_agent.audio.wakeword import FRAME_SAMPLES
+
+        pending = np.zeros(0, dtype=np.int16)
+        while not self._stop.is_set():
+            try:
+                mic, pos = self.blocks.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.marks.see(pos)
+            pending = np.concatenate((pending, mic))
+            while pending.size >= FRAME_SAMPLES:
+                self.model.predict(pending[:FRAME_SAMPLES])
+                pending = pending[FRAME_SAMPLES:]
+
+
 class _IdlePipeline:
     """The daemon's always-on path, run by the daemon's own ``CapturePipeline`` (engine
     callback -> bounded drop-oldest queue -> ears worker), with marks at the window's edges
-    on both threads; plus a bare openWakeWord loop on the same blocks for the baseline.
+    on both threads; plus bare openWakeWord loops on the same blocks: the baseline
+    (openwakeword's own front end) and the lean front end the daemon runs (a note).
 
     It stands between the pipeline and the real ``Ears`` (it is the pipeline's listener):
-    on the worker thread it marks the CPU clock and tees each block to the baseline thread,
+    on the worker thread it marks the CPU clock and tees each block to the bare loops,
     then runs ``Ears.process``.
     """
 
-    def __init__(self, ears: Any, bare_model: Any, start: int, end: int, maxsize: int) -> None:
+    def __init__(
+        self, ears: Any, bare_model: Any, lean_model: Any, start: int, end: int, maxsize: int
+    ) -> None:
         from edge_agent.audio.capture import CapturePipeline
         from edge_agent.core.events import WakeWordDetected
 
         self.ears = ears
-        self.bare_model = bare_model
-        self.bare_blocks: queue.Queue[tuple[np.ndarray, int]] = queue.Queue(maxsize)
+        self.bare_loop = _BareLoop(bare_model, "bench-bare-oww", start, end, maxsize)
+        self.lean_loop = _BareLoop(lean_model, "bench-lean-oww", start, end, maxsize)
         self.callback = _Marks(start, end)
         self.worker = _Marks(start, end)
-        self.bare = _Marks(start, end)
-        self.bare_dropped = 0
         self.wake_events = 0
         self.ears_cpu_at: dict[str, float] = {}
         self._wake_type = WakeWordDetected
@@ -360,21 +405,24 @@ class _IdlePipeline:
             join_timeout_s=5.0,
             thread_name="bench-ears",
         )
-        self._stop = threading.Event()
-        self._bare_thread = threading.Thread(target=self._bare, name="bench-bare-oww", daemon=True)
+
+    @property
+    def loops(self) -> tuple[_BareLoop, _BareLoop]:
+        return (self.bare_loop, self.lean_loop)
 
     def start(self) -> None:
         self.capture.start()
-        self._bare_thread.start()
+        for loop in self.loops:
+            loop.thread.start()
 
     def stop(self) -> None:
         self.capture.stop()
-        self._stop.set()
-        self._bare_thread.join(timeout=5.0)
+        for loop in self.loops:
+            loop.stop()
 
     @property
     def thread_ids(self) -> set[int]:
-        ids = {self.capture.worker_thread_id, self._bare_thread.native_id}
+        ids = {self.capture.worker_thread_id, *(loop.thread.native_id for loop in self.loops)}
         return {tid for tid in ids if tid is not None}
 
     @property
@@ -389,36 +437,19 @@ class _IdlePipeline:
         return self.capture.on_block(mic, ref, pos)
 
     def process(self, mic: np.ndarray, ref: np.ndarray | None, sample_pos: int) -> list[Any]:
-        """The pipeline's worker thread: mark, tee to the baseline, then the real Ears."""
+        """The pipeline's worker thread: mark, tee to the bare loops, then the real Ears."""
         had_first = self.worker.first is not None
         self.worker.see(sample_pos)
         if not had_first and self.worker.first is not None:
             self.ears_cpu_at["first"] = self.ears.stats.cpu_s
         if self.worker.done and "last" not in self.ears_cpu_at:
             self.ears_cpu_at["last"] = self.ears.stats.cpu_s
-        try:
-            self.bare_blocks.put_nowait((mic, sample_pos))
-        except queue.Full:
-            self.bare_dropped += 1
+        for loop in self.loops:
+            loop.put(mic, sample_pos)
         return self.ears.process(mic, ref, sample_pos)
 
     def _count_events(self, events: list[Any]) -> None:
         self.wake_events += sum(isinstance(e, self._wake_type) for e in events)
-
-    def _bare(self) -> None:
-        from edge_agent.audio.wakeword import FRAME_SAMPLES
-
-        pending = np.zeros(0, dtype=np.int16)
-        while not self._stop.is_set():
-            try:
-                mic, pos = self.bare_blocks.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            self.bare.see(pos)
-            pending = np.concatenate((pending, mic))
-            while pending.size >= FRAME_SAMPLES:
-                self.bare_model.predict(pending[:FRAME_SAMPLES])
-                pending = pending[FRAME_SAMPLES:]
 
 
 def _idle_audio(seconds: float) -> np.ndarray:
@@ -449,6 +480,7 @@ class _IdleResult:
     ears_cpu_s: float
     other_cpu_s: dict[str, float]
     bare_cpu_s: float
+    lean_cpu_s: float
     aec_processed: int | None
     aec_bypassed: int | None
     wake_events: int
@@ -462,8 +494,9 @@ class _IdleResult:
         return 100.0 * cpu_s / self.audio_s
 
 
-def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
-    """One real-time run of the always-on path over the rig at device rate `rate`."""
+def _idle_pass(model: Any, lean_model: Any, rate: int, window_s: float) -> _IdleResult:
+    """One real-time run of the always-on path over the rig at device rate `rate`; `model`
+    is the baseline, `lean_model` the same wake model with the daemon's front end."""
     from edge_agent.audio.ears import Ears, EarsConfig
     from edge_agent.audio.echo import Aec3EchoCanceller
     from edge_agent.audio.engine import AudioEngine, EngineState
@@ -504,6 +537,7 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
         config=ears_cfg,
     )
     model.reset()
+    lean_model.reset()
     jitter = JitterBuffer(  # the daemon's output source; silent while idle
         prefill_ms=cfg.playback.prefill_ms,
         max_ms=cfg.playback.max_buffer_ms,
@@ -522,7 +556,7 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
         output_quiet): nothing to pull."""
         return jitter.is_quiet and not cues.is_playing
 
-    pipe = _IdlePipeline(ears, model, start, end, cfg.audio.capture_queue_blocks)
+    pipe = _IdlePipeline(ears, model, lean_model, start, end, cfg.audio.capture_queue_blocks)
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-rig-") as tmp:
         rig = AlsaRig(Path(tmp) / "rig")
         rig.add_duplex("benchdup", rate, source=device_audio)
@@ -550,7 +584,9 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
                 time.sleep(0.01)
             before = _task_cpu()
             deadline = time.monotonic() + window_s + 30.0
-            while not (pipe.worker.done and pipe.bare.done and pipe.callback.done):
+            while not (
+                pipe.worker.done and pipe.callback.done and all(x.marks.done for x in pipe.loops)
+            ):
                 if time.monotonic() > deadline:
                     raise TimeoutError("the capture window did not complete in time")
                 time.sleep(0.05)
@@ -568,20 +604,21 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
     failures, dropped = pipe.capture.ears_failures, pipe.capture.dropped_blocks
     if failures:
         raise RuntimeError(f"Ears.process failed {failures} times (the first is in the log)")
-    if stats["reopen_count"] or dropped or pipe.bare_dropped:
+    bare_dropped = sum(loop.dropped for loop in pipe.loops)
+    if stats["reopen_count"] or dropped or bare_dropped:
         raise RuntimeError(
             f"capture was not clean (reopens {stats['reopen_count']}, dropped blocks "
-            f"{dropped}, baseline dropped {pipe.bare_dropped})"
+            f"{dropped}, bare loops dropped {bare_dropped})"
         )
     audio_samples = pipe.worker.audio_samples()
-    if pipe.bare.audio_samples() != audio_samples:
-        raise RuntimeError("the baseline saw a different window than the pipeline")
+    if any(loop.marks.audio_samples() != audio_samples for loop in pipe.loops):
+        raise RuntimeError("a bare loop saw a different window than the pipeline")
     rig_ids = {tid for tid, name in py_names.items() if name.startswith("rig-")}
     excluded = {
         threading.main_thread().native_id,
         pipe.callback.tid,
         pipe.worker.tid,
-        pipe.bare.tid,
+        *(loop.marks.tid for loop in pipe.loops),
         *pipe.thread_ids,
         *rig_ids,
     }
@@ -599,7 +636,8 @@ def _idle_pass(model: Any, rate: int, window_s: float) -> _IdleResult:
         worker_cpu_s=pipe.worker.cpu_s(),
         ears_cpu_s=pipe.ears_cpu_at["last"] - pipe.ears_cpu_at["first"],
         other_cpu_s=others,
-        bare_cpu_s=pipe.bare.cpu_s(),
+        bare_cpu_s=pipe.bare_loop.marks.cpu_s(),
+        lean_cpu_s=pipe.lean_loop.marks.cpu_s(),
         aec_processed=aec.processed_blocks if aec is not None else None,
         aec_bypassed=aec.bypassed_blocks if aec is not None else None,
         wake_events=pipe.wake_events,
@@ -621,16 +659,16 @@ def _idle_breakdown(r: _IdleResult) -> str:
     )
 
 
-def measure_idle_cpu(report: PartReport, quick: bool) -> None:
+def measure_idle_cpu(report: PartReport, lean_model: Any, quick: bool) -> None:
     from edge_agent.audio.wakeword import load_openwakeword_model
 
     cfg = _config()
     window_s = 8.0 if quick else 60.0
     rate = cfg.audio.duplex_rate_hz if cfg.echo.enabled else cfg.audio.capture_rate_hz
     model = load_openwakeword_model([WAKE_MODEL], lean_streaming=False)  # the baseline
-    r = _idle_pass(model, rate, window_s)
+    r = _idle_pass(model, lean_model, rate, window_s)
     pct = r.pct(r.pipeline_cpu_s)
-    bare_pct = r.pct(r.bare_cpu_s)
+    bare_pct, lean_pct = r.pct(r.bare_cpu_s), r.pct(r.lean_cpu_s)
     aec_text = (
         f"; AEC3 processed {r.aec_processed} blocks (its warm-up), bypassed {r.aec_bypassed}"
         if r.aec_processed is not None
@@ -645,7 +683,7 @@ def measure_idle_cpu(report: PartReport, quick: bool) -> None:
     )
     if not quick and rate != RATE:
         try:
-            r16 = _idle_pass(model, RATE, IDLE_16K_WINDOW_S)
+            r16 = _idle_pass(model, lean_model, RATE, IDLE_16K_WINDOW_S)
             note += (
                 f" For comparison, a device that takes 16 kHz directly (no resampling), "
                 f"{r16.audio_s:.0f} s: {r16.pct(r16.pipeline_cpu_s):.2f}% of one core "
@@ -662,6 +700,14 @@ def measure_idle_cpu(report: PartReport, quick: bool) -> None:
         f"bare openWakeWord predict (80 ms frames, openwakeword's own streaming front end, own "
         f"model, own thread) on the same "
         f"{r.audio_s:.1f} s of blocks in the same window: {bare_pct:.2f}% of one core.",
+    )
+    report.put(
+        "idle_cpu_ratio_vs_lean_wake_model",
+        pct / lean_pct,
+        f"the same bare loop with the daemon's lean front end (edge_agent.audio.oww_tflite; "
+        f"same scores) in the same window: {lean_pct:.2f}% of one core, so everything but the "
+        f"wake model costs {pct - lean_pct:.2f}% of one core; openwakeword's own front end "
+        f"costs {bare_pct - lean_pct:.2f}% more than the lean one.",
     )
 
 

@@ -57,6 +57,7 @@ KEYS: tuple[KeySpec, ...] = (
     # audio (engineer A): in-process, real libraries
     KeySpec("idle_cpu_ratio_vs_bare_openwakeword", "x", "audio", is_ratio=True),
     KeySpec("idle_cpu_percent_of_core", "% core", "audio"),
+    KeySpec("idle_cpu_ratio_vs_lean_wake_model", "x", "audio", is_ratio=True),
     KeySpec("wake_detection_delay_ms", "ms", "audio"),
     KeySpec("echo_erle_db", "dB", "audio"),
     KeySpec("echo_self_triggers", "count", "audio", "baseline_echo_self_triggers_aec_off"),
