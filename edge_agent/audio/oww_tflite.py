@@ -25,18 +25,19 @@ How, using the installed package unmodified:
   ran, so that batch alone stays resident as about 26-30 MB (measured).
   `_get_embeddings` here computes the same embeddings one window at a time
   (bit-identical results, measured): about 17 MB instead of 45 MB for them.
-* The streaming front end is overridden too (`LEAN_STREAMING`, what the daemon
-  runs; the bench's baseline keeps openwakeword's own). Per 80 ms frame,
+* The streaming front end is overridden too (`lean_streaming=True`, what the
+  daemon runs; the bench's baseline keeps openwakeword's own). Per 80 ms frame,
   openwakeword's `_streaming_features` copies its 10 s raw-audio deque (160,000
   Python ints) into a list to take its last 1,760 samples, and its TFLite
-  melspectrogram wrapper re-allocates the interpreter's tensors on every call
-  (it resizes to 1,760 samples, then back to its 1,280 "default", each time).
-  Together about 0.8 ms a frame here (1 % of a core, a third of the model's own
-  cost), all of it bookkeeping. The override keeps the last 1,760 samples in a
-  numpy array, resizes the interpreter only when the input length changes and
-  keeps the rest of openwakeword's algorithm as it is: the melspectrograms,
-  embeddings and scores are bit-identical (tests/test_imports.py compares them
-  frame by frame with openwakeword's own class).
+  melspectrogram wrapper resizes the interpreter and re-allocates its tensors
+  on every call (it checks the input against 1,280 samples; the streaming input
+  is 1,760). Together about 0.8 ms a frame here (1 % of a core; 1.85 ms a frame
+  with them, 1.08 ms without, in a tight loop), all of it bookkeeping. The
+  override keeps the last 1,760 samples in a numpy array, resizes the
+  interpreter only when the input length changes and keeps the rest of
+  openwakeword's algorithm as it is: the melspectrograms, embeddings and scores
+  are bit-identical (tests/test_imports.py compares them frame by frame with
+  openwakeword's own class).
 * The wake models run here as `openwakeword.Model.predict` runs TFLite models
   with one output on 80 ms frames: the newest N embedding frames in, one score
   out, 0.0 for the first five frames after a start or reset.

@@ -107,7 +107,7 @@ class FirDecimator:
         # Input not yet used up: from the first sample the next output needs (samples
         # before input 0 are zeros), to the newest.
         self._next_out = 0
-        self._pending = np.zeros(self._first_needed(0) * -1, dtype=np.float32)
+        self._pending = np.zeros(-self._first_needed(0), dtype=np.float32)
         self._next_in = 0  # input index of the next sample given
 
     def _first_needed(self, k: int) -> int:
@@ -124,14 +124,14 @@ class FirDecimator:
         end = (self._next_in - 1 - self._delay) // self.factor + 1
         k0, factor = self._next_out, self.factor
         if end <= k0:
-            self._pending = buf
+            self._pending = buf.copy()  # never a view of the caller's array
             return np.zeros(0, dtype=np.float32)
         count = end - k0
         seg = buf[: factor * (count + self._span - 1)]
         out = np.zeros(count, dtype=np.float32)
         for r, taps in enumerate(self._phases):
             out += np.convolve(seg[factor - 1 - r :: factor], taps, "valid")
-        self._pending = buf[factor * count :]
+        self._pending = buf[factor * count :].copy()  # a few ms; never the caller's array
         self._next_out = end
         return out
 
@@ -159,12 +159,10 @@ class StreamResampler:
         self._quiet_after = self.in_rate_hz * QUIET_AFTER_MS // 1000
         self._can_skip = math.gcd(self.in_rate_hz, self.out_rate_hz) % 8000 == 0
         self._stream: soxr.ResampleStream | FirDecimator | None = None
-        if self.passthrough:
-            pass
-        elif self.in_rate_hz % self.out_rate_hz == 0:
+        if not self.passthrough and self.in_rate_hz % self.out_rate_hz == 0:
             self._stream = FirDecimator(self.in_rate_hz // self.out_rate_hz, self.out_rate_hz)
-            self._can_skip = True
-        else:
+            self._can_skip = True  # zeros in, zeros out, and whole chunks map exactly
+        elif not self.passthrough:
             self._stream = soxr.ResampleStream(
                 self.in_rate_hz, self.out_rate_hz, 1, dtype="float32", quality=quality, vr=True
             )
