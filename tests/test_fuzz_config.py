@@ -417,3 +417,30 @@ def test_a_reload_with_a_broken_config_keeps_the_running_one(daemon: Any, raw: b
     sent = daemon.notices.sent
     assert sent[0].startswith("RELOADING=1\n") and sent[-1].startswith("READY=1\n"), sent
     assert "kept running config" in sent[-1]
+
+
+def test_a_reload_that_fails_unexpectedly_keeps_the_running_one_and_leaves_reloading(
+    daemon: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a ConfigError (a bug, an I/O error the loader did not expect): the same outcome,
+    and systemd is told READY=1 again instead of staying in RELOADING."""
+    import edge_agent.app.daemon as daemon_module
+
+    def broken_loader(path: Any) -> Any:
+        raise RuntimeError("the loader tripped over something")
+
+    monkeypatch.setattr(daemon_module, "load_config", broken_loader)
+    before = daemon.cfg
+    daemon.notices.sent.clear()
+    with caplog.at_level("ERROR", logger="edge_agent.app.daemon"):
+        assert asyncio.run(daemon.reload()) is False
+    assert daemon.cfg is before
+    error = daemon.runtime.last_error
+    assert error == (
+        f"config reload failed: {daemon.config_path}: could not be read "
+        "(RuntimeError('the loader tripped over something'))"
+    ), error
+    sent = daemon.notices.sent
+    assert sent[0].startswith("RELOADING=1\n") and sent[-1].startswith("READY=1\n"), sent
+    assert "kept running config" in sent[-1]
+    assert "reload failed: kept the running configuration" in caplog.text

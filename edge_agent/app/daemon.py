@@ -34,6 +34,7 @@ from edge_agent.core import events as ev
 from edge_agent.core import state as st
 from edge_agent.core.policy import BargeInRules
 from edge_agent.logsetup import setup_logging
+from edge_agent.quoting import short_repr
 from edge_agent.secrets import ApiKeyMissing, permission_warnings, redact, resolve_api_key
 
 if TYPE_CHECKING:  # the real classes load lazily: their imports are the slow part of startup
@@ -345,12 +346,19 @@ class Daemon:
                 problems = await asyncio.to_thread(model_problems, new)
                 if problems:
                     raise ConfigError(problems)
-            except ConfigError as exc:
-                for problem in exc.problems:
+            except Exception as exc:  # ConfigError: the owner's mistake; anything else: ours
+                problems = (
+                    exc.problems
+                    if isinstance(exc, ConfigError)
+                    else [f"{self.config_path}: could not be read ({short_repr(exc, 200)})"]
+                )
+                if not isinstance(exc, ConfigError):
+                    log.debug("reload: unexpected failure", exc_info=True)
+                for problem in problems:
                     log.error("reload: %s", redact(problem))
                 log.error("reload failed: kept the running configuration")
-                self.runtime.last_error = f"config reload failed: {exc.problems[0]}"
-                # One datagram: whoever sees READY=1 also sees why.
+                self.runtime.last_error = f"config reload failed: {problems[0]}"
+                # One datagram: whoever sees READY=1 also sees why (systemd leaves RELOADING).
                 self.notifier.ready(redact(f"{self.runtime.last_error} (kept running config)"))
                 return False
             try:
