@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,19 +14,11 @@ from edge_agent.audio.capture import reaches_grid
 from edge_agent.audio.engine import AudioEngine, EngineState
 from edge_agent.audio.resample import FirDecimator, StreamResampler, resample_all
 from edge_agent_devkit.rig.alsa_rig import AlsaRig
+from edge_agent_devkit.rig.waiting import wait_until as wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT_S = 10.0  # generous: the machine is shared and slow
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 class Collector:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,20 +16,12 @@ import pytest
 from edge_agent.audio.capture import CapturePipeline
 from edge_agent.audio.engine import AudioEngine, EngineState
 from edge_agent_devkit.rig.alsa_rig import AlsaRig
+from edge_agent_devkit.rig.waiting import wait_until as wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT_S = 10.0
 BLOCK = 160
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
 
 
 class FakeEars:

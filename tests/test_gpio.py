@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from edge_agent.core.events import ButtonEvent, ButtonHeld, ButtonPressed, Butto
 from edge_agent.core.leds import OFF, ON, Blink, LedPattern, On, Pulse, pattern_for
 from edge_agent.core.state import AgentState
 from edge_agent.device.gpio import GpioPanel, NullPanel, open_panel
+from edge_agent_devkit.rig.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,15 +76,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -23,17 +21,7 @@ from edge_agent.audio.resample import StreamResampler
 from edge_agent.audio.streams import Session, StreamCounters, StreamSetup
 from edge_agent.config import Config
 from edge_agent_devkit.rig.alsa_rig import AlsaRig
-
-WAIT_S = 10.0
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
+from edge_agent_devkit.rig.waiting import wait_until as wait_for
 
 
 class ScriptedSource:

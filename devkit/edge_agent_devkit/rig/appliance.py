@@ -34,6 +34,7 @@ import numpy as np
 
 from edge_agent.app.control import control_request
 from edge_agent.config import Config, load_config
+from edge_agent_devkit.rig import waiting
 from edge_agent_devkit.rig.alsa_rig import AlsaRig, FifoFeeder, FifoRecorder
 from edge_agent_devkit.rig.fakeclock import fake_clock_env, remove_shared_memory
 
@@ -458,12 +459,7 @@ class Appliance:
         return end + self.mic.block_samples
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return predicate()
+        return waiting.wait_until(predicate, timeout, poll_s=0.05)
 
     # ---------------------------------------------------------------- stop
 
