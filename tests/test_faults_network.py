@@ -32,7 +32,7 @@ import trustme
 from edge_agent_devkit.bench import system as bench_system
 from edge_agent_devkit.emulator.tls import server_context, write_ca_bundle
 from edge_agent_devkit.rig import speech
-from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions
+from edge_agent_devkit.rig.appliance import Appliance, ApplianceOptions, LogLine
 from edge_agent_devkit.rig.netproxy import Mode, NetProxy, free_port
 
 pytestmark = [
@@ -102,6 +102,15 @@ def offline_statuses(app: Appliance, text: str) -> list[str]:
 def log_count(app: Appliance, pattern: str) -> int:
     rx = re.compile(pattern)
     return sum(1 for line in app.log_text().splitlines() if rx.search(line))
+
+
+def lost_and_shown(app: Appliance, what: str, since: float) -> tuple[LogLine, str]:
+    """The loss logged (after `since`) and shown in three STATUS lines: the log line and
+    the last of them."""
+    line = app.wait_log(LOST_RE + re.escape(what), 15, since)
+    assert line is not None, app.log_text()[-4000:]
+    assert app.wait_until(lambda: len(offline_statuses(app, what)) >= 3, 15)
+    return line, offline_statuses(app, what)[-1]
 
 
 @contextlib.contextmanager
@@ -238,18 +247,12 @@ def test_untrusted_then_expired_certificate_until_the_server_is_fixed(tmp_path: 
             proxy.set_mode(Mode.SWALLOW, tls=server_context(stranger_ca))
             t0 = ask(app, clip)
             untrusted = f"the TLS certificate of 127.0.0.1:{port} is not trusted"
-            first = app.wait_log(LOST_RE + re.escape(untrusted), 15, t0)
-            assert first is not None, app.log_text()[-4000:]
-            assert app.wait_until(lambda: len(offline_statuses(app, untrusted)) >= 3, 15)
-            status_untrusted = offline_statuses(app, untrusted)[-1]
+            first, status_untrusted = lost_and_shown(app, untrusted, t0)
 
             t_expired = time.monotonic()
             proxy.set_mode(Mode.SWALLOW, tls=server_context(proxy_ca, expired=True))
             expired = f"the TLS certificate of 127.0.0.1:{port} has expired"
-            second = app.wait_log(LOST_RE + re.escape(expired), 15, t_expired)
-            assert second is not None, app.log_text()[-4000:]
-            assert app.wait_until(lambda: len(offline_statuses(app, expired)) >= 3, 15)
-            status_expired = offline_statuses(app, expired)[-1]
+            second, status_expired = lost_and_shown(app, expired, t_expired)
             assert log_count(app, re.escape(untrusted)) == 1, app.log_text()[-4000:]
             assert log_count(app, re.escape(expired)) == 1, app.log_text()[-4000:]
             # Six attempts were refused (three STATUS= lines each); the proxy counts a failed
